@@ -123,6 +123,9 @@ class StoreConfig:
     max_age_hours: float = field(default=0.0, metadata={"min": 0})
     ignore_fields: tuple[str, ...] = ()
     session_scope: Literal["prefer", "only", "any"] = "prefer"
+    # A lookup session idle this long replays its repeated requests from the first answer again,
+    # so re-running a recorded session replays it from the start (0: never start over).
+    sequence_reset_s: float = field(default=60.0, metadata={"min": 0})
 
 
 @dataclass(frozen=True)
@@ -144,12 +147,18 @@ class TlsUpstream:
 
     host: str = field(default="", metadata=_regex())
     port: int = field(default=443, metadata={"min": 1, "max": 65535})
+    # Like curl --resolve: open the TCP connection here while SNI and the certificate check
+    # still use the request's host (a local stand-in for an external API, tests).
+    connect_address: str = field(default="", metadata={"check": "listen"})
 
 
 @dataclass(frozen=True)
 class RoutingConfig:
     tls_upstreams: tuple[TlsUpstream, ...] = ()
     strip_header_prefixes: tuple[str, ...] = ("x-envoy-",)
+    # Names that only ever mean this gateway (its Service's DNS names): a request for one of
+    # them, on any port, would loop back into the gateway and is refused.
+    self_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
