@@ -1,0 +1,163 @@
+"""OTLP in and out of the backend: extract spans to exchanges, an inject span to a lookup request,
+an exchange to a lookup answer (protocol sections 1 and 2), and OTLP JSON to `TracesData`."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+from google.protobuf import json_format
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status, TracesData
+
+from ..otlp import RESOURCE_TYPE, SCOPE, key_value
+from .model import Exchange, LookupRequest
+
+REQUEST_HEADER = "http.request.header."
+RESPONSE_HEADER = "http.response.header."
+_KINDS = {Span.SPAN_KIND_SERVER: "server", Span.SPAN_KIND_CLIENT: "client"}
+
+
+class BadTraces(ValueError):
+    """A payload that is not OTLP traces."""
+
+
+def _text(value: AnyValue) -> str:
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind in ("int_value", "double_value"):
+        return str(getattr(value, kind))
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode("ascii")
+    return ""
+
+
+def _spans(traces: TracesData) -> Iterator[tuple[Resource, Span]]:
+    for rs in traces.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                yield rs.resource, span
+
+
+def _attributes(resource: Resource, span: Span) -> dict[str, str]:
+    attrs = {kv.key: _text(kv.value) for kv in span.attributes}
+    service = next((_text(kv.value) for kv in resource.attributes if kv.key == "service.name"), "")
+    attrs.setdefault("sp.service.name", service or "default-service")
+    return attrs
+
+
+def _headers(attrs: dict[str, str], prefix: str) -> dict[str, str]:
+    return {k.removeprefix(prefix): v for k, v in attrs.items() if k.startswith(prefix)}
+
+
+def _request_target(attrs: dict[str, str]) -> tuple[str, str, str]:
+    """Method, host (port kept) and path with query, as the backend keys on them."""
+    method = attrs.get(REQUEST_HEADER + ":method", "")
+    path = attrs.get(REQUEST_HEADER + ":path") or attrs.get("url.path", "")
+    host = (attrs.get("url.host") or attrs.get(REQUEST_HEADER + ":authority")
+            or attrs.get(REQUEST_HEADER + "host", ""))
+    return method.upper(), host, path
+
+
+def extract_exchanges(traces: TracesData) -> list[Exchange]:
+    """Every extract span (`sp.span.type == "extract"`) as an exchange."""
+    exchanges = []
+    for resource, span in _spans(traces):
+        attrs = _attributes(resource, span)
+        if attrs.get("sp.span.type") != "extract":
+            continue
+        method, host, path = _request_target(attrs)
+        status_text = attrs.get("http.response.status_code") or attrs.get(RESPONSE_HEADER + ":status", "")
+        status = int(status_text) if status_text.isdigit() else 0
+        exchanges.append(Exchange(
+            session_id=attrs.get("sp.session.id", ""), trace_id=span.trace_id.hex(),
+            span_id=span.span_id.hex(), parent_span_id=span.parent_span_id.hex(),
+            service=attrs["sp.service.name"], direction=attrs.get("sp.traffic.direction", ""),
+            kind=_KINDS.get(span.kind, "internal"), method=method, host=host, path=path,
+            status=status, error=span.status.code == Status.STATUS_CODE_ERROR or status >= 500,
+            start_ns=span.start_time_unix_nano, end_ns=span.end_time_unix_nano,
+            request_headers=_headers(attrs, REQUEST_HEADER),
+            response_headers=_headers(attrs, RESPONSE_HEADER),
+            request_body=attrs.get("http.request.body", ""),
+            response_body=attrs.get("http.response.body", ""),
+        ))
+    return exchanges
+
+
+def lookup_request(traces: TracesData) -> LookupRequest | None:
+    """The request half of the first inject span (or untyped span); None when there is none."""
+    for resource, span in _spans(traces):
+        attrs = _attributes(resource, span)
+        if attrs.get("sp.span.type", "inject") != "inject":
+            continue
+        method, host, path = _request_target(attrs)
+        return LookupRequest(
+            session_id=attrs.get("sp.session.id", ""), service=attrs["sp.service.name"],
+            method=method, host=host, path=path,
+            content_type=attrs.get(REQUEST_HEADER + "content-type", ""),
+            body=attrs.get("http.request.body", ""))
+    return None
+
+
+def answer(exchange: Exchange) -> TracesData:
+    """A lookup hit: one span carrying the recorded response exactly as it was recorded."""
+    attrs: list[tuple[str, str | int]] = [
+        ("sp.span.type", "extract"), ("sp.session.id", exchange.session_id),
+        ("sp.service.name", exchange.service), ("sp.traffic.direction", exchange.direction),
+        ("http.response.status_code", exchange.status),
+        *((RESPONSE_HEADER + name, value) for name, value in exchange.response_headers.items()),
+    ]
+    if exchange.response_body:
+        attrs.append(("http.response.body", exchange.response_body))
+    span = Span(
+        name=exchange.route or "unknown_path", trace_id=bytes.fromhex(exchange.trace_id),
+        span_id=bytes.fromhex(exchange.span_id), parent_span_id=bytes.fromhex(exchange.parent_span_id),
+        kind=Span.SPAN_KIND_CLIENT if exchange.kind == "client" else Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=exchange.start_ns, end_time_unix_nano=exchange.end_ns,
+        attributes=[key_value(k, v) for k, v in attrs])
+    resource = Resource(attributes=[key_value("service.name", exchange.service),
+                                    key_value("sp.resource.type", RESOURCE_TYPE)])
+    return TracesData(resource_spans=[ResourceSpans(
+        resource=resource, scope_spans=[ScopeSpans(scope=SCOPE, spans=[span])])])
+
+
+# -- OTLP JSON ------------------------------------------------------------------------------
+
+_ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+def traces_from_json(payload: bytes) -> TracesData:
+    """OTLP JSON, whose trace and span ids are hex (protobuf's JSON mapping would want base64)."""
+    try:
+        document = json.loads(payload)
+        for rs in _list(document, "resourceSpans", "resource_spans"):
+            for ss in _list(rs, "scopeSpans", "scope_spans"):
+                for span in _list(ss, "spans"):
+                    _hex_ids_to_base64(span)
+                    for link in _list(span, "links"):
+                        _hex_ids_to_base64(link)
+        return json_format.ParseDict(document, TracesData(), ignore_unknown_fields=True)
+    except (ValueError, TypeError, AttributeError, json_format.ParseError) as e:
+        raise BadTraces(f"not OTLP JSON traces: {e}") from None
+
+
+def _list(obj: dict, *keys: str) -> list:
+    return next((obj[k] for k in keys if k in obj), None) or []
+
+
+def _hex_ids_to_base64(obj: dict) -> None:
+    for key in _ID_KEYS:
+        if obj.get(key):
+            obj[key] = base64.b64encode(bytes.fromhex(obj[key])).decode("ascii")
+
+
+def traces_from_protobuf(payload: bytes) -> TracesData:
+    try:
+        return TracesData.FromString(payload)
+    except Exception as e:  # DecodeError, and others on hostile bytes
+        raise BadTraces(f"not OTLP protobuf traces: {type(e).__name__}") from None
