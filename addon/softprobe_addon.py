@@ -1,0 +1,5 @@
+"""Entry script: `mitmdump -s addon/softprobe_addon.py --set softprobe_config=config/gateway.yaml`."""
+
+from softprobe_gateway.addon import SoftprobeAddon
+
+addons = [SoftprobeAddon()]

@@ -1,0 +1,200 @@
+"""Capture and encoding: an exchange as plain data, and its span attributes (protocol section 1).
+
+The proxy's hooks only take references (header tuples, body bytes, timestamps) into an
+`Exchange`; decoding, capping, base64 and attribute building happen here, off the event loop,
+in the export worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import brotli
+import zstandard
+
+from .config import CaptureConfig
+
+AttrValue = str | int | bool
+Attributes = list[tuple[str, AttrValue]]
+HeaderFields = Sequence[tuple[bytes, bytes]]
+
+# Dropped whatever the config says (case-insensitive); the config adds to this list.
+SENSITIVE_HEADERS = frozenset({
+    "authorization", "cookie", "set-cookie", "x-public-key", "x-auth-token", "bearer",
+    "proxy-authorization", "x-api-key",
+})
+MASK = "[REDACTED]"
+TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-www-form-urlencoded")
+
+
+@dataclass(slots=True)
+class Message:
+    """One side of an exchange as it crossed the proxy: header fields and body as on the wire."""
+
+    headers: HeaderFields
+    body: bytes | None
+    pseudo: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Everything the export needs about one HTTP exchange, as references to the proxy's data."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
+    session_id: str
+    service_name: str
+    direction: str
+    path: str
+    host: str
+    start_ns: int
+    request: Message
+    end_ns: int = 0
+    response: Message | None = None
+    status_code: int = 0
+    error: str = ""
+    injected: bool = False
+    extra: Attributes = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """Bytes this exchange pins in memory (bodies dominate), for the export queue's bound."""
+        total = 512 + len(self.request.body or b"")
+        if self.response is not None:
+            total += len(self.response.body or b"")
+        return total
+
+
+class Capture:
+    """Turns exchanges into span attributes under one `capture` config section."""
+
+    def __init__(self, config: CaptureConfig) -> None:
+        self.max_body = config.max_body_bytes
+        self.drop = SENSITIVE_HEADERS | {h.lower() for h in config.drop_headers}
+        self.mask = frozenset(h.lower() for h in config.mask_headers) - self.drop
+
+    def request_attributes(self, ex: Exchange) -> Attributes:
+        """The request half (also the body of a lookup, section 2)."""
+        attrs: Attributes = [
+            ("sp.service.name", ex.service_name),
+            ("sp.traffic.direction", ex.direction),
+            ("sp.session.id", ex.session_id),
+        ]
+        attrs += self.header_attributes("http.request.header.", ex.request)
+        attrs += [("url.path", ex.path), ("url.host", ex.host)]
+        attrs += self.body_attributes("http.request.body", ex.request)
+        return attrs
+
+    def exchange_attributes(self, ex: Exchange) -> Attributes:
+        """All attributes of the extract span of a recorded exchange."""
+        attrs = self.request_attributes(ex)
+        attrs.insert(2, ("sp.span.type", "extract"))
+        if ex.response is not None:
+            attrs += self.header_attributes("http.response.header.", ex.response)
+            attrs.append(("http.response.status_code", ex.status_code))
+            attrs += self.body_attributes("http.response.body", ex.response)
+        if ex.error:
+            attrs.append(("error.message", ex.error))
+        if ex.injected:
+            attrs.append(("sp.injected", True))
+        attrs += ex.extra
+        return attrs
+
+    def header_attributes(self, prefix: str, message: Message) -> Attributes:
+        """Pseudo-headers first, then each header once (repeats joined by `, `), secrets removed."""
+        attrs: Attributes = [(prefix + k, v) for k, v in message.pseudo]
+        for name, value in join_headers(message.headers).items():
+            if name in self.drop:
+                continue
+            attrs.append((prefix + name, MASK if name in self.mask else value))
+        return attrs
+
+    def body_attributes(self, key: str, message: Message) -> Attributes:
+        """The body, decoded and capped, as text or base64; marked when truncated."""
+        raw = message.body
+        if not raw:
+            return []
+        headers = join_headers(message.headers)
+        body, complete = decode_body(raw, headers.get("content-encoding", ""), self.max_body)
+        attrs: Attributes = [(key, encode_body(body[: self.max_body], headers.get("content-type")))]
+        if not complete or len(body) > self.max_body:
+            attrs += [(f"{key}.truncated", True), (f"{key}.original_size", len(raw))]
+        return attrs
+
+
+def join_headers(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-cased names, values of repeated headers joined by `, ` in order."""
+    joined: dict[str, str] = {}
+    for raw_name, raw_value in fields:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("utf-8", "replace")
+        joined[name] = f"{joined[name]}, {value}" if name in joined else value
+    return joined
+
+
+def is_text(content_type: str | None) -> bool:
+    """Section 1's text rule, with the gateway's case-insensitivity and +json/+xml types."""
+    if not content_type:
+        return False
+    ct = content_type.strip().lower()
+    if ct.startswith(TEXT_TYPES):
+        return True
+    mime = ct.split(";", 1)[0].strip()
+    return mime.endswith(("+json", "+xml"))
+
+
+def encode_body(body: bytes, content_type: str | None) -> str:
+    """Text (invalid UTF-8 replaced) for textual types, else standard padded base64."""
+    if is_text(content_type):
+        return body.decode("utf-8", "replace")
+    return base64.b64encode(body).decode("ascii")
+
+
+def decode_body(raw: bytes, content_encoding: str, limit: int) -> tuple[bytes, bool]:
+    """Undo one content-encoding, producing at most `limit + 1` bytes (no zip bombs).
+
+    Returns the (possibly partial) body and whether it is complete. Unknown, stacked or
+    corrupt encodings give the raw bytes back, recorded as they came (then base64 by type).
+    """
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw, True
+    try:
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            return _inflate(raw, encoding, limit + 1)
+        if encoding == "br":
+            return _bounded_chunks(brotli.Decompressor().process, raw, limit + 1)
+        if encoding == "zstd":
+            reader = zstandard.ZstdDecompressor().stream_reader(raw)
+            body = reader.read(limit + 1)
+            return body, len(body) <= limit
+    except (zlib.error, brotli.error, zstandard.ZstdError):
+        pass
+    return raw, True
+
+
+def _inflate(raw: bytes, encoding: str, cap: int) -> tuple[bytes, bool]:
+    wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+    try:
+        d = zlib.decompressobj(wbits)
+        body = d.decompress(raw, cap)
+    except zlib.error:
+        if "gzip" in encoding:
+            raise
+        d = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as some servers send it
+        body = d.decompress(raw, cap)
+    return body, len(body) < cap and not d.unconsumed_tail
+
+
+def _bounded_chunks(process, raw: bytes, cap: int, chunk: int = 1024) -> tuple[bytes, bool]:
+    """Feed a decompressor small input slices until `cap` output bytes (brotli has no max_length)."""
+    out = bytearray()
+    for i in range(0, len(raw), chunk):
+        out += process(raw[i:i + chunk])
+        if len(out) >= cap:
+            return bytes(out[:cap]), False
+    return bytes(out), True

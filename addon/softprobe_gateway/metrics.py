@@ -1,0 +1,118 @@
+"""Counters, the admin endpoint (health, readiness, Prometheus metrics) and loss logging.
+
+Losses are never silent: every drop is counted here and logged at a bounded rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+
+class Metrics:
+    """The gateway's Prometheus metrics, in a registry of their own (one per addon instance)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.seen = Counter("softprobe_exchanges_seen", "HTTP exchanges seen by the gateway.",
+                            registry=r)
+        self.recorded = Counter("softprobe_exchanges_recorded",
+                                "Exchanges recorded (queued for export).", registry=r)
+        self.skipped = Counter("softprobe_exchanges_skipped",
+                               "Exchanges not recorded, by reason.", ["reason"], registry=r)
+        self.truncated = Counter("softprobe_bodies_truncated",
+                                 "Bodies cut at capture.max_body_bytes.", ["part"], registry=r)
+        self.exported = Counter("softprobe_export_spans", "Spans accepted by the backend.",
+                                registry=r)
+        self.batches = Counter("softprobe_export_batches", "Export requests, by result.",
+                               ["result"], registry=r)
+        self.export_bytes = Counter("softprobe_export_bytes",
+                                    "Bytes of OTLP payload accepted by the backend.", registry=r)
+        self.retries = Counter("softprobe_export_retries", "Export attempts retried.", registry=r)
+        self.dropped = Counter("softprobe_export_dropped_spans", "Spans lost, by reason.",
+                               ["reason"], registry=r)
+        self.queue_spans = Gauge("softprobe_export_queue_spans", "Spans waiting for export.",
+                                 registry=r)
+        self.queue_bytes = Gauge("softprobe_export_queue_bytes",
+                                 "Bytes pinned by spans waiting for export.", registry=r)
+        self.lookups = Counter("softprobe_lookups", "Agent lookups, by outcome.", ["outcome"],
+                               registry=r)
+        self.lookup_seconds = Histogram(
+            "softprobe_lookup_seconds", "Latency of agent lookups that were sent.", registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+        self.config_version = Gauge("softprobe_config_version",
+                                    "Version (load count) of the config in force.", registry=r)
+        self.config_reload_errors = Counter("softprobe_config_reload_errors",
+                                            "Config reloads rejected as invalid.", registry=r)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (tests and the CLI read counters through this)."""
+        return self.registry.get_sample_value(name, labels or None) or 0.0
+
+
+class RateLimitedLog:
+    """Logs the first event of a kind, then at most one summary line per interval."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self.logger, self.interval = logger, interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -self.interval) < self.interval:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return
+            self._last[kind] = now
+            suppressed = self._suppressed.pop(kind, 0)
+        more = f" ({suppressed} more like this since the last report)" if suppressed else ""
+        self.logger.warning(f"{message}{more}")
+
+
+class AdminServer:
+    """`/healthz`, `/readyz` and `/metrics` on their own port, served from a daemon thread."""
+
+    def __init__(self, listen: str, metrics: Metrics, ready: Callable[[], bool]) -> None:
+        host, _, port = listen.rpartition(":")
+        registry = metrics.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._send(200, b"ok\n")
+                elif path == "/readyz":
+                    ok = ready()
+                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                else:
+                    self._send(404, b"not found\n")
+
+            def _send(self, status: int, body: bytes, ctype: str = "text/plain") -> None:
+                self.send_response(status)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass  # probes every few seconds would flood the proxy's log
+
+        self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        self.server.daemon_threads = True
+        self.address = self.server.server_address
+        threading.Thread(target=self.server.serve_forever, name="softprobe-admin",
+                         daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,164 @@
+"""OTLP encoding and decoding with the opentelemetry-proto classes directly.
+
+The SDK's per-span machinery (processors, limits, resource merging) costs more CPU than the
+protobuf itself and evicts attributes beyond 128; the gateway already has every value at hand,
+so it builds `TracesData` messages itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status, TracesData
+
+from .capture import Attributes, AttrValue, Exchange, is_text
+
+RESOURCE_TYPE = "sp-envoy-proxy"
+SCOPE = InstrumentationScope(name="softprobe-gateway", version="0.1.0")
+HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
+                        "proxy-connection", "upgrade", "te", "trailer"})
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
+
+
+def key_value(key: str, value: AttrValue) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def make_span(name: str, trace_id: bytes, span_id: bytes, parent_span_id: bytes, kind: int,
+              start_ns: int, end_ns: int, attributes: Attributes, error: bool) -> Span:
+    """One span; `name` is the URL path without query (`unknown_path` when empty)."""
+    return Span(
+        name=name or "unknown_path", trace_id=trace_id, span_id=span_id,
+        parent_span_id=parent_span_id, kind=kind,
+        start_time_unix_nano=start_ns, end_time_unix_nano=end_ns,
+        attributes=[key_value(k, v) for k, v in attributes],
+        status=Status(code=Status.STATUS_CODE_ERROR if error else Status.STATUS_CODE_UNSET),
+    )
+
+
+def extract_span(ex: Exchange, attributes: Attributes) -> Span:
+    """The span of a recorded exchange: SERVER inbound, CLIENT outbound; ERROR on 5xx/failure."""
+    kind = Span.SPAN_KIND_SERVER if ex.direction == "inbound" else Span.SPAN_KIND_CLIENT
+    return make_span(ex.path.split("?", 1)[0], ex.trace_id, ex.span_id, ex.parent_span_id, kind,
+                     ex.start_ns, ex.end_ns or ex.start_ns, attributes,
+                     error=bool(ex.error) or ex.status_code >= 500)
+
+
+def inject_request(ex: Exchange, attributes: Attributes, public_key: str) -> TracesData:
+    """Section 2's lookup body: one CLIENT `inject` span with the request half of the attributes."""
+    attrs = [*attributes[:2], ("sp.span.type", "inject"), *attributes[2:]]
+    if public_key:
+        attrs.append(("sp.public.key", public_key))
+    span = make_span(ex.path.split("?", 1)[0], ex.trace_id, ex.span_id, ex.parent_span_id,
+                     Span.SPAN_KIND_CLIENT, ex.start_ns, ex.start_ns, attrs, error=False)
+    return traces_data([(ex.service_name, [span])], public_key)
+
+
+def resource(service_name: str, public_key: str) -> Resource:
+    attrs = [key_value("service.name", service_name or "default-service")]
+    if public_key:
+        attrs.append(key_value("sp.public.key", public_key))
+    attrs.append(key_value("sp.resource.type", RESOURCE_TYPE))
+    return Resource(attributes=attrs)
+
+
+def traces_data(groups: Iterable[tuple[str, list[Span]]], public_key: str) -> TracesData:
+    """Spans grouped by service name, one ResourceSpans per service."""
+    return TracesData(resource_spans=[
+        ResourceSpans(resource=resource(service, public_key),
+                      scope_spans=[ScopeSpans(scope=SCOPE, spans=spans)])
+        for service, spans in groups
+    ])
+
+
+# -- lookup answers (section 2) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hit:
+    """The backend's answer to a lookup, ready to send to the client."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class BadAnswer(ValueError):
+    """A 200 lookup answer that cannot be used (undecodable, or no response attributes)."""
+
+
+def decode_hit(payload: bytes, max_body: int) -> Hit:
+    """Parse a lookup answer's protobuf body, then take its hit."""
+    try:
+        data = TracesData.FromString(payload)
+    except Exception as e:  # protobuf raises DecodeError, but also others on hostile bytes
+        raise BadAnswer(f"undecodable TracesData: {type(e).__name__}") from None
+    return hit_from_traces(data, max_body)
+
+
+def hit_from_traces(data: TracesData, max_body: int) -> Hit:
+    """The first span carrying a response body or response headers is the answer."""
+    for rs in data.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                hit = _span_hit(span, max_body)
+                if hit is not None:
+                    return hit
+    raise BadAnswer("no span with response attributes")
+
+
+def _span_hit(span: Span, max_body: int) -> Hit | None:
+    status, headers, body, usable = 200, [], None, False
+    for kv in span.attributes:
+        key, value = kv.key, kv.value
+        if key == "http.response.body":
+            body, usable = value.string_value, True
+        elif key == "http.response.status_code":
+            if value.HasField("int_value") and 100 <= value.int_value <= 599:
+                status = value.int_value
+            elif value.string_value.isdigit() and 100 <= int(value.string_value) <= 599:
+                status = int(value.string_value)
+        elif key.startswith("http.response.header."):
+            usable = True
+            name = key.removeprefix("http.response.header.")
+            if name and not name.startswith(":") and name not in HOP_BY_HOP and _token(name):
+                headers.append((name, value.string_value))
+    if not usable:
+        return None
+    content_type = next((v for k, v in headers if k == "content-type"), None)
+    decoded = hit_body(body or "", content_type)
+    if len(decoded) > max_body:
+        raise BadAnswer(f"answer body of {len(decoded)} bytes exceeds the cap")
+    return Hit(status, headers, decoded)
+
+
+def _token(name: str) -> bool:
+    return name.isascii() and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
+
+
+def hit_body(body: str, content_type: str | None) -> bytes:
+    """Gateway rule: base64 exactly when section 1 would have sent base64 for this content-type;
+    with no content-type, the original's heuristic (over 100 base64 characters)."""
+    raw = body.encode("utf-8")
+    if content_type:
+        return raw if is_text(content_type) else _b64(raw)
+    if len(raw) > 100 and _BASE64.fullmatch(raw):
+        return _b64(raw)
+    return raw
+
+
+def _b64(raw: bytes) -> bytes:
+    """Decode base64, or keep the bytes as they are when they are not base64 after all."""
+    try:
+        return base64.b64decode(raw, validate=True)
+    except ValueError:
+        return raw

@@ -1,0 +1,101 @@
+"""Trace context and session (protocol section 3): continue, propagate, and count hops.
+
+Everything here parses outside input, so it never raises on garbage: a value that does not
+parse is treated as absent.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+SP_TRACEPARENT = "x-sp-traceparent"
+SP_SESSION = "x-sp-session-id"
+SESSION_HEADERS = ("x-sp-session-id", "sp_session_id", "x-session-id")
+MAX_SESSION_ID = 256
+
+HeaderGet = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True)
+class SpanContext:
+    """The exchange's own span and its (possibly absent) remote parent."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes = b""
+
+    @property
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-01"
+
+
+def parse_traceparent(value: str | None) -> tuple[bytes, bytes] | None:
+    """(trace id, span id) of a W3C version-00 traceparent, or None (all-zero ids are invalid)."""
+    if not value:
+        return None
+    m = _TRACEPARENT.fullmatch(value.strip())
+    if not m or m[1] == "0" * 32 or m[2] == "0" * 16:
+        return None
+    return bytes.fromhex(m[1]), bytes.fromhex(m[2])
+
+
+def parse_tracestate(value: str | None) -> list[tuple[str, str]]:
+    """The `key=value` entries of a tracestate header, in order; malformed entries are dropped."""
+    entries = []
+    for item in (value or "").split(","):
+        key, sep, val = item.strip().partition("=")
+        if sep and key:
+            entries.append((key, val))
+    return entries
+
+
+def new_context(tracestate: list[tuple[str, str]], traceparent: str | None) -> SpanContext:
+    """A fresh span, child of the first incoming context that parses (x-sp-traceparent, then W3C)."""
+    sp = next((v for k, v in tracestate if k == SP_TRACEPARENT), None)
+    parent = parse_traceparent(sp) or parse_traceparent(traceparent)
+    span_id = _random_id(8)
+    if parent:
+        return SpanContext(parent[0], span_id, parent[1])
+    return SpanContext(_random_id(16), span_id)
+
+
+def _random_id(n: int) -> bytes:
+    while True:
+        value = secrets.token_bytes(n)
+        if any(value):
+            return value
+
+
+def session_id(header: HeaderGet, tracestate: list[tuple[str, str]]) -> str:
+    """First non-empty of the session headers, the tracestate entry, else a new session."""
+    for name in SESSION_HEADERS:
+        value = (header(name) or "").strip()
+        if value:
+            return value[:MAX_SESSION_ID]
+    value = next((v.strip() for k, v in tracestate if k == SP_SESSION and v.strip()), "")
+    return value[:MAX_SESSION_ID] if value else f"sp-session-{uuid.uuid4()}"
+
+
+def propagated_headers(ctx: SpanContext, session: str, tracestate: list[tuple[str, str]],
+                       has_traceparent: bool, sp_num: str | None) -> dict[str, str]:
+    """The headers to set on the request forwarded upstream (each replaces any existing one)."""
+    entries = [f"{SP_TRACEPARENT}={ctx.traceparent}"]
+    if not any(k == SP_SESSION for k, _ in tracestate):
+        entries.append(f"{SP_SESSION}={session}")
+    entries += [f"{k}={v}" for k, v in tracestate if k != SP_TRACEPARENT]
+    headers = {"tracestate": ",".join(entries), "x-sp-num": str(_next_num(sp_num))}
+    if not has_traceparent:
+        headers["traceparent"] = ctx.traceparent
+    return headers
+
+
+def _next_num(value: str | None) -> int:
+    try:
+        return int((value or "").strip()) + 1
+    except ValueError:
+        return 0

@@ -1,0 +1,295 @@
+"""Real components for the tests: a mitmdump process with the addon, an HTTP upstream and an
+OTLP/HTTP backend on loopback. Nothing here is mocked; every server is a real socket."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ADDON = ROOT / "addon" / "softprobe_addon.py"
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll until `condition()` is truthy; return its value or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    wait_for(lambda: _connectable(port), timeout)
+
+
+# -- HTTP servers ---------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class HttpServer:
+    """A threaded HTTP/1.1 server on loopback that records what it receives.
+
+    `handle(received) -> (status, headers, body)` decides the answer; it may also sleep.
+    """
+
+    def __init__(self, handle: Callable[[Received], Reply]) -> None:
+        self.received: list[Received] = []
+        self.connections = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                outer.connections += 1
+                super().setup()
+
+            def _any(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                got = Received(self.command, self.path,
+                               {k.lower(): v for k, v in self.headers.items()}, body)
+                outer.received.append(got)
+                try:
+                    status, headers, payload = handle(got)
+                except ConnectionError:
+                    self.close_connection = True
+                    return
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if "content-length" not in {k.lower() for k in headers}:
+                    self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = _Server((LOOPBACK, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> HttpServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def echo_upstream() -> HttpServer:
+    """An upstream whose answers depend on the path (see `upstream_reply`)."""
+    return HttpServer(upstream_reply)
+
+
+def upstream_reply(got: Received) -> Reply:
+    path = got.path.split("?", 1)[0]
+    if path == "/json":
+        return 200, {"content-type": "application/json"}, b'{"ok": true, "items": [1, 2]}'
+    if path == "/gzip":
+        return 200, {"content-type": "application/json", "content-encoding": "gzip"}, \
+            gzip.compress(b'{"zipped": "yes"}')
+    if path == "/binary":
+        return 200, {"content-type": "application/octet-stream"}, bytes(range(256))
+    if path == "/empty":
+        return 204, {}, b""
+    if path == "/style.css":
+        return 200, {"content-type": "text/css"}, b"body {}"
+    if path == "/page":
+        return 200, {"content-type": "text/html"}, b"<html></html>"
+    if path.startswith("/big/"):
+        return 200, {"content-type": "text/plain"}, b"x" * int(path.rsplit("/", 1)[1])
+    if path == "/fail":
+        return 503, {"content-type": "text/plain"}, b"upstream down"
+    return 200, {"content-type": "text/plain", "x-upstream": "yes"}, \
+        f"upstream saw {got.method} {got.path}".encode()
+
+
+class OtlpBackend(HttpServer):
+    """A Softprobe-compatible backend on loopback: decodes exported protobuf for the tests.
+
+    `export_status` answers `/v1/traces` (a callable of the attempt number, so a test can fail
+    the first attempts); `inject` answers `/v1/inject` from the decoded lookup request.
+    """
+
+    def __init__(self, export_status: Callable[[int], int] = lambda n: 200,
+                 inject: Callable[[TracesData, Received], Reply] | None = None) -> None:
+        self.batches: list[TracesData] = []
+        self.lookups: list[TracesData] = []
+        self.attempts = 0
+        self.lock = threading.Lock()
+
+        def handle(got: Received) -> Reply:
+            if got.path == "/v1/traces":
+                with self.lock:
+                    self.attempts += 1
+                    status = export_status(self.attempts)
+                    if status == 200:
+                        self.batches.append(TracesData.FromString(got.body))
+                return status, {"content-type": "application/json"}, \
+                    b'{"message":"Traces ingested successfully"}' if status == 200 else b"{}"
+            if got.path == "/v1/inject" and inject is not None:
+                request = TracesData.FromString(got.body)
+                with self.lock:
+                    self.lookups.append(request)
+                return inject(request, got)
+            return 404, {}, b""
+
+        super().__init__(handle)
+
+    def spans(self) -> list[tuple[dict[str, Any], Span]]:
+        """Every exported span with its resource attributes."""
+        with self.lock:
+            return [(attributes(rs.resource.attributes), span)
+                    for batch in self.batches for rs in batch.resource_spans
+                    for ss in rs.scope_spans for span in ss.spans]
+
+    def wait_spans(self, count: int, timeout: float = 10.0) -> list[tuple[dict[str, Any], Span]]:
+        return wait_for(lambda: len(s := self.spans()) >= count and s, timeout)
+
+
+def attributes(kvs: Any) -> dict[str, Any]:
+    """OTLP KeyValues as a plain dict of Python values."""
+    out = {}
+    for kv in kvs:
+        which = kv.value.WhichOneof("value")
+        out[kv.key] = getattr(kv.value, which) if which else None
+    return out
+
+
+# -- the gateway ----------------------------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    """`mitmdump -s addon/softprobe_addon.py` as a real process on a loopback port."""
+
+    config: dict[str, Any]
+    tmp: Path
+    mode: str = "regular"
+    options: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        self.config_path = self.tmp / f"gateway-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.log_path = self.tmp / f"mitmdump-{self.port}.log"
+        args = [str(BIN / "mitmdump"), "-s", str(ADDON), "--mode", self.mode,
+                "--listen-host", LOOPBACK, "--listen-port", str(self.port),
+                "--set", f"softprobe_config={self.config_path}",
+                "--set", f"confdir={self.tmp / 'mitmproxy'}", "--set", "flow_detail=0"]
+        for k, v in self.options.items():
+            args += ["--set", f"{k}={v}"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env.pop("HTTP_PROXY", None), env.pop("HTTPS_PROXY", None)
+        self.log = self.log_path.open("wb")
+        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                        cwd=self.tmp)
+        try:
+            wait_for(lambda: self.process.poll() is not None or _connectable(self.port), 20)
+        except AssertionError:
+            self.stop()
+            raise
+        if self.process.poll() is not None:
+            raise RuntimeError(f"mitmdump exited {self.process.returncode}:\n{self.output()}")
+
+    @property
+    def proxy(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """A client sending through the gateway (as a proxy in regular mode, else directly)."""
+        if self.mode == "regular":
+            return httpx.Client(proxy=self.proxy, trust_env=False, **kwargs)
+        return httpx.Client(base_url=self.proxy, trust_env=False, **kwargs)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """Stop like Kubernetes does (SIGTERM), so the shutdown flush runs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _connectable(port: int) -> bool:
+    try:
+        socket.create_connection((LOOPBACK, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def run_mitmdump_config(tmp: Path, config_text: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """Start mitmdump with a config file and wait for it to exit (for bad-config tests)."""
+    path = tmp / "bad.yaml"
+    path.write_text(config_text)
+    return subprocess.run(
+        [str(BIN / "mitmdump"), "-s", str(ADDON), "--listen-host", LOOPBACK,
+         "--listen-port", str(free_port()), "--set", f"softprobe_config={path}",
+         "--set", f"confdir={tmp / 'mitmproxy'}"],
+        capture_output=True, text=True, timeout=timeout, cwd=tmp)
