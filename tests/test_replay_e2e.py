@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support import Gateway, HttpServer, Received, Reply, wait_for
+from test_backend_server import Backend
 
 from softprobe_gateway.backend.store import Store
 from softprobe_gateway.config import StoreConfig
@@ -95,3 +96,19 @@ def test_strict_replay_never_reaches_upstream(tmp_path: Path, recording) -> None
     with Store(StoreConfig(path=str(db)), read_only=True) as store:
         miss = store.misses()[0]
     assert miss.path == "/price?sku=zzz&currency=EUR" and "query.sku: recorded 'a', got 'zzz'" in miss.diff
+
+
+def test_standalone_backend_records_and_answers_for_gateways(tmp_path: Path) -> None:
+    """Two gateways, one after the other, sharing `softprobe serve` over HTTP."""
+    backend = Backend(tmp_path / "shared.db")
+    try:
+        remote = {"sp_backend_url": backend.url, "export": FAST_EXPORT}
+        with stateful_upstream() as upstream:
+            with Gateway(remote, tmp_path) as gw, gw.client(headers={"x-sp-session-id": "shop-2"}) as c:
+                original = flow(c, upstream.url)
+                wait_for(lambda: recorded_count(backend.db) == 6)
+        with Gateway({**remote, "enable_inject": True}, tmp_path) as gw, \
+                gw.client(headers={"x-sp-session-id": "shop-2"}) as client:
+            assert flow(client, upstream.url) == original
+    finally:
+        assert backend.stop() == 0
