@@ -16,10 +16,11 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .capture import Exchange, Message
-from .config import CONFIG_ENV, ConfigError, load_config
+from .config import CONFIG_ENV, ConfigError, MockRule, load_config
 from .metrics import AdminServer, Metrics
 from .otlp import Hit, inject_request
 from .rules import STATIC, is_static_response
+from .routing import listen_addresses
 from .runtime import Runtime
 from .tracecontext import new_context, parse_tracestate, propagated_headers, session_id
 
@@ -49,7 +50,8 @@ class SoftprobeAddon:
         path = ctx.options.softprobe_config or os.environ.get(CONFIG_ENV, "")
         try:
             config = load_config(path or None)
-            runtime = Runtime(config, self.metrics)
+            listen = listen_addresses(ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port)
+            runtime = Runtime(config, self.metrics, listen)
         except ConfigError as e:
             if self.ready:
                 raise exceptions.OptionsError(str(e)) from None
@@ -80,13 +82,24 @@ class SoftprobeAddon:
     def running(self) -> None:
         self.ready = True
 
+    def server_connect(self, data) -> None:
+        """Honour a TLS upstream's `connect_address` (SNI and verification keep the real host)."""
+        if self.runtime is not None and data.server.address is not None:
+            if address := self.runtime.router.connect_address(data.server.address):
+                data.server.address = address
+
     async def request(self, flow: http.HTTPFlow) -> None:
         rt = self.runtime
         if rt is None:  # start-up with a bad config: about to exit, and traffic fails open
             return
         request = flow.request
         self.metrics.seen.inc()
-        skip = rt.rules.skip_request(request.pretty_host, request.path, request.headers.get)
+        caller = rt.router.caller(request.headers)
+        authority = request.host_header or f"{request.host}:{request.port}"
+        if refusal := rt.router.route(request):
+            flow.response = http.Response.make(508, f"softprobe gateway: {refusal}\n",
+                                               {"content-type": "text/plain; charset=utf-8"})
+            return
         client_headers = request.headers.fields  # immutable snapshot, before propagation
         tracestate = parse_tracestate(request.headers.get("tracestate"))
         span = new_context(tracestate, request.headers.get("traceparent"))
@@ -95,23 +108,33 @@ class SoftprobeAddon:
                                               "traceparent" in request.headers,
                                               request.headers.get("x-sp-num")).items():
             request.headers[name] = value
-        if skip:
+        exchange = None
+        if skip := rt.rules.skip_request(request.pretty_host, request.path, request.headers.get):
             self.metrics.skipped.labels(skip).inc()
-            return
-        exchange = Exchange(
-            trace_id=span.trace_id, span_id=span.span_id, parent_span_id=span.parent_span_id,
-            session_id=session, service_name=rt.service_name(request.headers.get("x-sp-service-name")),
-            direction=rt.direction(isinstance(flow.client_conn.proxy_mode, ReverseMode)),
-            path=request.path, host=request.host_header or f"{request.host}:{request.port}",
-            start_ns=int(request.timestamp_start * 1e9),
-            request=Message(client_headers, request.raw_content, (
-                (":method", request.method), (":path", request.path),
-                (":authority", request.host_header or request.pretty_host),
-                (":scheme", request.scheme))),
-        )
-        flow.metadata[EXCHANGE] = exchange
-        if rt.lookup is not None:
+        else:
+            exchange = Exchange(
+                trace_id=span.trace_id, span_id=span.span_id, parent_span_id=span.parent_span_id,
+                session_id=session,
+                service_name=rt.service_name(request.headers.get("x-sp-service-name"), caller),
+                direction=rt.direction(isinstance(flow.client_conn.proxy_mode, ReverseMode)),
+                path=request.path, host=authority, start_ns=int(request.timestamp_start * 1e9),
+                request=Message(client_headers, request.raw_content, (
+                    (":method", request.method), (":path", request.path),
+                    (":authority", authority), (":scheme", request.scheme))),
+            )
+            flow.metadata[EXCHANGE] = exchange
+        if mock := rt.mocks.match(request.method, request.pretty_host, request.path):
+            await self._mock(flow, mock, exchange)
+        elif exchange is not None and rt.lookup is not None:
             await self._lookup(flow, exchange, rt)
+
+    @staticmethod
+    async def _mock(flow: http.HTTPFlow, mock: MockRule, exchange: Exchange | None) -> None:
+        if mock.delay_ms:
+            await asyncio.sleep(mock.delay_ms / 1000)
+        flow.response = http.Response.make(mock.status, mock.body, mock.headers)
+        if exchange is not None:
+            exchange.injected = True
 
     async def _lookup(self, flow: http.HTTPFlow, exchange: Exchange, rt: Runtime) -> None:
         """Ask the backend; answer the client on a hit, forward on anything else (or refuse in strict mode)."""
