@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -35,6 +36,8 @@ MAX_REPLAYS = 10_000  # lookup sessions whose replay position is kept in memory
 MAX_SEQUENCES = 10_000  # distinct requests per lookup session
 MAX_CANDIDATES = 20  # recorded requests compared with a miss
 _BUSY_TIMEOUT_MS = 5000
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchanges (
@@ -122,7 +125,8 @@ class Store:
                 self._writer.executescript(_SCHEMA)
                 self._writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 self._refresh_fingerprints()
-                self._apply_retention()
+                with self._write_lock, self._writing() as db:
+                    self._apply_retention(db)
             self._writer.execute("SELECT 1 FROM exchanges LIMIT 1").fetchone()
 
     # -- connections --------------------------------------------------------------------
@@ -182,12 +186,17 @@ class Store:
         self.close()
 
     def close(self) -> None:
+        """Write the misses not yet written, and close every connection."""
         with self._write_lock:
             if self._closed:
                 return
-            self._flush_misses()
             self._closed = True
-            self._writer.close()
+            try:
+                if not self.read_only:
+                    with self._writing() as db:
+                        self._flush_misses(db)
+            finally:
+                self._writer.close()
         with self._pool_lock:
             idle, self._idle = self._idle, []
         for db in idle:
@@ -206,11 +215,14 @@ class Store:
         with self._write_lock, self._writing() as db:
             stored: dict[str, list[Exchange]] = {}
             for ex, row in rows:
+                # Not INSERT OR IGNORE: an ignored row would still use up a row id (see retention).
                 cursor = db.execute(
-                    "INSERT OR IGNORE INTO exchanges (session_id, trace_id, span_id, parent_span_id, "
+                    "INSERT INTO exchanges (session_id, trace_id, span_id, parent_span_id, "
                     "service, direction, kind, method, host, path, route, status, error, start_ns, "
                     "end_ns, ingested_ns, request_headers, response_headers, request_body, "
-                    "response_body, fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                    "response_body, fingerprint) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,"
+                    "?14,?15,?16,?17,?18,?19,?20,?21 WHERE NOT EXISTS (SELECT 1 FROM exchanges "
+                    "WHERE trace_id = ?2 AND span_id = ?3)", row)
                 if cursor.rowcount:
                     stored.setdefault(ex.session_id, []).append(ex)
             for session_id, added in stored.items():
@@ -245,21 +257,20 @@ class Store:
         if row and row[0] == signature:
             return
         with self._write_lock, self._writing() as db:
-            rows = db.execute("SELECT id, method, host, path, request_headers, request_body "
-                              "FROM exchanges").fetchall()
-            db.executemany("UPDATE exchanges SET fingerprint = ? WHERE id = ?", (
-                (self._form(m, h, p, json.loads(hd).get("content-type", ""), b).fingerprint(), i)
-                for i, m, h, p, hd, b in rows))
+            last = 0
+            while rows := db.execute("SELECT id, method, host, path, request_headers, request_body "
+                                     "FROM exchanges WHERE id > ? ORDER BY id LIMIT 500", (last,)).fetchall():
+                db.executemany("UPDATE exchanges SET fingerprint = ? WHERE id = ?", [
+                    (self._form(m, h, p, json.loads(hd).get("content-type", ""), b).fingerprint(), i)
+                    for i, m, h, p, hd, b in rows])
+                last = rows[-1][0]
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('match', ?)", (signature,))
 
-    def _apply_retention(self, db: sqlite3.Connection | None = None) -> None:
+    def _apply_retention(self, db: sqlite3.Connection) -> None:
         """Delete the oldest exchanges beyond `max_exchanges`, and those older than `max_age_hours`
         (by when they were stored: span clocks are other machines'), then fix their sessions."""
-        if db is None:
-            with self._write_lock, self._writing() as db:
-                return self._apply_retention(db)
-        # Row ids are dense (AUTOINCREMENT, only the oldest are ever deleted), so this keeps
-        # at most max_exchanges rows without counting them.
+        # Row ids are dense (AUTOINCREMENT, every insert kept, only the oldest ever deleted), so
+        # this keeps the newest max_exchanges rows without counting them.
         touched = {r[0] for r in db.execute(
             "DELETE FROM exchanges WHERE id <= (SELECT max(id) FROM exchanges) - ? "
             "RETURNING session_id", (self.config.max_exchanges,))}
@@ -400,21 +411,17 @@ class Store:
             if not self._closed:
                 with self._writing() as db:
                     self._flush_misses(db)
+        except StoreError as e:  # a diagnostic must never turn a miss into a failed lookup
+            log.warning("%s", e)
         finally:
             self._write_lock.release()
 
-    def _flush_misses(self, db: sqlite3.Connection | None = None) -> None:
+    def _flush_misses(self, db: sqlite3.Connection) -> None:
         """Write pending misses (the caller holds `_write_lock`), keeping the newest MAX_MISSES."""
         with self._miss_lock:
             pending, self._pending_misses = self._pending_misses, []
-        if not pending or self.read_only:
+        if not pending:
             return
-        if db is None:
-            with self._writing() as db:
-                return self._write_misses(db, pending)
-        self._write_misses(db, pending)
-
-    def _write_misses(self, db: sqlite3.Connection, pending: list[Miss]) -> None:
         db.executemany(
             "INSERT INTO misses (at_ns, session_id, method, host, path, closest, diff) "
             "VALUES (?,?,?,?,?,?,?)",
