@@ -27,3 +27,8 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info addon/*.egg-info
+
+## The travel demo: front and airline services, the gateway recording them, a search/book/pay session, shown.
+.PHONY: demo
+demo: $(STAMP)
+	$(BIN)/python examples/travel/run_demo.py

@@ -21,15 +21,11 @@ AIRLINE_URL = os.environ.get("AIRLINE_URL", "http://airline.travel.svc.cluster.l
 # Without a mesh, the local demo names the gateway as this service's egress proxy.
 opener = urllib.request.build_opener(urllib.request.ProxyHandler(
     {"http": os.environ["EGRESS_PROXY"]} if os.environ.get("EGRESS_PROXY") else {}))
-# Outside Istio nothing identifies the caller, so the service names itself when told to.
-SERVICE_NAME = os.environ.get("SERVICE_NAME", "")
 
 
 def airline(req: Request, method: str, path: str, document: Any = None) -> tuple[int, Any]:
     headers = {k: req.headers[k] for k in PROPAGATED if req.headers.get(k)}
     headers["content-type"] = "application/json"
-    if SERVICE_NAME:
-        headers["x-sp-service-name"] = SERVICE_NAME
     body = json.dumps(document).encode() if document is not None else None
     call = urllib.request.Request(AIRLINE_URL + path, body, headers, method=method)
     try:
