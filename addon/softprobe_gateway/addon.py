@@ -25,6 +25,8 @@ from .runtime import Runtime
 from .tracecontext import new_context, parse_tracestate, propagated_headers, session_id
 
 log = logging.getLogger(__name__)
+# httpx logs every request at INFO: one line per export and lookup would flood the proxy's log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 EXCHANGE = "softprobe.exchange"  # flow.metadata key
 DEBUG_HEADER = "x-softprobe-injected"
 # Lookup bodies above this are encoded on a thread rather than the event loop.

@@ -1,0 +1,206 @@
+"""Agent lookup against real backends that hit, miss, fail, hang or answer garbage."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import socket
+import time
+
+import httpx
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
+
+from softprobe_gateway.otlp import key_value, make_span, traces_data
+from support import Gateway, OtlpBackend, Received, attributes, echo_upstream, free_port, wait_for
+
+BINARY = bytes(range(256)) * 4
+
+
+def answer(status: int | None, headers: dict[str, str], body: str | None) -> bytes:
+    attrs: list = [(f"http.response.header.{k}", v) for k, v in headers.items()]
+    if status is not None:
+        attrs.append(("http.response.status_code", status))
+    if body is not None:
+        attrs.append(("http.response.body", body))
+    span = make_span("/x", b"\x01" * 16, b"\x02" * 8, b"", Span.SPAN_KIND_SERVER, 1, 2, attrs, False)
+    return traces_data([("svc", [span])], "").SerializeToString()
+
+
+def inject_by_path(request: TracesData, got: Received):
+    """The test backend's `/v1/inject`: the answer depends on the looked-up request's path."""
+    path = attributes(request.resource_spans[0].scope_spans[0].spans[0].attributes)["url.path"].split("?")[0]
+    proto = {"content-type": "application/x-protobuf"}
+    if path == "/hit-text":
+        return 200, proto, answer(201, {"content-type": "text/plain", "x-custom": "yes",
+                                        "content-length": "999", "transfer-encoding": "chunked",
+                                        ":status": "201"}, "hello from the recording")
+    if path == "/hit-binary":
+        return 200, proto, answer(None, {"content-type": "image/png"}, base64.b64encode(BINARY).decode())
+    if path == "/error":
+        return 500, {}, b"oops"
+    if path == "/garbage":
+        return 200, proto, b"\xff\x00garbage\x12\x34"
+    if path == "/empty-answer":
+        return 200, proto, b""
+    if path == "/no-response-attrs":
+        return 200, proto, answer(None, {}, None)
+    if path == "/slow":
+        time.sleep(5)
+        return 404, {}, b""
+    if path == "/half-second":
+        time.sleep(0.5)
+        return 404, {}, b""
+    return 404, {}, b""
+
+
+@pytest.fixture
+def upstream():
+    with echo_upstream() as server:
+        yield server
+
+
+def lookup_config(url: str, admin: int, **lookup) -> dict:
+    return {"sp_backend_url": url, "enable_inject": True, "public_key": "pk-test",
+            "admin_listen": f"127.0.0.1:{admin}", "export": {"flush_interval_ms": 20},
+            "lookup": {"timeout_ms": 1000, "breaker_failures": 100, "debug_header": True, **lookup}}
+
+
+def counter(admin: int, outcome: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{admin}/metrics", trust_env=False).text
+    line = f'softprobe_lookups_total{{outcome="{outcome}"}} '
+    return next((float(l.split()[-1]) for l in text.splitlines() if l.startswith(line)), 0.0)
+
+
+def test_hits_are_answered_without_touching_the_upstream(tmp_path, upstream):
+    admin = free_port()
+    with OtlpBackend(inject=inject_by_path) as backend, \
+            Gateway(lookup_config(backend.url, admin), tmp_path, mode=f"reverse:{upstream.url}") as gw, \
+            gw.client() as client:
+        text = client.post("/hit-text?x=1", json={"q": 1}, headers={"x-sp-session-id": "s-1"})
+        binary = client.get("/hit-binary")
+        assert upstream.received == [] and upstream.connections == 0
+        spans = {s.name: attributes(s.attributes) for _, s in backend.wait_spans(2)}
+        lookup = backend.lookups[0]
+        assert counter(admin, "hit") == 2
+
+    assert text.status_code == 201 and text.text == "hello from the recording"
+    assert text.headers["x-custom"] == "yes" and text.headers["x-softprobe-injected"] == "true"
+    assert text.headers["content-length"] == str(len("hello from the recording"))
+    assert "transfer-encoding" not in text.headers
+    assert binary.status_code == 200 and binary.content == BINARY
+    assert binary.headers["content-type"] == "image/png"
+    assert spans["/hit-text"]["sp.injected"] is True
+    assert spans["/hit-text"]["http.response.body"] == "hello from the recording"
+
+    # The lookup body: one CLIENT inject span with the request half of the attributes.
+    (rs,) = lookup.resource_spans
+    (span,) = rs.scope_spans[0].spans
+    a = attributes(span.attributes)
+    assert span.kind == Span.SPAN_KIND_CLIENT and span.name == "/hit-text"
+    assert a["sp.span.type"] == "inject" and a["sp.public.key"] == "pk-test"
+    assert a["sp.session.id"] == "s-1" and a["sp.traffic.direction"] == "inbound"
+    assert a["http.request.header.:method"] == "POST" and a["http.request.header.:path"] == "/hit-text?x=1"
+    assert a["url.path"] == "/hit-text?x=1" and a["http.request.body"] == '{"q":1}'
+    assert not any(k.startswith("http.response.") for k in a)
+    assert attributes(rs.resource.attributes)["sp.resource.type"] == "sp-envoy-proxy"
+
+
+@pytest.mark.parametrize("path, outcome", [
+    ("/miss", "miss"), ("/error", "bad_status"), ("/garbage", "bad_answer"),
+    ("/empty-answer", "bad_answer"), ("/no-response-attrs", "bad_answer"), ("/slow", "timeout"),
+])
+def test_misses_and_failures_go_upstream(tmp_path, upstream, path, outcome):
+    admin = free_port()
+    config = lookup_config("", admin, timeout_ms=300)
+    with OtlpBackend(inject=inject_by_path) as backend:
+        config["sp_backend_url"] = backend.url
+        with Gateway(config, tmp_path, mode=f"reverse:{upstream.url}") as gw, gw.client() as client:
+            started = time.monotonic()
+            r = client.get(path)
+            elapsed = time.monotonic() - started
+            assert counter(admin, outcome) == 1
+    assert r.status_code == 200 and r.text == f"upstream saw GET {path}"
+    assert "x-softprobe-injected" not in r.headers
+    assert elapsed < 1.5, f"{path} took {elapsed:.2f}s: the lookup timeout is 0.3s"
+
+
+def test_closed_port_and_blackhole_fail_open_then_the_breaker_makes_them_cheap(tmp_path, upstream):
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(1000)
+    try:
+        for url, outcome in ((f"http://127.0.0.1:{free_port()}", "connect_error"),
+                             (f"http://127.0.0.1:{hole.getsockname()[1]}", "timeout")):
+            admin = free_port()
+            config = lookup_config(url, admin, timeout_ms=300, breaker_failures=3,
+                                   breaker_cooldown_s=60)
+            with Gateway(config, tmp_path, mode=f"reverse:{upstream.url}") as gw, gw.client(timeout=5) as client:
+                durations = []
+                for i in range(40):
+                    started = time.monotonic()
+                    assert client.get(f"/n{i}").status_code == 200
+                    durations.append(time.monotonic() - started)
+                assert counter(admin, outcome) == 3
+                assert counter(admin, "breaker_open") == 37
+            worst, later = max(durations[:3]), sorted(durations[3:])
+            print(f"{outcome}: first 3 worst {worst * 1000:.0f} ms, later p50 "
+                  f"{later[len(later) // 2] * 1000:.1f} ms, max {later[-1] * 1000:.1f} ms")
+            assert worst < 0.3 + 0.5                       # bounded by the timeout
+            assert later[-1] < 0.1                         # breaker open: no lookup at all
+    finally:
+        hole.close()
+
+
+def test_breaker_half_open_probe_closes_on_success(tmp_path, upstream):
+    healthy = {"on": False}
+
+    def inject(request, got):
+        if not healthy["on"]:
+            return 500, {}, b""
+        return 404, {}, b""
+
+    admin = free_port()
+    with OtlpBackend(inject=inject) as backend:
+        config = lookup_config(backend.url, admin, breaker_failures=2, breaker_cooldown_s=0.5)
+        with Gateway(config, tmp_path, mode=f"reverse:{upstream.url}") as gw, gw.client() as client:
+            for _ in range(4):
+                client.get("/x")
+            assert counter(admin, "bad_status") == 2 and counter(admin, "breaker_open") == 2
+            healthy["on"] = True
+
+            def probe_then_miss() -> bool:
+                client.get("/x")
+                return counter(admin, "miss") >= 2
+            wait_for(probe_then_miss, timeout=5, interval=0.1)   # probe closes it; next lookups flow
+            assert counter(admin, "bad_status") == 2
+
+
+def test_parallel_lookups_wait_concurrently(tmp_path, upstream):
+    admin = free_port()
+    with OtlpBackend(inject=inject_by_path) as backend, \
+            Gateway(lookup_config(backend.url, admin, timeout_ms=2000), tmp_path,
+                    mode=f"reverse:{upstream.url}") as gw:
+        def one(i: int) -> int:
+            with gw.client(timeout=10) as client:
+                return client.get(f"/half-second?i={i}").status_code
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            statuses = list(pool.map(one, range(20)))
+        elapsed = time.monotonic() - started
+    print(f"20 parallel requests behind 0.5 s lookups: {elapsed:.2f} s")
+    assert statuses == [200] * 20
+    assert elapsed < 1.5, f"{elapsed:.2f}s: lookups ran one after another (serial: 10 s)"
+
+
+def test_strict_replay_never_reaches_upstream(tmp_path, upstream):
+    with OtlpBackend(inject=inject_by_path) as backend, \
+            Gateway(lookup_config(backend.url, free_port(), on_miss="reject"), tmp_path,
+                    mode=f"reverse:{upstream.url}") as gw, gw.client() as client:
+        miss = client.get("/miss")
+        failed = client.get("/error")
+        hit = client.get("/hit-text")
+    assert miss.status_code == 404 and "no recorded answer" in miss.text
+    assert failed.status_code == 503
+    assert hit.status_code == 201
+    assert upstream.received == []
