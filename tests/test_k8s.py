@@ -9,6 +9,7 @@ and the objects are checked against each other and against what the gateway actu
 from __future__ import annotations
 
 import functools
+import os
 import posixpath
 import re
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -25,6 +27,7 @@ import yaml
 
 from softprobe_gateway.config import PUBLIC_KEY_ENV, Config, load_config
 from softprobe_gateway.routing import listen_addresses
+from support import ADDON, BIN, LOOPBACK, free_port, wait_for, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -342,3 +345,39 @@ def test_one_image_version_everywhere() -> None:
     images = {c["image"] for entry in ENTRY_POINTS for d in of_kind(render(entry), "Deployment")
               for c in d["spec"]["template"]["spec"]["containers"] if "softprobe" in c["image"]}
     assert len(images) == 1, images
+
+
+@pytest.mark.parametrize("entry", [e for e in GATEWAY_ENTRIES if e != "explicit-proxy"])
+def test_the_deployment_args_and_config_start_the_gateway(entry: str, tmp_path: Path) -> None:
+    """The rendered args and ConfigMap, run as they are (paths and ports moved to loopback/tmp)."""
+    objects = render(entry)
+    pod = gateway_deployment(objects)["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    config_path = option(container["args"], "softprobe_config")
+    text = next(c for c in of_kind(objects, "ConfigMap")
+                if c["metadata"]["name"].startswith("softprobe-gateway-config"))["data"][posixpath.basename(config_path)]
+    proxy_port, admin_port = free_port(), free_port()
+    config = yaml.safe_load(text)
+    config["admin_listen"] = f"{LOOPBACK}:{admin_port}"
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
+    moved = {config_path: str(tmp_path / "gateway.yaml"), option(container["args"], "confdir"): str(tmp_path / "confdir"),
+             "@8080": f"@{LOOPBACK}:{proxy_port}"}
+    args = [functools.reduce(lambda a, kv: a.replace(*kv), moved.items(), arg) for arg in container["args"]]
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    with (tmp_path / "mitmdump.log").open("wb") as log:
+        process = subprocess.Popen([str(BIN / "mitmdump"), "-s", str(ADDON), *args], stdout=log,
+                                   stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        try:
+            wait_for(lambda: process.poll() is not None or readyz(admin_port), timeout=20)
+            assert process.poll() is None, (tmp_path / "mitmdump.log").read_text()
+            wait_port(proxy_port)
+        finally:
+            process.terminate()
+            process.wait(15)
+
+
+def readyz(port: int) -> bool:
+    try:
+        return httpx.get(f"http://{LOOPBACK}:{port}/readyz", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from google.protobuf import struct_pb2
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from softprobe_gateway.otlp import key_value, make_span, traces_data
+from softprobe_gateway.otlp import make_span, traces_data
 from support import BIN, LOOPBACK, Gateway, OtlpBackend, Received, attributes, free_port, wait_for, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
