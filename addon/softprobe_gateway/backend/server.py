@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from .model import SessionSummary
 from .spans import BadTraces, traces_from_json, traces_from_protobuf
@@ -51,7 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._dispatch(self._get)
 
-    def _dispatch(self, handle: Any) -> None:
+    def _dispatch(self, handle: Callable[[SplitResult], None]) -> None:
         try:
             handle(urlsplit(self.path))
         except BadRequest as e:
@@ -59,7 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
         except StoreError as e:
             self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(e)})
 
-    def _post(self, url: Any) -> None:
+    def _post(self, url: SplitResult) -> None:
         if url.path not in ("/v1/traces", "/v1/inject"):
             raise BadRequest(f"no such endpoint: POST {url.path}", HTTPStatus.NOT_FOUND)
         body = self._body()
@@ -79,7 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(HTTPStatus.OK, answer.SerializeToString(), "application/x-protobuf")
 
-    def _get(self, url: Any) -> None:
+    def _get(self, url: SplitResult) -> None:
         if url.path == "/api/sessions":
             self._list_sessions(parse_qs(url.query))
         elif url.path.startswith("/api/sessions/") and url.path.count("/") == 3:
