@@ -89,6 +89,30 @@ class CaptureConfig:
     mask_headers: tuple[str, ...] = ()
 
 
+# Matched case-insensitively, ignoring `_` and `-` (so `card_number` is also `cardNumber`);
+# `*` is any run of characters; a dotted entry is a path from the body's root.
+DEFAULT_REDACT_FIELDS = (
+    "*password", "passwd", "pwd", "*secret", "token", "access_token", "refresh_token",
+    "id_token", "auth_token", "api_key", "private_key",
+    "card_number", "pan", "cvv", "cvv2", "cvc", "cvc2", "*card.number",
+)
+
+
+@dataclass(frozen=True)
+class RedactionConfig:
+    """Secrets masked (or hashed) in what is recorded; proxied traffic is never changed."""
+
+    enabled: bool = True
+    mode: Literal["mask", "hash"] = "mask"
+    mask: str = "[REDACTED]"
+    fields: tuple[str, ...] = DEFAULT_REDACT_FIELDS
+    extra_fields: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = field(default=(), metadata=_regex())
+    luhn_cards: bool = True
+    bearer_tokens: bool = True
+    salt: str = field(default="", repr=False)
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """Batching, bounds and retries of the asynchronous export."""
@@ -173,6 +197,7 @@ class Config:
     exemption_rules: tuple[ExemptionRule, ...] = field(
         default=DEFAULT_EXEMPTIONS, metadata=_key("exemptionRules"))
     capture: CaptureConfig = CaptureConfig()
+    redaction: RedactionConfig = RedactionConfig()
     export: ExportConfig = ExportConfig()
     lookup: LookupConfig = LookupConfig()
     store: StoreConfig = StoreConfig()
