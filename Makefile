@@ -28,6 +28,15 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info addon/*.egg-info
 
+## Benchmarks (issue 6), loopback only: writes bench/results/latest.{md,json,png}.
+## `make bench BENCH_ARGS=--quick` for a smoke run; `.venv/bin/python -m bench --help` for knobs.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+.PHONY: bench
+bench: $(STAMP)
+	command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 ## The travel demo: front and airline services, the gateway recording them, a search/book/pay session, shown.
 .PHONY: demo
 demo: $(STAMP)

@@ -1,0 +1,70 @@
+"""`python -m bench [--quick]`: run the scenarios, write bench/results/latest.{md,json,png}.
+
+Run from the repository root with the venv's python (`make bench` does both)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from . import harness, report, wrk
+from .scenarios import BY_NAME, SCENARIOS
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BODIES = [1024, 64 * 1024, 1024 * 1024]
+QUICK_SCENARIOS = ["direct", "mitmdump", "record", "lookup-miss", "blackhole"]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 KiB, a few scenarios, one short round, no RSS check")
+    p.add_argument("--out", type=Path, default=RESULTS, help="output directory")
+    p.add_argument("--scenarios", nargs="+", choices=list(BY_NAME), help="subset of scenarios")
+    p.add_argument("--bodies", nargs="+", type=int, help="response body sizes in bytes")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (medians are reported)")
+    p.add_argument("--duration", type=int, help="seconds of load per scenario and round")
+    p.add_argument("--connections", type=int, default=8, help="wrk connections (closed loop)")
+    p.add_argument("--warmup", type=int, help="seconds of load before measuring")
+    p.add_argument("--rss-requests", type=int,
+                   help="requests of 1 MiB for the black-holed RSS check (0: skip)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    quick = args.quick
+    names = args.scenarios or (QUICK_SCENARIOS if quick else list(BY_NAME))
+    load = wrk.Load(1, args.connections, args.duration or (2 if quick else 10))
+    plan = harness.Plan(
+        scenarios=[s for s in SCENARIOS if s.name in names],
+        bodies=args.bodies or ([1024] if quick else BODIES),
+        rounds=args.rounds or (1 if quick else 3),
+        load=load, warmup_s=args.warmup or 1)
+    rss_requests = args.rss_requests if args.rss_requests is not None else (0 if quick else 20_000)
+    with tempfile.TemporaryDirectory(prefix="softprobe-bench-") as tmp:
+        tmp_path = Path(tmp)
+        servers = harness.Servers(tmp_path)
+        try:
+            samples = harness.run(plan, servers, tmp_path, lambda line: print(line, flush=True))
+            rss = None
+            if rss_requests:
+                print(f"black-holed RSS check: {rss_requests} x 1 MiB ...", flush=True)
+                rss = harness.blackhole_rss(servers, tmp_path, rss_requests, load)
+        finally:
+            servers.close()
+    rows = harness.medians(samples)
+    meta = {**report.machine(), "threads": load.threads, "connections": load.connections,
+            "duration_s": load.duration_s, "rounds": plan.rounds, "quick": quick}
+    results = report.write(args.out, rows, harness.as_dicts(samples), rss, meta)
+    print()
+    print((args.out / "latest.md").read_text())
+    met = sum(c.ok for c in results)
+    print(f"targets met: {met} of {len(results)}; wrote {args.out}/latest.md, latest.json, latest.png")
+    return 0  # unmet targets are results, not harness failures
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,85 @@
+"""Child processes of the benchmark and what the kernel says about them (CPU, peak RSS)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import LOOPBACK, _connectable, wait_for
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Proc:
+    """A child process on a loopback port, its output kept in a log file."""
+
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    cwd: Path
+
+    def __post_init__(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env={**env, "PYTHONUNBUFFERED": "1"}, cwd=self.cwd)
+        try:
+            wait_for(lambda: self.process.poll() is not None or _connectable(self.port), 30)
+        except AssertionError:
+            self.stop()
+            raise
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited {self.process.returncode}: {self.output()[-2000:]}")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of all the process's threads so far (/proc/PID/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM: the process's peak resident set since it started."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def get(port: int, path: str) -> str:
+    """A plain GET on loopback (no proxy from the environment)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{LOOPBACK}:{port}{path}", timeout=5) as response:
+        return response.read().decode()
+
+
+def prometheus(port: int) -> dict[str, float]:
+    """The admin endpoint's metrics, labelled series summed by metric name."""
+    totals: dict[str, float] = {}
+    for line in get(port, "/metrics").splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            name = name.split("{", 1)[0]
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return totals

@@ -1,0 +1,153 @@
+"""The outputs: ratios to the mitmdump baselines, the issue's targets, Markdown, JSON and a chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from .scenarios import BY_NAME
+
+KIB, MIB = 1024, 1024 * 1024
+RSS_LIMIT_MB = 250.0
+RECORD_VS_MITMDUMP = {KIB: 0.90, 64 * KIB: 0.85}  # the issue sets no ratio for 1 MiB
+
+
+@dataclass(frozen=True)
+class Check:
+    target: str
+    measured: str
+    ok: bool
+
+
+def size(body: int) -> str:
+    return f"{body // MIB} MiB" if body >= MIB else f"{body // KIB} KiB" if body >= KIB else f"{body} B"
+
+
+def index(rows: list[dict]) -> dict[tuple[str, int], dict]:
+    return {(r["name"], r["body_bytes"]): r for r in rows}
+
+
+def ratio(rows: dict, name: str, base: str, body: int) -> float | None:
+    a, b = rows.get((name, body)), rows.get((base, body))
+    return a["rps"] / b["rps"] if a and b and b["rps"] else None
+
+
+def checks(rows: list[dict], rss: dict | None) -> list[Check]:
+    """The issue's targets, each judged on the medians of this run (absent scenarios skipped)."""
+    at = index(rows)
+    out: list[Check] = []
+
+    def rps_ratio(name: str, base: str, body: int, minimum: float) -> None:
+        r = ratio(at, name, base, body)
+        if r is not None:
+            out.append(Check(f"{name} >= {minimum:.2f} x {base} rps at {size(body)}",
+                             f"{r:.2f}", r >= minimum))
+
+    for body in sorted({b for _, b in at}):
+        if body in RECORD_VS_MITMDUMP:
+            rps_ratio("record", "mitmdump", body, RECORD_VS_MITMDUMP[body])
+        rps_ratio("record", "mitmdump-w", body, 1.0)
+        rps_ratio("lookup-miss", "mitmdump", body, 0.75)
+        if rec := at.get(("record", body)):
+            lost = rec["seen"] - rec["exported"]
+            out.append(Check(f"record: zero exchanges lost at {size(body)}",
+                             f"exported {rec['exported']} of {rec['seen']} seen "
+                             f"({rec['sent']} completed by wrk), dropped {rec['dropped']}",
+                             lost == 0 and rec["dropped"] == 0))
+        hole, healthy = at.get(("blackhole", body)), at.get(("record", body))
+        if hole and healthy:
+            # The healthy run is the recording one: once its breaker opens, a black-holed gateway
+            # with lookups on does what a recording gateway does, minus the export.
+            limit = 1.25 * healthy["p99_ms"]
+            out.append(Check(f"blackhole p99 <= 1.25 x healthy (record) p99 at {size(body)}",
+                             f"{hole['p99_ms']:.2f} ms vs limit {limit:.2f} ms", hole["p99_ms"] <= limit))
+        if hole:
+            out.append(Check(f"blackhole: no client errors at {size(body)}",
+                             f"{hole['errors']} errors", hole["errors"] == 0))
+    if rss:
+        out.append(Check(f"blackhole peak RSS < {RSS_LIMIT_MB:.0f} MiB after "
+                         f"{rss['requests']} x {size(rss['body_bytes'])}",
+                         f"{rss['rss_mb']:.1f} MiB", rss["rss_mb"] < RSS_LIMIT_MB))
+    return out
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(rows: list[dict], results: list[Check], rss: dict | None, meta: dict) -> str:
+    at = index(rows)
+    lines = [
+        f"Machine: {meta['nproc']} CPUs, {meta['cpu']}; Python {meta['python']}. "
+        f"Load: wrk -t{meta['threads']} -c{meta['connections']} -d{meta['duration_s']:g}s, "
+        f"{meta['rounds']} interleaved round(s), medians. CPU and RSS are the measured process's "
+        "(Envoy, or mitmdump with every thread); exported/seen are summed over the rounds.",
+        "",
+        "| scenario | body | rps | x mitmdump | x mitmdump -w | p50 ms | p99 ms | CPU ms/req | peak RSS MiB | exported / seen (wrk sent) |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in rows:
+        body = r["body_bytes"]
+        exported = (f"{r['exported']} / {r['seen']} ({r['sent']})" if BY_NAME[r["name"]].exports
+                    else f"- ({r['sent']})")
+        lines.append(
+            f"| {BY_NAME[r['name']].label} | {size(body)} | {fmt(r['rps'])} "
+            f"| {fmt(ratio(at, r['name'], 'mitmdump', body), 2)} "
+            f"| {fmt(ratio(at, r['name'], 'mitmdump-w', body), 2)} "
+            f"| {fmt(r['p50_ms'], 2)} | {fmt(r['p99_ms'], 2)} | {fmt(r['cpu_ms_per_req'], 2)} "
+            f"| {fmt(r['rss_mb'])} | {exported} |")
+    if rss:
+        lines += ["", f"Black-holed backend, {rss['requests']} requests of {size(rss['body_bytes'])}: "
+                      f"peak RSS {rss['rss_mb']:.1f} MiB, {rss['errors']} client errors, "
+                      f"{rss['rps']:.1f} rps, worst p99 {rss['p99_ms']:.1f} ms, "
+                      f"{rss['dropped']} of {rss['seen']} exchanges dropped (bounded queue)."]
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {c.target} | {c.measured} | {'yes' if c.ok else '**no**'} |" for c in results]
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    """Requests per second per scenario, one panel per body size, log scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bodies = sorted({r["body_bytes"] for r in rows})
+    fig, axes = plt.subplots(1, len(bodies), figsize=(5 * len(bodies), 4), squeeze=False)
+    for ax, body in zip(axes[0], bodies):
+        group = [r for r in rows if r["body_bytes"] == body]
+        names = [BY_NAME[r["name"]].label for r in group]
+        colors = ["tab:blue" if BY_NAME[r["name"]].exports else "tab:gray" for r in group]
+        ax.barh(names, [r["rps"] for r in group], color=colors)
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_title(f"{size(body)} responses")
+        ax.set_xlabel("requests/s (median, log scale)")
+        for i, r in enumerate(group):
+            ax.text(r["rps"], i, f" {r['rps']:,.0f}", va="center", fontsize=8)
+    for ax in axes[0][1:]:
+        ax.set_yticklabels([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(out: Path, rows: list[dict], samples: list[dict], rss: dict | None, meta: dict) -> list[Check]:
+    """latest.md, latest.json and latest.png in `out`; returns the target checks."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = checks(rows, rss)
+    (out / "latest.md").write_text(markdown(rows, results, rss, meta))
+    (out / "latest.json").write_text(json.dumps({
+        "meta": meta, "scenarios": rows, "blackhole_rss": rss,
+        "targets": [c.__dict__ for c in results], "samples": samples}, indent=2) + "\n")
+    chart(rows, out / "latest.png")
+    return results
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
