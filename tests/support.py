@@ -215,7 +215,7 @@ def attributes(kvs: Any) -> dict[str, Any]:
 class Gateway:
     """`mitmdump -s addon/softprobe_addon.py` as a real process on a loopback port."""
 
-    config: dict[str, Any]
+    config: dict[str, Any] | Path  # a dict is written to a file; a Path is used as it is
     tmp: Path
     mode: str = "regular"
     options: dict[str, str] = field(default_factory=dict)
@@ -223,8 +223,11 @@ class Gateway:
     port: int = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
-        self.config_path = self.tmp / f"gateway-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(self.config))
+        if isinstance(self.config, Path):
+            self.config_path = self.config
+        else:
+            self.config_path = self.tmp / f"gateway-{self.port}.yaml"
+            self.config_path.write_text(yaml.safe_dump(self.config))
         self.log_path = self.tmp / f"mitmdump-{self.port}.log"
         args = [str(BIN / "mitmdump"), "-s", str(ADDON), "--mode", self.mode,
                 "--listen-host", LOOPBACK, "--listen-port", str(self.port),
@@ -254,6 +257,19 @@ class Gateway:
         if self.mode == "regular":
             return httpx.Client(proxy=self.proxy, trust_env=False, **kwargs)
         return httpx.Client(base_url=self.proxy, trust_env=False, **kwargs)
+
+    def metric(self, admin_port: int, sample: str) -> float:
+        """A sample from the gateway's /metrics (0 when absent), e.g. 'softprobe_export_spans_total'."""
+        text = httpx.get(f"http://{LOOPBACK}:{admin_port}/metrics", trust_env=False).text
+        prefix = sample + " "
+        return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith(prefix)), 0.0)
+
+    def peak_rss_mb(self) -> float:
+        """The mitmdump process's peak resident memory (VmHWM), in MiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+        return kb / 1024
 
     def output(self) -> str:
         self.log.flush()

@@ -166,12 +166,6 @@ def test_collection_rules_are_enforced(tmp_path, upstream, backend):
     assert [s.name for _, s in backend.spans()] == ["/keep/1"]
 
 
-def metric(gw: Gateway, admin_port: int, name: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{admin_port}/metrics", trust_env=False).text
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
 def blackhole() -> tuple[socket.socket, str]:
     """A socket that accepts connections and never answers."""
     s = socket.socket()
@@ -194,9 +188,9 @@ def test_backend_outage_never_slows_traffic_and_drops_are_counted(tmp_path, upst
             for i in range(60):
                 assert client.get(f"{upstream.url}/big/2000?i={i}").status_code == 200
             elapsed = time.monotonic() - started
-            dropped = wait_for(lambda: metric(gw, admin, 'softprobe_export_dropped_spans_total{reason="queue_full"}')
-                               + metric(gw, admin, 'softprobe_export_dropped_spans_total{reason="send_failed"}'))
-            queued = metric(gw, admin, "softprobe_export_queue_spans")
+            dropped = wait_for(lambda: gw.metric(admin, 'softprobe_export_dropped_spans_total{reason="queue_full"}')
+                               + gw.metric(admin, 'softprobe_export_dropped_spans_total{reason="send_failed"}'))
+            queued = gw.metric(admin, "softprobe_export_queue_spans")
             output = gw.output()
     finally:
         if hole:
@@ -215,10 +209,10 @@ def test_transient_export_failures_are_retried(tmp_path, upstream):
             client.get(f"{upstream.url}/first")            # 503 then 200: retried, delivered
             backend.wait_spans(1)
             client.get(f"{upstream.url}/second")           # 500: not retried, counted as dropped
-            wait_for(lambda: metric(gw, admin, 'softprobe_export_dropped_spans_total{reason="send_failed"}') == 1)
+            wait_for(lambda: gw.metric(admin, 'softprobe_export_dropped_spans_total{reason="send_failed"}') == 1)
             client.get(f"{upstream.url}/third")
             backend.wait_spans(2)
-            assert metric(gw, admin, "softprobe_export_retries_total") == 1
+            assert gw.metric(admin, "softprobe_export_retries_total") == 1
     assert [s.name for _, s in backend.spans()] == ["/first", "/third"]
 
 

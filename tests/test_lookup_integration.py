@@ -66,10 +66,8 @@ def lookup_config(url: str, admin: int, **lookup) -> dict:
             "lookup": {"timeout_ms": 1000, "breaker_failures": 100, "debug_header": True, **lookup}}
 
 
-def counter(admin: int, outcome: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{admin}/metrics", trust_env=False).text
-    line = f'softprobe_lookups_total{{outcome="{outcome}"}} '
-    return next((float(l.split()[-1]) for l in text.splitlines() if l.startswith(line)), 0.0)
+def lookups(gw: Gateway, admin: int, outcome: str) -> float:
+    return gw.metric(admin, f'softprobe_lookups_total{{outcome="{outcome}"}}')
 
 
 def test_hits_are_answered_without_touching_the_upstream(tmp_path, upstream):
@@ -82,7 +80,7 @@ def test_hits_are_answered_without_touching_the_upstream(tmp_path, upstream):
         assert upstream.received == [] and upstream.connections == 0
         spans = {s.name: attributes(s.attributes) for _, s in backend.wait_spans(2)}
         lookup = backend.lookups[0]
-        assert counter(admin, "hit") == 2
+        assert lookups(gw, admin, "hit") == 2
 
     assert text.status_code == 201 and text.text == "hello from the recording"
     assert text.headers["x-custom"] == "yes" and text.headers["x-softprobe-injected"] == "true"
@@ -119,7 +117,7 @@ def test_misses_and_failures_go_upstream(tmp_path, upstream, path, outcome):
             started = time.monotonic()
             r = client.get(path)
             elapsed = time.monotonic() - started
-            assert counter(admin, outcome) == 1
+            assert lookups(gw, admin, outcome) == 1
     assert r.status_code == 200 and r.text == f"upstream saw GET {path}"
     assert "x-softprobe-injected" not in r.headers
     assert elapsed < 1.5, f"{path} took {elapsed:.2f}s: the lookup timeout is 0.3s"
@@ -141,8 +139,8 @@ def test_closed_port_and_blackhole_fail_open_then_the_breaker_makes_them_cheap(t
                     started = time.monotonic()
                     assert client.get(f"/n{i}").status_code == 200
                     durations.append(time.monotonic() - started)
-                assert counter(admin, outcome) == 3
-                assert counter(admin, "breaker_open") == 37
+                assert lookups(gw, admin, outcome) == 3
+                assert lookups(gw, admin, "breaker_open") == 37
             worst, later = max(durations[:3]), sorted(durations[3:])
             print(f"{outcome}: first 3 worst {worst * 1000:.0f} ms, later p50 "
                   f"{later[len(later) // 2] * 1000:.1f} ms, max {later[-1] * 1000:.1f} ms")
@@ -166,14 +164,14 @@ def test_breaker_half_open_probe_closes_on_success(tmp_path, upstream):
         with Gateway(config, tmp_path, mode=f"reverse:{upstream.url}") as gw, gw.client() as client:
             for _ in range(4):
                 client.get("/x")
-            assert counter(admin, "bad_status") == 2 and counter(admin, "breaker_open") == 2
+            assert lookups(gw, admin, "bad_status") == 2 and lookups(gw, admin, "breaker_open") == 2
             healthy["on"] = True
 
             def probe_then_miss() -> bool:
                 client.get("/x")
-                return counter(admin, "miss") >= 2
+                return lookups(gw, admin, "miss") >= 2
             wait_for(probe_then_miss, timeout=5, interval=0.1)   # probe closes it; next lookups flow
-            assert counter(admin, "bad_status") == 2
+            assert lookups(gw, admin, "bad_status") == 2
 
 
 def test_parallel_lookups_wait_concurrently(tmp_path, upstream):

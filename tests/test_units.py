@@ -305,6 +305,7 @@ async def drive_addon(config: str) -> None:
     with taddons.context(addon) as tctx:
         tctx.configure(addon, softprobe_config=config)
         flow = tflow.tflow(resp=True)
+        addon.requestheaders(flow)
         await addon.request(flow)
         exchange = flow.metadata[EXCHANGE]
         assert flow.request.headers["traceparent"] == f"00-{exchange.trace_id.hex()}-{exchange.span_id.hex()}-01"
@@ -315,6 +316,7 @@ async def drive_addon(config: str) -> None:
 
         static = tflow.tflow(resp=True)
         static.request.path = "/logo.png"
+        addon.requestheaders(static)
         await addon.request(static)
         assert EXCHANGE not in static.metadata
         assert addon.metrics.value("softprobe_exchanges_skipped_total", reason="static") == 1

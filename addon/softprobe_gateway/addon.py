@@ -1,8 +1,10 @@
 """The mitmproxy addon: its hooks are the data path, in order.
 
-request:  decide -> propagate context -> (mock | lookup: hit answers, miss forwards)
-response: finish the exchange -> queue it for export (never waits on the backend)
-error:    export the failed exchange
+requestheaders:  route -> propagate context -> decide -> start the exchange (stream big bodies)
+request:         mock | lookup: a hit answers the client, a miss goes upstream
+responseheaders: stream big or endless responses through a bounded tee
+response/error:  finish the exchange -> queue it for export (never waits on the backend)
+websocket_*:     optional message events, bounded per connection; export at the end
 """
 
 from __future__ import annotations
@@ -15,22 +17,24 @@ import time
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from .capture import Exchange, Message
-from .config import CONFIG_ENV, ConfigError, MockRule, load_config
+from .capture import BodyTee, Exchange, Message, should_stream
+from .config import CONFIG_ENV, ConfigError, ConfigFile, MockRule, load_config
 from .metrics import AdminServer, Metrics
 from .otlp import Hit, inject_request
-from .rules import STATIC, is_static_response
 from .routing import listen_addresses
+from .rules import STATIC, is_static_response
 from .runtime import Runtime
 from .tracecontext import new_context, parse_tracestate, propagated_headers, session_id
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO: one line per export and lookup would flood the proxy's log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
-EXCHANGE = "softprobe.exchange"  # flow.metadata key
+EXCHANGE = "softprobe.exchange"  # flow.metadata keys
+REQUEST_TEE, RESPONSE_TEE = "softprobe.request_tee", "softprobe.response_tee"
 DEBUG_HEADER = "x-softprobe-injected"
 # Lookup bodies above this are encoded on a thread rather than the event loop.
 INLINE_ENCODE_BYTES = 64 * 1024
+RELOAD_POLL_S = 1.0
 
 
 class SoftprobeAddon:
@@ -38,37 +42,50 @@ class SoftprobeAddon:
         self.metrics = Metrics()
         self.runtime: Runtime | None = None
         self.admin: AdminServer | None = None
+        self.config_file: ConfigFile | None = None
         self.ready = False
+        self._watcher: asyncio.Task | None = None
 
     def load(self, loader) -> None:
         loader.add_option(
             "softprobe_config", str, "",
-            f"Path of the Softprobe gateway YAML config (default: ${CONFIG_ENV}, else built-in defaults).",
+            f"Path of the Softprobe gateway YAML config (default: ${CONFIG_ENV}, else built-in "
+            "defaults). The file is watched: a valid edit is applied live, an invalid one rejected.",
         )
+
+    # -- configuration -------------------------------------------------------------------------
 
     def configure(self, updated: set[str]) -> None:
         if "softprobe_config" not in updated and self.runtime is not None:
             return
         path = ctx.options.softprobe_config or os.environ.get(CONFIG_ENV, "")
         try:
-            config = load_config(path or None)
-            listen = listen_addresses(ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port)
-            runtime = Runtime(config, self.metrics, listen)
+            config_file = ConfigFile(path or None)
+            runtime = self._build(config_file)
         except ConfigError as e:
             if self.ready:
                 raise exceptions.OptionsError(str(e)) from None
             # At start-up, one error line is enough: mitmproxy's start-up check exits non-zero on it.
             log.error(str(e))
             return
-        old, self.runtime = self.runtime, runtime
-        self.metrics.config_version.inc()
-        if old is not None:
-            old.close()
-        self._serve_admin(config.admin_listen)
+        self.config_file = config_file
+        self._install(runtime)
+        self._serve_admin(runtime.config.admin_listen)
         if runtime.answers_locally and ctx.options.connection_strategy != "lazy":
             # A hit must not open an upstream connection: connect only when a request goes upstream.
             ctx.options.update(connection_strategy="lazy")
-        log.info(runtime.describe(path or "<defaults>"))
+
+    def _build(self, config_file: ConfigFile) -> Runtime:
+        listen = listen_addresses(ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port)
+        return Runtime(config_file.load(), self.metrics, listen)
+
+    def _install(self, runtime: Runtime) -> None:
+        """Swap the whole runtime between flows; the old one flushes its queue in the background."""
+        old, self.runtime = self.runtime, runtime
+        self.metrics.config_loaded(self.config_file.source, self.config_file.digest)
+        if old is not None:
+            old.close()
+        log.info(runtime.describe(self.config_file.source))
 
     def _serve_admin(self, listen: str) -> None:
         current = self.admin.address if self.admin else None
@@ -82,15 +99,32 @@ class SoftprobeAddon:
                 raise exceptions.OptionsError(f"admin_listen: cannot listen on {listen}: {e.strerror}")
 
     def running(self) -> None:
-        self.ready = True
+        self.ready = self.runtime is not None
+        if self.config_file is not None and self.config_file.path and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
-    def server_connect(self, data) -> None:
-        """Honour a TLS upstream's `connect_address` (SNI and verification keep the real host)."""
-        if self.runtime is not None and data.server.address is not None:
-            if address := self.runtime.router.connect_address(data.server.address):
-                data.server.address = address
+    async def _watch(self) -> None:
+        """Apply edits of the config file (a ConfigMap update swaps a symlink) without a restart."""
+        while True:
+            await asyncio.sleep(RELOAD_POLL_S)
+            config_file = self.config_file
+            if not await asyncio.to_thread(config_file.changed):
+                continue
+            try:
+                fresh = ConfigFile(config_file.path)
+                runtime = await asyncio.to_thread(self._build, fresh)
+            except ConfigError as e:
+                self.metrics.config_rejected(str(e))
+                log.error(f"softprobe: config reload rejected, the previous config stays in force: {e}")
+                continue
+            if runtime.config.admin_listen != self.runtime.config.admin_listen:
+                log.warning("softprobe: admin_listen changes take effect on restart")
+            self.config_file = fresh
+            self._install(runtime)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    # -- the data path -------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
         rt = self.runtime
         if rt is None:  # start-up with a bad config: about to exit, and traffic fails open
             return
@@ -110,21 +144,36 @@ class SoftprobeAddon:
                                               "traceparent" in request.headers,
                                               request.headers.get("x-sp-num")).items():
             request.headers[name] = value
-        exchange = None
+        streamed = should_stream(request.headers, rt.config.capture.stream_threshold_bytes, response=False)
         if skip := rt.rules.skip_request(request.pretty_host, request.path, request.headers.get):
             self.metrics.skipped.labels(skip).inc()
-        else:
-            exchange = Exchange(
-                trace_id=span.trace_id, span_id=span.span_id, parent_span_id=span.parent_span_id,
-                session_id=session,
-                service_name=rt.service_name(request.headers.get("x-sp-service-name"), caller),
-                direction=rt.direction(isinstance(flow.client_conn.proxy_mode, ReverseMode)),
-                path=request.path, host=authority, start_ns=int(request.timestamp_start * 1e9),
-                request=Message(client_headers, request.raw_content, (
-                    (":method", request.method), (":path", request.path),
-                    (":authority", authority), (":scheme", request.scheme))),
-            )
-            flow.metadata[EXCHANGE] = exchange
+            request.stream = streamed
+            return
+        flow.metadata[EXCHANGE] = Exchange(
+            trace_id=span.trace_id, span_id=span.span_id, parent_span_id=span.parent_span_id,
+            session_id=session,
+            service_name=rt.service_name(request.headers.get("x-sp-service-name"), caller),
+            direction=rt.direction(isinstance(flow.client_conn.proxy_mode, ReverseMode)),
+            path=request.path, host=authority, start_ns=int(request.timestamp_start * 1e9),
+            request=Message(client_headers, None, (
+                (":method", request.method), (":path", request.path),
+                (":authority", authority), (":scheme", request.scheme))),
+        )
+        if streamed:
+            request.stream = flow.metadata[REQUEST_TEE] = BodyTee(rt.config.capture.max_body_bytes)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        rt = self.runtime
+        if rt is None or flow.response is not None:
+            return
+        request = flow.request
+        exchange: Exchange | None = flow.metadata.get(EXCHANGE)
+        if tee := flow.metadata.pop(REQUEST_TEE, None):
+            exchange.request = tee.message(exchange.request.headers, exchange.request.pseudo)
+        if request.stream:
+            return  # already on its way upstream: too late to answer it from a mock or lookup
+        if exchange is not None:
+            exchange.request.body = request.raw_content
         if mock := rt.mocks.match(request.method, request.pretty_host, request.path):
             await self._mock(flow, mock, exchange)
         elif exchange is not None and rt.lookup is not None:
@@ -166,19 +215,40 @@ class SoftprobeAddon:
         flow.response = response
         exchange.injected = True
 
+    def server_connect(self, data) -> None:
+        """Honour a TLS upstream's `connect_address` (SNI and verification keep the real host)."""
+        if self.runtime is not None and data.server.address is not None:
+            if address := self.runtime.router.connect_address(data.server.address):
+                data.server.address = address
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        rt = self.runtime
+        if rt is None or flow.response.stream:
+            return
+        if should_stream(flow.response.headers, rt.config.capture.stream_threshold_bytes, response=True):
+            recorded = EXCHANGE in flow.metadata
+            tee = BodyTee(rt.config.capture.max_body_bytes) if recorded else True
+            flow.response.stream = flow.metadata[RESPONSE_TEE] = tee
+
     def response(self, flow: http.HTTPFlow) -> None:
-        exchange: Exchange | None = flow.metadata.pop(EXCHANGE, None)
+        exchange: Exchange | None = flow.metadata.get(EXCHANGE)
         if exchange is None:
             return
         response = flow.response
         if not exchange.injected and is_static_response(response.headers.get("content-type")):
+            del flow.metadata[EXCHANGE]
             self.metrics.skipped.labels(STATIC).inc()
             return
-        exchange.response = Message(response.headers.fields, response.raw_content,
-                                    ((":status", str(response.status_code)),))
+        fields = response.headers.fields + (response.trailers.fields if response.trailers else ())
+        pseudo = ((":status", str(response.status_code)),)
+        tee = flow.metadata.pop(RESPONSE_TEE, None)
+        exchange.response = (tee.message(fields, pseudo) if isinstance(tee, BodyTee)
+                             else Message(fields, response.raw_content, pseudo))
         exchange.status_code = response.status_code
         exchange.end_ns = int((response.timestamp_end or time.time()) * 1e9)
-        self._record(exchange)
+        if flow.websocket is None:  # a WebSocket's exchange is exported when it closes
+            del flow.metadata[EXCHANGE]
+            self._record(exchange)
 
     def error(self, flow: http.HTTPFlow) -> None:
         exchange: Exchange | None = flow.metadata.pop(EXCHANGE, None)
@@ -188,11 +258,26 @@ class SoftprobeAddon:
         exchange.end_ns = time.time_ns()
         self._record(exchange)
 
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        messages = flow.websocket.messages
+        exchange: Exchange | None = flow.metadata.get(EXCHANGE)
+        if exchange is not None and self.runtime is not None:
+            self.runtime.capture.websocket_event(exchange, messages[-1])
+        messages.clear()  # mitmproxy would keep every message for the connection's life
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        exchange: Exchange | None = flow.metadata.pop(EXCHANGE, None)
+        if exchange is not None:
+            exchange.end_ns = int((flow.websocket.timestamp_end or time.time()) * 1e9)
+            self._record(exchange)
+
     def _record(self, exchange: Exchange) -> None:
         if self.runtime.exporter.submit(exchange):
             self.metrics.recorded.inc()
 
     async def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self.runtime is not None:
             await self.runtime.aclose()
         if self.admin is not None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import brotli
 import zstandard
+from mitmproxy.websocket import WebSocketMessage
 
 from .config import CaptureConfig
 
@@ -32,11 +33,46 @@ TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-www
 
 @dataclass(slots=True)
 class Message:
-    """One side of an exchange as it crossed the proxy: header fields and body as on the wire."""
+    """One side of an exchange as it crossed the proxy: header fields and body as on the wire.
+
+    `size` is the body's full length on the wire when only its beginning was kept (streamed).
+    """
 
     headers: HeaderFields
     body: bytes | None
     pseudo: tuple[tuple[str, str], ...] = ()
+    size: int | None = None
+
+
+class BodyTee:
+    """A mitmproxy stream callable: passes every chunk on untouched, keeps the first `cap`
+    bytes for the span and counts the rest, so a streamed body costs at most `cap` bytes."""
+
+    __slots__ = ("cap", "kept", "size")
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.kept, self.size = cap, bytearray(), 0
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        room = self.cap - len(self.kept)
+        if room > 0:
+            self.kept += chunk[:room]
+        return chunk
+
+    def message(self, headers: HeaderFields, pseudo: tuple[tuple[str, str], ...]) -> Message:
+        return Message(headers, bytes(self.kept), pseudo, self.size)
+
+
+def should_stream(headers: Mapping[str, str], threshold: int, response: bool) -> bool:
+    """Stream event streams, bodies over the threshold, and bodies of unknown length (a
+    response without content-length, a chunked request) rather than buffer them whole."""
+    if response and headers.get("content-type", "").lower().startswith("text/event-stream"):
+        return True
+    length = headers.get("content-length")
+    if length is not None:
+        return not length.isdigit() or int(length) > threshold
+    return response or "chunked" in headers.get("transfer-encoding", "").lower()
 
 
 @dataclass(slots=True)
@@ -58,6 +94,8 @@ class Exchange:
     status_code: int = 0
     error: str = ""
     injected: bool = False
+    events: list[tuple[int, str, Attributes]] = field(default_factory=list)
+    events_dropped: int = 0
     extra: Attributes = field(default_factory=list)
 
     @property
@@ -74,6 +112,7 @@ class Capture:
 
     def __init__(self, config: CaptureConfig) -> None:
         self.max_body = config.max_body_bytes
+        self.websocket_messages = config.websocket_messages
         self.drop = SENSITIVE_HEADERS | {h.lower() for h in config.drop_headers}
         self.mask = frozenset(h.lower() for h in config.mask_headers) - self.drop
 
@@ -101,8 +140,24 @@ class Capture:
             attrs.append(("error.message", ex.error))
         if ex.injected:
             attrs.append(("sp.injected", True))
+        if ex.events_dropped:
+            attrs.append(("websocket.messages.dropped", ex.events_dropped))
         attrs += ex.extra
         return attrs
+
+    def websocket_event(self, ex: Exchange, message: WebSocketMessage) -> None:
+        """One WebSocket message as a span event, up to `websocket_messages` per connection;
+        beyond that they are only counted, so a long-lived connection costs bounded memory."""
+        if len(ex.events) >= self.websocket_messages:
+            ex.events_dropped += self.websocket_messages > 0
+            return
+        content = message.content[: self.max_body]
+        data = content.decode("utf-8", "replace") if message.is_text else base64.b64encode(content).decode()
+        ex.events.append((int(message.timestamp * 1e9), "websocket.message", [
+            ("websocket.direction", "client" if message.from_client else "server"),
+            ("websocket.type", "text" if message.is_text else "binary"),
+            ("websocket.data", data), ("websocket.size", len(message.content)),
+        ]))
 
     def header_attributes(self, prefix: str, message: Message) -> Attributes:
         """Pseudo-headers first, then each header once (repeats joined by `, `), secrets removed."""
@@ -121,8 +176,9 @@ class Capture:
         headers = join_headers(message.headers)
         body, complete = decode_body(raw, headers.get("content-encoding", ""), self.max_body)
         attrs: Attributes = [(key, encode_body(body[: self.max_body], headers.get("content-type")))]
-        if not complete or len(body) > self.max_body:
-            attrs += [(f"{key}.truncated", True), (f"{key}.original_size", len(raw))]
+        wire_size = message.size if message.size is not None else len(raw)
+        if not complete or len(body) > self.max_body or wire_size > len(raw):
+            attrs += [(f"{key}.truncated", True), (f"{key}.original_size", wire_size)]
         return attrs
 
 

@@ -8,6 +8,7 @@ with one line naming the key and the file. There are no silent fallbacks.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import types
@@ -85,8 +86,13 @@ class CaptureConfig:
     """What is kept of each exchange."""
 
     max_body_bytes: int = field(default=1024 * 1024, metadata={"min": 0})
+    # Bodies longer than this, or of unknown length, stream through (never held whole in memory);
+    # the span keeps their first max_body_bytes.
+    stream_threshold_bytes: int = field(default=1024 * 1024, metadata={"min": 0})
     drop_headers: tuple[str, ...] = ()
     mask_headers: tuple[str, ...] = ()
+    # WebSocket messages recorded as span events, per connection (0: none); later ones are counted.
+    websocket_messages: int = field(default=0, metadata={"min": 0})
 
 
 # Matched case-insensitively, ignoring `_` and `-` (so `card_number` is also `cardNumber`);
@@ -229,27 +235,60 @@ class Config:
 
 def load_config(path: str | os.PathLike[str] | None, environ: typing.Mapping[str, str] = os.environ) -> Config:
     """Read and validate the YAML at `path` (None: all defaults); env overrides the public key."""
-    data: Any = {}
-    where = str(path) if path else "<defaults>"
-    if path:
+    return ConfigFile(str(path) if path else None).load(environ)
+
+
+class ConfigFile:
+    """A config file as loaded: its content digest, and its identity on disk to notice edits
+    (an in-place write, or a Kubernetes ConfigMap update swapping the `..data` symlink)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.source = path or "<defaults>"
+        self.digest = ""
+        self._signature = self._stat()
+
+    def load(self, environ: typing.Mapping[str, str] = os.environ) -> Config:
+        data: Any = {}
+        if self.path:
+            try:
+                raw = Path(self.path).read_bytes()
+            except OSError as e:
+                raise ConfigError(f"{self.source}: cannot read config file: {e.strerror or e}") from None
+            self.digest = hashlib.sha256(raw).hexdigest()[:16]
+            try:
+                data = yaml.safe_load(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ConfigError(f"{self.source}: config file is not UTF-8") from None
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                line = f" (line {mark.line + 1})" if mark else ""
+                raise ConfigError(f"{self.source}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
+            if data is None:
+                data = {}
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"{where}: cannot read config file: {e.strerror or e}") from None
+            config = _build(Config, data, "")
+        except ConfigError as e:
+            raise ConfigError(f"{self.source}: {e}") from None
+        key = environ.get(PUBLIC_KEY_ENV, "")
+        return dataclasses.replace(config, public_key=key) if key else config
+
+    def changed(self) -> bool:
+        """True once per change of the file on disk since the last call (or since loading)."""
+        current = self._stat()
+        if current == self._signature:
+            return False
+        self._signature = current
+        return True
+
+    def _stat(self) -> tuple[int, ...] | None:
+        if not self.path:
+            return None
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f" (line {mark.line + 1})" if mark else ""
-            raise ConfigError(f"{where}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
-        if data is None:
-            data = {}
-    try:
-        config = _build(Config, data, "")
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    key = environ.get(PUBLIC_KEY_ENV, "")
-    return dataclasses.replace(config, public_key=key) if key else config
+            st = os.stat(self.path)  # follows symlinks: a swapped ConfigMap is a new inode
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

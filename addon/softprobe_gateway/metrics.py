@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 
@@ -47,9 +47,22 @@ class Metrics:
             "softprobe_lookup_seconds", "Latency of agent lookups that were sent.", registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
         self.config_version = Gauge("softprobe_config_version",
-                                    "Version (load count) of the config in force.", registry=r)
+                                    "Version of the config in force (1 at start, +1 per reload).",
+                                    registry=r)
+        self.config = Info("softprobe_config", "The config in force: file and content digest.",
+                           registry=r)
         self.config_reload_errors = Counter("softprobe_config_reload_errors",
-                                            "Config reloads rejected as invalid.", registry=r)
+                                            "Config edits rejected as invalid.", registry=r)
+        self.config_reload_error = Info("softprobe_config_reload_error",
+                                        "The last rejected config edit.", registry=r)
+
+    def config_loaded(self, source: str, digest: str) -> None:
+        self.config_version.inc()
+        self.config.info({"path": source, "sha256": digest})
+
+    def config_rejected(self, message: str) -> None:
+        self.config_reload_errors.inc()
+        self.config_reload_error.info({"error": message[:500]})
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (tests and the CLI read counters through this)."""

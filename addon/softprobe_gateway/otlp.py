@@ -34,13 +34,16 @@ def key_value(key: str, value: AttrValue) -> KeyValue:
 
 
 def make_span(name: str, trace_id: bytes, span_id: bytes, parent_span_id: bytes, kind: int,
-              start_ns: int, end_ns: int, attributes: Attributes, error: bool) -> Span:
+              start_ns: int, end_ns: int, attributes: Attributes, error: bool,
+              events: Iterable[tuple[int, str, Attributes]] = ()) -> Span:
     """One span; `name` is the URL path without query (`unknown_path` when empty)."""
     return Span(
         name=name or "unknown_path", trace_id=trace_id, span_id=span_id,
         parent_span_id=parent_span_id, kind=kind,
         start_time_unix_nano=start_ns, end_time_unix_nano=end_ns,
         attributes=[key_value(k, v) for k, v in attributes],
+        events=[Span.Event(time_unix_nano=t, name=n, attributes=[key_value(k, v) for k, v in a])
+                for t, n, a in events],
         status=Status(code=Status.STATUS_CODE_ERROR if error else Status.STATUS_CODE_UNSET),
     )
 
@@ -50,7 +53,7 @@ def extract_span(ex: Exchange, attributes: Attributes) -> Span:
     kind = Span.SPAN_KIND_SERVER if ex.direction == "inbound" else Span.SPAN_KIND_CLIENT
     return make_span(ex.path.split("?", 1)[0], ex.trace_id, ex.span_id, ex.parent_span_id, kind,
                      ex.start_ns, ex.end_ns or ex.start_ns, attributes,
-                     error=bool(ex.error) or ex.status_code >= 500)
+                     error=bool(ex.error) or ex.status_code >= 500, events=ex.events)
 
 
 def inject_request(ex: Exchange, attributes: Attributes, public_key: str) -> TracesData:
