@@ -5,6 +5,7 @@ Run from the repository root with the venv's python (`make bench` does both)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +36,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # Stopped from outside (kill, make interrupted): unwind so every child process is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     quick = args.quick
     names = args.scenarios or (QUICK_SCENARIOS if quick else list(BY_NAME))
     load = wrk.Load(1, args.connections, args.duration or (2 if quick else 10))

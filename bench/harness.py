@@ -16,7 +16,7 @@ from tests.support import free_port, wait_for
 
 from . import wrk
 from .procs import Proc, get, prometheus
-from .scenarios import BY_NAME, Ports, Scenario, Target, start
+from .scenarios import BY_NAME, Rig, Scenario, Target, snapshot_addon, start
 
 
 @dataclass
@@ -51,17 +51,17 @@ class Servers:
     """The upstream and the backend (with its black hole), each in its own process."""
 
     def __init__(self, tmp: Path) -> None:
-        self.ports = Ports(free_port(), free_port(), free_port())
+        self.rig = Rig(free_port(), free_port(), free_port(), snapshot_addon(tmp))
         python = [sys.executable, "-m", "bench.servers"]
         root = Path(__file__).resolve().parent.parent
-        self.upstream = Proc("upstream", [*python, "upstream", str(self.ports.upstream)],
-                             self.ports.upstream, tmp / "upstream.log", root)
-        self.backend = Proc("backend", [*python, "backend", str(self.ports.backend),
-                                        str(self.ports.blackhole)],
-                            self.ports.backend, tmp / "backend.log", root)
+        self.upstream = Proc("upstream", [*python, "upstream", str(self.rig.upstream)],
+                             self.rig.upstream, tmp / "upstream.log", root)
+        self.backend = Proc("backend", [*python, "backend", str(self.rig.backend),
+                                        str(self.rig.blackhole)],
+                            self.rig.backend, tmp / "backend.log", root)
 
     def exported_spans(self) -> int:
-        return json.loads(get(self.ports.backend, "/count"))["spans"]
+        return json.loads(get(self.rig.backend, "/count"))["spans"]
 
     def close(self) -> None:
         self.backend.stop()
@@ -71,7 +71,7 @@ class Servers:
 def measure(scenario: Scenario, body: int, plan: Plan, servers: Servers, tmp: Path) -> Sample:
     """Start, warm up, load, let the export settle, read the counters, stop."""
     exported_before = servers.exported_spans()
-    target = start(scenario, servers.ports, body, tmp)
+    target = start(scenario, servers.rig, body, tmp)
     try:
         warm = wrk.run(target.url, wrk.Load(1, plan.load.connections, plan.warmup_s))
         settle(target, scenario, plan)
@@ -151,7 +151,7 @@ def blackhole_rss(servers: Servers, tmp: Path, requests: int, load: wrk.Load,
 
     wrk only runs for a duration, so it runs again for as long as the rate so far says the
     remaining requests take."""
-    target = start(BY_NAME["blackhole"], servers.ports, body, tmp)
+    target = start(BY_NAME["blackhole"], servers.rig, body, tmp)
     try:
         runs: list[wrk.WrkResult] = []
         while (done := sum(r.requests for r in runs)) < requests:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def markdown(rows: list[dict], results: list[Check], rss: dict | None, meta: dict) -> str:
     at = index(rows)
     lines = [
-        f"Machine: {meta['nproc']} CPUs, {meta['cpu']}; Python {meta['python']}. "
+        f"Machine: {meta['nproc']} CPUs, {meta['cpu']}; Python {meta['python']}; code {meta['git']}. "
         f"Load: wrk -t{meta['threads']} -c{meta['connections']} -d{meta['duration_s']:g}s, "
         f"{meta['rounds']} interleaved round(s), medians. CPU and RSS are the measured process's "
         "(Envoy, or mitmdump with every thread); exported/seen are summed over the rounds.",
@@ -150,4 +151,6 @@ def write(out: Path, rows: list[dict], samples: list[dict], rss: dict | None, me
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent).stdout.strip()
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "git": git}

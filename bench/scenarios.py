@@ -6,6 +6,7 @@ flags, so the only difference between them is the capture being measured.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,20 @@ from .procs import Proc
 
 
 @dataclass(frozen=True)
-class Ports:
-    """The servers shared by every scenario of a run."""
+class Rig:
+    """What every scenario of a run shares: the servers' ports and the addon code measured."""
 
     upstream: int
     backend: int
     blackhole: int
+    addon: Path  # a snapshot of addon/, so commits landing during a run do not change it
+
+
+def snapshot_addon(tmp: Path) -> Path:
+    """Copy addon/ (mitmdump imports `softprobe_gateway` from next to the script)."""
+    copy = tmp / "addon"
+    shutil.copytree(ADDON.parent, copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return copy / ADDON.name
 
 
 @dataclass(frozen=True)
@@ -41,10 +50,10 @@ class Scenario:
     def exports(self) -> bool:
         return self.kind == "gateway"
 
-    def backend_url(self, ports: Ports, body_bytes: int) -> str:
+    def backend_url(self, rig: Rig, body_bytes: int) -> str:
         if self.blackhole:
-            return f"http://{LOOPBACK}:{ports.blackhole}"
-        return f"http://{LOOPBACK}:{ports.backend}{self.backend_path.format(body=body_bytes)}"
+            return f"http://{LOOPBACK}:{rig.blackhole}"
+        return f"http://{LOOPBACK}:{rig.backend}{self.backend_path.format(body=body_bytes)}"
 
 
 LOOKUPS = {"enable_inject": True}
@@ -80,19 +89,19 @@ class Target:
             self.proc.stop()
 
 
-def start(scenario: Scenario, ports: Ports, body_bytes: int, tmp: Path) -> Target:
+def start(scenario: Scenario, rig: Rig, body_bytes: int, tmp: Path) -> Target:
     path = f"/body/{body_bytes}"
     if scenario.kind == "direct":
-        return Target(f"http://{LOOPBACK}:{ports.upstream}{path}", None)
+        return Target(f"http://{LOOPBACK}:{rig.upstream}{path}", None)
     port = free_port()
     log = tmp / f"{scenario.name}-{body_bytes}-{port}.log"
     if scenario.kind == "envoy":
         config = tmp / f"envoy-{port}.yaml"
-        config.write_text(envoy_config(port, ports.upstream))
+        config.write_text(envoy_config(port, rig.upstream))
         argv = [str(BIN / "envoy"), "-c", str(config), "--concurrency", "1",
                 "--base-id", str(port), "--log-level", "warn"]
         return Target(f"http://{LOOPBACK}:{port}{path}", Proc("envoy", argv, port, log, tmp))
-    argv = [str(BIN / "mitmdump"), "--mode", f"reverse:http://{LOOPBACK}:{ports.upstream}",
+    argv = [str(BIN / "mitmdump"), "--mode", f"reverse:http://{LOOPBACK}:{rig.upstream}",
             "--listen-host", LOOPBACK, "--listen-port", str(port),
             "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
             "--set", f"confdir={tmp / 'mitmproxy'}",
@@ -100,11 +109,11 @@ def start(scenario: Scenario, ports: Ports, body_bytes: int, tmp: Path) -> Targe
     admin = None
     if scenario.exports:
         admin = free_port()
-        config = {**scenario.config, "sp_backend_url": scenario.backend_url(ports, body_bytes),
+        config = {**scenario.config, "sp_backend_url": scenario.backend_url(rig, body_bytes),
                   "admin_listen": f"{LOOPBACK}:{admin}"}
         config_path = tmp / f"gateway-{port}.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        argv += ["-s", str(ADDON), "--set", f"softprobe_config={config_path}"]
+        argv += ["-s", str(rig.addon), "--set", f"softprobe_config={config_path}"]
     return Target(f"http://{LOOPBACK}:{port}{path}", Proc(scenario.name, argv, port, log, tmp), admin)
 
 
