@@ -94,7 +94,7 @@ def test_db_path_from_config_file_env_and_default(db: Path, tmp_path: Path, caps
     monkeypatch.delenv("SOFTPROBE_CONFIG")
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "sessions")
-    assert code == 2 and err.strip() == f"softprobe: store softprobe.db: no such file (nothing recorded yet?)"
+    assert code == 2 and err.strip() == "softprobe: store softprobe.db: no such file (nothing recorded yet?)"
 
 
 def test_errors_are_one_line_and_exit_2(db: Path, capsys) -> None:

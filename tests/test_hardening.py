@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import yaml
 from websockets.sync.client import connect as ws_connect
 from websockets.sync.server import serve as ws_serve
 
-from support import LOOPBACK, Gateway, OtlpBackend, attributes, echo_upstream, free_port, wait_for
+from support import LOOPBACK, Gateway, OtlpBackend, attributes, free_port, wait_for
 
 MIB = 1024 * 1024
 
@@ -84,18 +83,6 @@ def streaming():
     upstream = StreamingUpstream()
     yield upstream
     upstream.close()
-
-
-@pytest.fixture
-def upstream():
-    with echo_upstream() as server:
-        yield server
-
-
-@pytest.fixture
-def backend():
-    with OtlpBackend() as server:
-        yield server
 
 
 def spans_by_name(backend: OtlpBackend, count: int) -> dict[str, dict]:

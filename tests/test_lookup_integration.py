@@ -7,12 +7,11 @@ import concurrent.futures
 import socket
 import time
 
-import httpx
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
 
-from softprobe_gateway.otlp import key_value, make_span, traces_data
-from support import Gateway, OtlpBackend, Received, attributes, echo_upstream, free_port, wait_for
+from softprobe_gateway.otlp import make_span, traces_data
+from support import Gateway, OtlpBackend, Received, attributes, free_port, wait_for
 
 BINARY = bytes(range(256)) * 4
 
@@ -52,12 +51,6 @@ def inject_by_path(request: TracesData, got: Received):
         time.sleep(1.0)
         return 404, {}, b""
     return 404, {}, b""
-
-
-@pytest.fixture
-def upstream():
-    with echo_upstream() as server:
-        yield server
 
 
 def lookup_config(url: str, admin: int, **lookup) -> dict:

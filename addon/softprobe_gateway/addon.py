@@ -18,7 +18,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .capture import BodyTee, Exchange, Message, should_stream
-from .config import CONFIG_ENV, ConfigError, ConfigFile, MockRule, load_config
+from .config import CONFIG_ENV, ConfigError, ConfigFile, MockRule
 from .metrics import AdminServer, Metrics
 from .otlp import Hit, inject_request
 from .routing import listen_addresses
