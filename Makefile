@@ -6,9 +6,15 @@ PORT ?= 8080
 CONFIG ?= config/gateway.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv clean
+.PHONY: run test venv clean system-deps
 
 venv: $(STAMP)
+
+# Debian packages the tests and benchmarks drive (wrk, the load generator), installed when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +28,7 @@ run: $(STAMP)
 		--set softprobe_config=$(CONFIG)
 
 ## Run the whole test suite.
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 clean:
@@ -30,11 +36,8 @@ clean:
 
 ## Benchmarks (issue 6), loopback only: writes bench/results/latest.{md,json,png}.
 ## `make bench BENCH_ARGS=--quick` for a smoke run; `.venv/bin/python -m bench --help` for knobs.
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: bench
-bench: $(STAMP)
-	command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || \
-		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+bench: $(STAMP) system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 ## The travel demo: front and airline services, the gateway recording them, a search/book/pay session, shown.
