@@ -45,6 +45,7 @@ class SoftprobeAddon:
         self.config_file: ConfigFile | None = None
         self.ready = False
         self._watcher: asyncio.Task | None = None
+        self._retiring: set[asyncio.Task] = set()  # replaced runtimes flushing their queues
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -84,7 +85,8 @@ class SoftprobeAddon:
         old, self.runtime = self.runtime, runtime
         self.metrics.config_loaded(self.config_file.source, self.config_file.digest)
         if old is not None:
-            old.close()
+            self._retiring.add(task := asyncio.get_running_loop().create_task(old.aclose()))
+            task.add_done_callback(self._retiring.discard)
         log.info(runtime.describe(self.config_file.source))
 
     def _serve_admin(self, listen: str) -> None:

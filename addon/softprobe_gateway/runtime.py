@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import threading
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
@@ -104,11 +103,8 @@ class Runtime:
         lookups = "on" if c.enable_inject else "off"
         return f"softprobe: config {source} loaded; exporting to {where}; lookups {lookups}"
 
-    def close(self) -> None:
-        """Retire a runtime replaced by a reload: flush its queue off the event loop."""
-        threading.Thread(target=self.exporter.close, name="softprobe-retire", daemon=True).start()
-
     async def aclose(self) -> None:
+        """Close the lookup client and flush the export queue (off the event loop)."""
         if self._http_client is not None:
             await self._http_client.aclose()
         await asyncio.to_thread(self.exporter.close)
