@@ -32,8 +32,8 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 EXCHANGE = "softprobe.exchange"  # flow.metadata keys
 REQUEST_TEE, RESPONSE_TEE = "softprobe.request_tee", "softprobe.response_tee"
 DEBUG_HEADER = "x-softprobe-injected"
-# Lookup bodies above this are encoded on a thread rather than the event loop.
-INLINE_ENCODE_BYTES = 64 * 1024
+# Lookup requests with bodies above this are encoded (decoded, redacted) on a thread.
+INLINE_ENCODE_BYTES = 4 * 1024
 RELOAD_POLL_S = 1.0
 
 

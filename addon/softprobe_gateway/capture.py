@@ -12,11 +12,12 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import brotli
+import brotlicffi  # 1.2+: an output limit, which mitmproxy's pinned Brotli 1.1 lacks
 import zstandard
 from mitmproxy.websocket import WebSocketMessage
 
-from .config import CaptureConfig
+from .config import CaptureConfig, RedactionConfig
+from .redaction import Redactor
 
 AttrValue = str | int | bool
 Attributes = list[tuple[str, AttrValue]]
@@ -110,7 +111,8 @@ class Exchange:
 class Capture:
     """Turns exchanges into span attributes under one `capture` config section."""
 
-    def __init__(self, config: CaptureConfig) -> None:
+    def __init__(self, config: CaptureConfig, redaction: RedactionConfig = RedactionConfig()) -> None:
+        self.redactor = Redactor(redaction)
         self.max_body = config.max_body_bytes
         self.websocket_messages = config.websocket_messages
         self.drop = SENSITIVE_HEADERS | {h.lower() for h in config.drop_headers}
@@ -124,7 +126,7 @@ class Capture:
             ("sp.session.id", ex.session_id),
         ]
         attrs += self.header_attributes("http.request.header.", ex.request)
-        attrs += [("url.path", ex.path), ("url.host", ex.host)]
+        attrs += [("url.path", self.redactor.query(ex.path)), ("url.host", ex.host)]
         attrs += self.body_attributes("http.request.body", ex.request)
         return attrs
 
@@ -152,7 +154,8 @@ class Capture:
             ex.events_dropped += self.websocket_messages > 0
             return
         content = message.content[: self.max_body]
-        data = content.decode("utf-8", "replace") if message.is_text else base64.b64encode(content).decode()
+        data = (self.redactor.body(content.decode("utf-8", "replace"), None) if message.is_text
+                else base64.b64encode(content).decode())
         ex.events.append((int(message.timestamp * 1e9), "websocket.message", [
             ("websocket.direction", "client" if message.from_client else "server"),
             ("websocket.type", "text" if message.is_text else "binary"),
@@ -161,11 +164,12 @@ class Capture:
 
     def header_attributes(self, prefix: str, message: Message) -> Attributes:
         """Pseudo-headers first, then each header once (repeats joined by `, `), secrets removed."""
-        attrs: Attributes = [(prefix + k, v) for k, v in message.pseudo]
+        redact = self.redactor.header
+        attrs: Attributes = [(prefix + k, redact(k, v)) for k, v in message.pseudo]
         for name, value in join_headers(message.headers).items():
             if name in self.drop:
                 continue
-            attrs.append((prefix + name, MASK if name in self.mask else value))
+            attrs.append((prefix + name, MASK if name in self.mask else redact(name, value)))
         return attrs
 
     def body_attributes(self, key: str, message: Message) -> Attributes:
@@ -175,7 +179,11 @@ class Capture:
             return []
         headers = join_headers(message.headers)
         body, complete = decode_body(raw, headers.get("content-encoding", ""), self.max_body)
-        attrs: Attributes = [(key, encode_body(body[: self.max_body], headers.get("content-type")))]
+        content_type = headers.get("content-type")
+        value = encode_body(body[: self.max_body], content_type)
+        if is_text(content_type):
+            value = self.redactor.body(value, content_type)
+        attrs: Attributes = [(key, value)]
         wire_size = message.size if message.size is not None else len(raw)
         if not complete or len(body) > self.max_body or wire_size > len(raw):
             attrs += [(f"{key}.truncated", True), (f"{key}.original_size", wire_size)]
@@ -223,12 +231,13 @@ def decode_body(raw: bytes, content_encoding: str, limit: int) -> tuple[bytes, b
         if encoding in ("gzip", "x-gzip", "deflate"):
             return _inflate(raw, encoding, limit + 1)
         if encoding == "br":
-            return _bounded_chunks(brotli.Decompressor().process, raw, limit + 1)
+            body = brotlicffi.Decompressor().process(raw, output_buffer_limit=limit + 1)
+            return body[: limit + 1], len(body) <= limit
         if encoding == "zstd":
             reader = zstandard.ZstdDecompressor().stream_reader(raw)
             body = reader.read(limit + 1)
             return body, len(body) <= limit
-    except (zlib.error, brotli.error, zstandard.ZstdError):
+    except (zlib.error, brotlicffi.error, zstandard.ZstdError):
         pass
     return raw, True
 
@@ -245,12 +254,3 @@ def _inflate(raw: bytes, encoding: str, cap: int) -> tuple[bytes, bool]:
         body = d.decompress(raw, cap)
     return body, len(body) < cap and not d.unconsumed_tail
 
-
-def _bounded_chunks(process, raw: bytes, cap: int, chunk: int = 1024) -> tuple[bytes, bool]:
-    """Feed a decompressor small input slices until `cap` output bytes (brotli has no max_length)."""
-    out = bytearray()
-    for i in range(0, len(raw), chunk):
-        out += process(raw[i:i + chunk])
-        if len(out) >= cap:
-            return bytes(out[:cap]), False
-    return bytes(out), True

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -260,6 +261,8 @@ class ConfigFile:
                 data = yaml.safe_load(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 raise ConfigError(f"{self.source}: config file is not UTF-8") from None
+            except RecursionError:
+                raise ConfigError(f"{self.source}: config file is nested too deeply") from None
             except yaml.YAMLError as e:
                 mark = getattr(e, "problem_mark", None)
                 line = f" (line {mark.line + 1})" if mark else ""
@@ -270,6 +273,8 @@ class ConfigFile:
             config = _build(Config, data, "")
         except ConfigError as e:
             raise ConfigError(f"{self.source}: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{self.source}: config file is nested too deeply") from None
         key = environ.get(PUBLIC_KEY_ENV, "")
         return dataclasses.replace(config, public_key=key) if key else config
 
@@ -397,7 +402,8 @@ def _check_backend_url(value: str, name: str) -> None:
 
 
 def _kind(value: Any) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+    """The offending value, briefly (reprlib: a YAML alias bomb must not be expanded to print it)."""
+    return "nothing" if value is None else f"{type(value).__name__} {reprlib.repr(value)}"[:80]
 
 
 def resolve_direction(configured: str, reverse_listener: bool) -> str:

@@ -169,7 +169,7 @@ class Exporter:
                 self._export(batch, deadline)
             except Exception:  # never let the worker die: that would silently stop all export
                 log.exception("softprobe export worker error")
-                self._drop("encode_failed", len(batch), "exchanges could not be encoded")
+                self._drop("worker_error", len(batch), "export worker error")
 
     def _take(self) -> list[Exchange] | None:
         """Wait for a full batch or the flush interval; None once closing with nothing left."""
@@ -192,7 +192,12 @@ class Exporter:
         groups: dict[str, list[Span]] = {}
         size = 0
         for exchange in exchanges:
-            span = self.span(exchange)
+            try:
+                span = self.span(exchange)
+            except Exception:  # one unencodable exchange must not take its batch with it
+                log.exception("softprobe: cannot encode an exchange")
+                self._drop("encode_failed", 1, "an exchange could not be encoded")
+                continue
             span_size = span.ByteSize()
             if groups and size + span_size > self.config.batch_max_bytes:
                 self._send(groups, deadline)

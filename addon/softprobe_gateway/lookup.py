@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # Outcomes (metric labels). Failures trip the breaker; hits and misses close it.
 HIT, MISS, SKIPPED = "hit", "miss", "breaker_open"
 TIMEOUT, CONNECT_ERROR, BAD_STATUS, BAD_ANSWER = "timeout", "connect_error", "bad_status", "bad_answer"
+# Answers above this are decoded on a thread rather than the event loop.
+INLINE_DECODE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -71,9 +73,14 @@ Transport = Callable[[TracesData], Awaitable["Hit | None"]]
 
 
 def http_transport(base_url: str, public_key: str, max_body: int) -> tuple[Transport, httpx.AsyncClient]:
-    """`POST {base}/v1/inject` through one shared keep-alive client (no proxy from the env)."""
+    """`POST {base}/v1/inject` through one shared keep-alive client (no proxy from the env).
+
+    The answer is read incrementally and refused once it exceeds what a hit within `max_body`
+    can take (base64 and attributes included), so a huge answer is never buffered whole.
+    """
     url = base_url.rstrip("/") + "/v1/inject"
-    headers = {"content-type": "application/x-protobuf"}
+    limit = 2 * max_body + 64 * 1024
+    headers = {"content-type": "application/x-protobuf", "accept-encoding": "identity"}
     if public_key:
         headers["x-public-key"] = public_key
     client = httpx.AsyncClient(headers=headers, trust_env=False, timeout=None,
@@ -81,23 +88,38 @@ def http_transport(base_url: str, public_key: str, max_body: int) -> tuple[Trans
 
     async def ask(request: TracesData) -> Hit | None:
         try:
-            response = await client.post(url, content=request.SerializeToString())
+            async with client.stream("POST", url, content=request.SerializeToString()) as response:
+                if response.status_code == 404:
+                    return None
+                if response.status_code != 200:
+                    raise LookupFailure(BAD_STATUS, f"{url} answered {response.status_code}")
+                payload = await _read_capped(response, limit, url)
         except httpx.TimeoutException:
             raise LookupFailure(TIMEOUT, f"timeout from {url}") from None
         except httpx.HTTPError as e:
             raise LookupFailure(CONNECT_ERROR, f"{type(e).__name__} from {url}") from None
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise LookupFailure(BAD_STATUS, f"{url} answered {response.status_code}")
-        if not response.content:
+        if not payload:
             raise LookupFailure(BAD_ANSWER, f"{url} answered 200 with an empty body")
         try:
-            return decode_hit(response.content, max_body)
+            if len(payload) > INLINE_DECODE_BYTES:
+                return await asyncio.to_thread(decode_hit, payload, max_body)
+            return decode_hit(payload, max_body)
         except BadAnswer as e:
             raise LookupFailure(BAD_ANSWER, f"{url}: {e}") from None
 
     return ask, client
+
+
+async def _read_capped(response: httpx.Response, limit: int, url: str) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise LookupFailure(BAD_ANSWER, f"{url} answered {declared} bytes, over the {limit}-byte cap")
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise LookupFailure(BAD_ANSWER, f"{url} answered over the {limit}-byte cap")
+    return bytes(body)
 
 
 def store_transport(lookup: Callable[[TracesData], TracesData | None], max_body: int) -> Transport:

@@ -23,6 +23,7 @@ SCOPE = InstrumentationScope(name="softprobe-gateway", version="0.1.0")
 HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
                         "proxy-connection", "upgrade", "te", "trailer"})
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
+_UNSAFE_VALUE = re.compile(r"[\r\n\0]")
 
 
 def key_value(key: str, value: AttrValue) -> KeyValue:
@@ -30,7 +31,15 @@ def key_value(key: str, value: AttrValue) -> KeyValue:
         return KeyValue(key=key, value=AnyValue(bool_value=value))
     if isinstance(value, int):
         return KeyValue(key=key, value=AnyValue(int_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=value))
+    try:
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+    except UnicodeEncodeError:  # lone surrogates: mitmproxy's decoding of non-UTF-8 wire bytes
+        return KeyValue(key=utf8(key), value=AnyValue(string_value=utf8(value)))
+
+
+def utf8(text: str) -> str:
+    """Text protobuf accepts: lone surrogates replaced by U+FFFD."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def make_span(name: str, trace_id: bytes, span_id: bytes, parent_span_id: bytes, kind: int,
@@ -38,7 +47,7 @@ def make_span(name: str, trace_id: bytes, span_id: bytes, parent_span_id: bytes,
               events: Iterable[tuple[int, str, Attributes]] = ()) -> Span:
     """One span; `name` is the URL path without query (`unknown_path` when empty)."""
     return Span(
-        name=name or "unknown_path", trace_id=trace_id, span_id=span_id,
+        name=utf8(name) or "unknown_path", trace_id=trace_id, span_id=span_id,
         parent_span_id=parent_span_id, kind=kind,
         start_time_unix_nano=start_ns, end_time_unix_nano=end_ns,
         attributes=[key_value(k, v) for k, v in attributes],
@@ -48,10 +57,15 @@ def make_span(name: str, trace_id: bytes, span_id: bytes, parent_span_id: bytes,
     )
 
 
+def span_name(attributes: Attributes) -> str:
+    """The (redacted) URL path without its query."""
+    return str(next((v for k, v in attributes if k == "url.path"), "")).split("?", 1)[0]
+
+
 def extract_span(ex: Exchange, attributes: Attributes) -> Span:
     """The span of a recorded exchange: SERVER inbound, CLIENT outbound; ERROR on 5xx/failure."""
     kind = Span.SPAN_KIND_SERVER if ex.direction == "inbound" else Span.SPAN_KIND_CLIENT
-    return make_span(ex.path.split("?", 1)[0], ex.trace_id, ex.span_id, ex.parent_span_id, kind,
+    return make_span(span_name(attributes), ex.trace_id, ex.span_id, ex.parent_span_id, kind,
                      ex.start_ns, ex.end_ns or ex.start_ns, attributes,
                      error=bool(ex.error) or ex.status_code >= 500, events=ex.events)
 
@@ -61,7 +75,7 @@ def inject_request(ex: Exchange, attributes: Attributes, public_key: str) -> Tra
     attrs = [*attributes[:2], ("sp.span.type", "inject"), *attributes[2:]]
     if public_key:
         attrs.append(("sp.public.key", public_key))
-    span = make_span(ex.path.split("?", 1)[0], ex.trace_id, ex.span_id, ex.parent_span_id,
+    span = make_span(span_name(attrs), ex.trace_id, ex.span_id, ex.parent_span_id,
                      Span.SPAN_KIND_CLIENT, ex.start_ns, ex.start_ns, attrs, error=False)
     return traces_data([(ex.service_name, [span])], public_key)
 
@@ -126,15 +140,18 @@ def _span_hit(span: Span, max_body: int) -> Hit | None:
         if key == "http.response.body":
             body, usable = value.string_value, True
         elif key == "http.response.status_code":
+            code = value.string_value
             if value.HasField("int_value") and 100 <= value.int_value <= 599:
                 status = value.int_value
-            elif value.string_value.isdigit() and 100 <= int(value.string_value) <= 599:
-                status = int(value.string_value)
+            elif len(code) == 3 and code.isascii() and code.isdigit() and 100 <= int(code) <= 599:
+                status = int(code)
         elif key.startswith("http.response.header."):
             usable = True
-            name = key.removeprefix("http.response.header.")
-            if name and not name.startswith(":") and name not in HOP_BY_HOP and _token(name):
-                headers.append((name, value.string_value))
+            name = key.removeprefix("http.response.header.").lower()
+            text = value.string_value
+            if (name and not name.startswith(":") and name not in HOP_BY_HOP and _token(name)
+                    and not _UNSAFE_VALUE.search(text)):  # CR/LF would split the client's response
+                headers.append((name, text))
     if not usable:
         return None
     content_type = next((v for k, v in headers if k == "content-type"), None)

@@ -47,7 +47,7 @@ class Runtime:
         self.config = config
         self.public_key = config.public_key
         self.rules = RecordingRules(config.exemption_rules, config.collection_rules)
-        self.capture = Capture(config.capture)
+        self.capture = Capture(config.capture, config.redaction)
         self.mocks = Mocks(config.mocks)
         self.router = Router(config.routing, listen)
         self._http_client = None

@@ -17,6 +17,8 @@ SP_TRACEPARENT = "x-sp-traceparent"
 SP_SESSION = "x-sp-session-id"
 SESSION_HEADERS = ("x-sp-session-id", "sp_session_id", "x-session-id")
 MAX_SESSION_ID = 256
+# What a session id may contain: it travels inside tracestate, so no ',', '=', spaces or controls.
+_SESSION = re.compile(r"[\x21-\x2b\x2d-\x3c\x3e-\x7e]{1,%d}" % MAX_SESSION_ID)
 
 HeaderGet = Callable[[str], "str | None"]
 
@@ -72,13 +74,18 @@ def _random_id(n: int) -> bytes:
 
 
 def session_id(header: HeaderGet, tracestate: list[tuple[str, str]]) -> str:
-    """First non-empty of the session headers, the tracestate entry, else a new session."""
-    for name in SESSION_HEADERS:
-        value = (header(name) or "").strip()
-        if value:
-            return value[:MAX_SESSION_ID]
-    value = next((v.strip() for k, v in tracestate if k == SP_SESSION and v.strip()), "")
-    return value[:MAX_SESSION_ID] if value else f"sp-session-{uuid.uuid4()}"
+    """First valid of the session headers, the tracestate entry, else a new session.
+
+    A value that could not travel intact in `tracestate` (a ',' or '=', a space, a control
+    character) is treated as absent, so every hop reads back the session this one recorded.
+    """
+    candidates = [(header(name) or "") for name in SESSION_HEADERS]
+    candidates += [v for k, v in tracestate if k == SP_SESSION]
+    for value in candidates:
+        value = value.strip()[:MAX_SESSION_ID]
+        if _SESSION.fullmatch(value):
+            return value
+    return f"sp-session-{uuid.uuid4()}"
 
 
 def propagated_headers(ctx: SpanContext, session: str, tracestate: list[tuple[str, str]],
