@@ -36,6 +36,7 @@ URL_HEADERS = frozenset({":path", "location", "content-location", "referer"})
 # 13-digit epoch-millisecond timestamps that start with 1).
 CARD = re.compile(r"(?<![0-9A-Za-z])[2-6](?:[ -]?[0-9]){12,18}(?![0-9A-Za-z])")
 BEARER = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9\-._~+/]{8,}=*)")
+DIGIT_RUNS = str.maketrans("0123456789", "\0" * 10, " -")  # digits to NUL, separators dropped
 # One `"key": value` member of a JSON text that does not parse (a body cut at the size cap):
 # a string value may run to the end of the text.
 JSON_MEMBER = re.compile(
@@ -62,7 +63,8 @@ class Fields:
         names: set[str] = set()
         name_globs: list[str] = []
         path_globs: list[str] = []
-        for key, entry in entries:
+        entries_list = list(entries)
+        for key, entry in entries_list:
             norm = _norm(entry.strip())
             if not all(norm.split(".")):
                 raise ConfigError(f"key '{key}': empty field name or path segment in {entry!r}")
@@ -75,6 +77,17 @@ class Fields:
         self.names = frozenset(names)
         self.name_glob = re.compile("|".join(name_globs), re.DOTALL) if name_globs else None
         self.path_glob = re.compile("|".join(path_globs), re.DOTALL) if path_globs else None
+        # Every matching key contains, once normalized, the longest literal piece of some entry's
+        # last segment: if none occurs in a text, no field in it can match (a cheap C-speed scan).
+        # (`in` per piece: str.find is C speed, a regex alternation of them is not).
+        pieces = {max(_norm(e.strip()).split(".")[-1].split("*"), key=len) for _, e in entries_list}
+        # A piece containing another is implied by it (`token` covers `accesstoken`).
+        self.hints = sorted(p for p in pieces if not any(o != p and o in p for o in pieces))
+
+    def may_occur(self, text: str) -> bool:
+        """False when no secret field can be named anywhere in `text`."""
+        normed = _norm(text)
+        return any(hint in normed for hint in self.hints)
 
     def matches(self, path: tuple[str, ...]) -> bool:
         last = _norm(path[-1])
@@ -85,13 +98,15 @@ class Fields:
 
 class Pattern:
     """A value pattern: its capture groups are the secret (the rest of the match is kept, as
-    `Bearer ` is), or the whole match when it has none."""
+    `Bearer ` is), or the whole match when it has none. `hint`, a lower-case literal every match
+    contains, lets most texts be passed over at C speed (Python's re scans case-insensitive
+    patterns character by character: 1.6 ms per 64 KiB)."""
 
-    def __init__(self, regex: re.Pattern[str], min_length: int = 0) -> None:
-        self.regex, self.min_length = regex, min_length
+    def __init__(self, regex: re.Pattern[str], min_length: int = 0, hint: str = "") -> None:
+        self.regex, self.min_length, self.hint = regex, min_length, hint
 
     def spans(self, text: str) -> Iterator[Span]:
-        if len(text) < self.min_length:
+        if len(text) < self.min_length or (self.hint and self.hint not in text.lower()):
             return
         for m in self.regex.finditer(text):
             if self.regex.groups:
@@ -108,7 +123,9 @@ class Cards:
     min_length = 13
 
     def spans(self, text: str) -> Iterator[Span]:
-        if len(text) < self.min_length:
+        # No 13 digits in a row once separators are dropped: no card (0.1 ms per 64 KiB, where
+        # the CARD scan alone costs 1.5 ms).
+        if len(text) < self.min_length or "\0" * 13 not in text.translate(DIGIT_RUNS):
             return
         for m in CARD.finditer(text):
             if end := _card_end(m.group()):
@@ -160,7 +177,7 @@ class Redactor:
             + [(f"redaction.extra_fields[{i}]", f) for i, f in enumerate(config.extra_fields)])
         self.values: list[Pattern | Cards] = [Pattern(re.compile(p)) for p in config.patterns]
         if config.bearer_tokens:
-            self.values.append(Pattern(BEARER, min_length=15))
+            self.values.append(Pattern(BEARER, min_length=15, hint="bearer"))
         if config.luhn_cards:
             self.values.append(Cards())
         self.shortest = min((rule.min_length for rule in self.values), default=0)
@@ -179,6 +196,8 @@ class Redactor:
         """A text body: JSON and form fields by name, then value patterns everywhere."""
         if not self.enabled or not text:
             return text
+        if not self.fields.may_occur(text) and not self._has_values(text):
+            return text  # the common case, decided by regex scans alone: no parsing, no walk
         mime = (content_type or "").split(";", 1)[0].strip().lower()
         if mime == FORM:
             return self._pairs(text)
@@ -218,6 +237,9 @@ class Redactor:
         return f"sha256:{digest.hexdigest()[:16]}"
 
     # -- structures -------------------------------------------------------------------------
+
+    def _has_values(self, text: str) -> bool:
+        return any(True for rule in self.values for _ in rule.spans(text))
 
     def _values(self, text: str) -> str:
         """Every value-pattern match replaced; overlapping matches are replaced as one."""
