@@ -42,7 +42,7 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 
 def parse_raw(path: Path) -> list[tuple[list[str], int]]:
-    """py-spy's raw (collapsed) stacks: `thread (0x..);outer;...;leaf count`."""
+    """py-spy's raw (collapsed) stacks: `thread (TID): name;outer;...;leaf count`."""
     samples = []
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -52,7 +52,7 @@ def parse_raw(path: Path) -> list[tuple[list[str], int]]:
 
 
 def function(frame: str) -> str:
-    """`name (path/to/file.py:123)` -> `name (file.py)`."""
+    """`Class.name (path/to/file.py:123)` -> `Class.name (file.py)`."""
     m = re.match(r"(.*) \((?:.*/)?([^/:]+):\d+\)$", frame)
     return f"{m.group(1)} ({m.group(2)})" if m else frame
 
@@ -62,17 +62,15 @@ def summarize(samples: list[tuple[list[str], int]]) -> str:
     loop, worker, other = Counter(), Counter(), 0
     loop_funcs, worker_funcs = Counter(), Counter()
     for stack, n in samples:
-        frames = stack[1:]
-        names = [f.split(" (", 1)[0] for f in frames]
-        if any("export.py" in f and f.startswith("_run ") for f in frames):
-            worker[next((s for s, fn in STAGES if fn in names), "worker: other")] += n
-            for f in {function(f) for f in frames if ADDON_CODE in f}:
-                worker_funcs[f] += n
-        elif any("asyncio/base_events.py" in f for f in frames) or any("mitmproxy/" in f for f in frames):
-            addon = any(ADDON_CODE in f for f in frames)
+        thread, frames = stack[0], stack[1:]
+        names = [f.split(" (", 1)[0].rsplit(".", 1)[-1] for f in frames]
+        addon = {function(f) for f in frames if ADDON_CODE in f}
+        if thread.endswith("softprobe-export"):
+            worker[next((s for s, fn in STAGES if fn in names), "worker: waiting/other")] += n
+            worker_funcs.update(dict.fromkeys(addon, n))
+        elif thread.endswith("MainThread"):
             loop["addon hooks" if addon else "mitmproxy + asyncio"] += n
-            for f in {function(f) for f in frames if ADDON_CODE in f}:
-                loop_funcs[f] += n
+            loop_funcs.update(dict.fromkeys(addon, n))
         else:
             other += n
     total = sum(loop.values()) + sum(worker.values()) + other
@@ -98,6 +96,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--body", type=int, default=1024)
     p.add_argument("--seconds", type=int, default=15)
     p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--raw", type=Path, help="also keep py-spy's raw stacks here")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="softprobe-profile-") as tmp:
         tmp_path = Path(tmp)
@@ -107,9 +106,9 @@ def main(argv: list[str]) -> int:
             load = wrk.Load(1, args.connections, args.seconds)
             wrk.run(target.url, wrk.Load(1, args.connections, 1))
             before = thread_cpu(target.proc.pid)
-            raw = tmp_path / "profile.txt"
+            raw = args.raw or tmp_path / "profile.txt"
             spy = subprocess.Popen([str(BIN / "py-spy"), "record", "-p", str(target.proc.pid), "-r", "200",
-                                    "-d", str(args.seconds), "-t", "-f", "raw", "-o", str(raw)],
+                                    "-d", str(args.seconds), "-t", "--nonblocking", "-f", "raw", "-o", str(raw)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             result = wrk.run(target.url, load)
             spy.wait(args.seconds + 30)

@@ -36,10 +36,10 @@ def test_quick_mode_writes_the_three_outputs(tmp_path):
     assert rows["mitmdump"]["cpu_ms_per_req"] > 0 and rows["mitmdump"]["rss_mb"] > 10
 
     record = rows["record"]
-    # Nothing lost: every exchange the gateway saw reached the backend. wrk stops by closing its
+    # Nothing lost: every request wrk completed reached the backend. wrk stops by closing its
     # connections, so up to one request per connection, at the end of the warm-up and of the run,
-    # reaches the gateway (and is exported) without being counted by wrk as completed.
-    assert record["exported"] == record["seen"] and record["dropped"] == 0, record
-    assert 0 <= record["seen"] - record["sent"] <= 2 * CONNECTIONS, record
+    # reaches the gateway (and may be exported) without being counted by wrk as completed.
+    assert record["dropped"] == 0 and record["sent"] <= record["exported"] <= record["seen"], record
+    assert record["seen"] - record["sent"] <= 2 * CONNECTIONS, record
     assert rows["blackhole"]["exported"] == 0
     assert {t["target"] for t in result["targets"]}, "targets are judged"
