@@ -11,13 +11,16 @@ import base64
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import brotlicffi  # 1.2+: an output limit, which mitmproxy's pinned Brotli 1.1 lacks
 import zstandard
-from mitmproxy.websocket import WebSocketMessage
 
 from .config import CaptureConfig, RedactionConfig
 from .redaction import Redactor
+
+if TYPE_CHECKING:  # the export worker process imports this module: keep mitmproxy out of it
+    from mitmproxy.websocket import WebSocketMessage
 
 AttrValue = str | int | bool
 Attributes = list[tuple[str, AttrValue]]

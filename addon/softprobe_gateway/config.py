@@ -128,7 +128,7 @@ class ExportConfig:
     batch_max_bytes: int = field(default=4 * 1024 * 1024, metadata={"min": 1024})
     flush_interval_ms: int = field(default=200, metadata={"min": 1})
     queue_max_spans: int = field(default=10_000, metadata={"min": 1})
-    queue_max_bytes: int = field(default=128 * 1024 * 1024, metadata={"min": 1024})
+    queue_max_bytes: int = field(default=64 * 1024 * 1024, metadata={"min": 1024})
     timeout_s: float = field(default=5.0, metadata={"min": 0.001})
     max_retries: int = field(default=4, metadata={"min": 0})
     shutdown_timeout_s: float = field(default=5.0, metadata={"min": 0})
@@ -221,6 +221,11 @@ class Config:
         if scheme == "file":
             return "file"
         return "store"
+
+    @property
+    def store_config(self) -> StoreConfig:
+        """The embedded store's settings, at the path `sp_backend_url` names (if any)."""
+        return dataclasses.replace(self.store, path=self.local_path)
 
     @property
     def local_path(self) -> str:

@@ -13,10 +13,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import httpx
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from .config import LookupConfig
+from .httpclient import AnswerTooLarge, PostClient, ProtocolError
 from .metrics import Metrics, RateLimitedLog
 from .otlp import BadAnswer, Hit, decode_hit, hit_from_traces
 
@@ -72,32 +72,30 @@ class LookupFailure(Exception):
 Transport = Callable[[TracesData], Awaitable["Hit | None"]]
 
 
-def http_transport(base_url: str, public_key: str, max_body: int) -> tuple[Transport, httpx.AsyncClient]:
-    """`POST {base}/v1/inject` through one shared keep-alive client (no proxy from the env).
+def http_transport(base_url: str, public_key: str, max_body: int) -> tuple[Transport, PostClient]:
+    """`POST {base}/v1/inject` over one shared keep-alive client (no proxy from the env).
 
-    The answer is read incrementally and refused once it exceeds what a hit within `max_body`
-    can take (base64 and attributes included), so a huge answer is never buffered whole.
+    An answer larger than a hit within `max_body` can be (base64 and attributes included) is
+    refused without being read, so a huge answer is never buffered whole.
     """
     url = base_url.rstrip("/") + "/v1/inject"
     limit = 2 * max_body + 64 * 1024
     headers = {"content-type": "application/x-protobuf", "accept-encoding": "identity"}
     if public_key:
         headers["x-public-key"] = public_key
-    client = httpx.AsyncClient(headers=headers, trust_env=False, timeout=None,
-                               limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
+    client = PostClient(url, headers)
 
     async def ask(request: TracesData) -> Hit | None:
         try:
-            async with client.stream("POST", url, content=request.SerializeToString()) as response:
-                if response.status_code == 404:
-                    return None
-                if response.status_code != 200:
-                    raise LookupFailure(BAD_STATUS, f"{url} answered {response.status_code}")
-                payload = await _read_capped(response, limit, url)
-        except httpx.TimeoutException:
-            raise LookupFailure(TIMEOUT, f"timeout from {url}") from None
-        except httpx.HTTPError as e:
+            status, payload = await client.post(request.SerializeToString(), limit)
+        except (OSError, asyncio.IncompleteReadError) as e:
             raise LookupFailure(CONNECT_ERROR, f"{type(e).__name__} from {url}") from None
+        except (ProtocolError, AnswerTooLarge) as e:
+            raise LookupFailure(BAD_ANSWER, f"{url}: {e}") from None
+        if status == 404:
+            return None
+        if status != 200:
+            raise LookupFailure(BAD_STATUS, f"{url} answered {status}")
         if not payload:
             raise LookupFailure(BAD_ANSWER, f"{url} answered 200 with an empty body")
         try:
@@ -108,18 +106,6 @@ def http_transport(base_url: str, public_key: str, max_body: int) -> tuple[Trans
             raise LookupFailure(BAD_ANSWER, f"{url}: {e}") from None
 
     return ask, client
-
-
-async def _read_capped(response: httpx.Response, limit: int, url: str) -> bytes:
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise LookupFailure(BAD_ANSWER, f"{url} answered {declared} bytes, over the {limit}-byte cap")
-    body = bytearray()
-    async for chunk in response.aiter_raw():
-        body += chunk
-        if len(body) > limit:
-            raise LookupFailure(BAD_ANSWER, f"{url} answered over the {limit}-byte cap")
-    return bytes(body)
 
 
 def store_transport(lookup: Callable[[TracesData], TracesData | None], max_body: int) -> Transport:

@@ -7,15 +7,13 @@ of one config and half of another.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-
-from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from .backend.store import Store, StoreError
 from .capture import Capture
 from .config import DEFAULT_SERVICE, Config, ConfigError, resolve_direction
-from .export import Exporter, FileSink, HttpSink, SendError, Sink
+from .export import Exporter
+from .httpclient import PostClient
 from .lookup import Lookup, Transport, http_transport, store_transport
 from .metrics import Metrics
 from .mocks import Mocks
@@ -23,23 +21,6 @@ from .routing import Address, Router
 from .rules import RecordingRules
 
 log = logging.getLogger(__name__)
-
-
-class StoreSink:
-    """The embedded backend: batches go straight into the SQLite store (on the export thread)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def send(self, batch: TracesData) -> int:
-        try:
-            self.store.ingest(batch)
-        except StoreError as e:
-            raise SendError(str(e)) from None
-        return batch.ByteSize()
-
-    def close(self) -> None:
-        self.store.close()
 
 
 class Runtime:
@@ -50,33 +31,28 @@ class Runtime:
         self.capture = Capture(config.capture, config.redaction)
         self.mocks = Mocks(config.mocks)
         self.router = Router(config.routing, listen)
-        self._http_client = None
+        self._http_client: PostClient | None = None
+        self._store: Store | None = None
+        self.lookup = Lookup(config.lookup, self._transport(config), metrics) if config.enable_inject else None
+        try:
+            self.exporter = Exporter(config, metrics)
+        except ConfigError:
+            if self._store is not None:
+                self._store.close()
+            raise
+
+    def _transport(self, config: Config) -> Transport:
         max_body = config.capture.max_body_bytes
-        sink: Sink
-        transport: Transport | None = None
-        kind = config.backend_kind
-        if kind == "http":
-            sink = HttpSink(config.sp_backend_url, self.public_key, config.export.timeout_s)
-            if config.enable_inject:
-                transport, self._http_client = http_transport(
-                    config.sp_backend_url, self.public_key, max_body)
-        elif kind == "file":
-            try:
-                sink = FileSink(config.local_path)
-            except OSError as e:
-                raise ConfigError(f"key 'sp_backend_url': cannot open {config.local_path}: {e.strerror}") from None
-            if config.enable_inject:
-                raise ConfigError("key 'enable_inject': a file: backend cannot answer lookups")
-        else:
-            try:
-                store = Store(dataclasses.replace(config.store, path=config.local_path))
-            except StoreError as e:
-                raise ConfigError(f"key 'store.path': {e}") from None
-            sink = StoreSink(store)
-            if config.enable_inject:
-                transport = store_transport(store.lookup, max_body)
-        self.lookup = Lookup(config.lookup, transport, metrics) if transport else None
-        self.exporter = Exporter(config.export, self.capture, sink, self.public_key, metrics)
+        if config.backend_kind == "http":
+            transport, self._http_client = http_transport(config.sp_backend_url, self.public_key, max_body)
+            return transport
+        if config.backend_kind == "file":
+            raise ConfigError("key 'enable_inject': a file: backend cannot answer lookups")
+        try:
+            self._store = Store(config.store_config)
+        except StoreError as e:
+            raise ConfigError(f"key 'store.path': {e}") from None
+        return store_transport(self._store.lookup, max_body)
 
     @property
     def answers_locally(self) -> bool:
@@ -108,3 +84,5 @@ class Runtime:
         if self._http_client is not None:
             await self._http_client.aclose()
         await asyncio.to_thread(self.exporter.close)
+        if self._store is not None:
+            self._store.close()
