@@ -28,7 +28,7 @@ from .scenarios import BY_NAME, start
 ADDON_CODE = "softprobe_gateway/"
 # Export worker stages, first match in the stack wins (by function name).
 STAGES = [("encode: attributes (capture.py)", "exchange_attributes"),
-          ("encode: protobuf messages (otlp.py)", "extract_span"),
+          ("encode: protobuf messages (otlp.py)", "fill_extract_span"),
           ("send: serialize + HTTP POST", "send"),
           ("encode: batch assembly", "_export")]
 

@@ -26,13 +26,13 @@ from typing import Protocol
 
 import httpx
 from google.protobuf.json_format import MessageToJson
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from .backend.store import Store, StoreError
-from .capture import Capture, Exchange
+from .capture import Attributes, Capture, Exchange
 from .config import Config, ConfigError
 from .metrics import Metrics, RateLimitedLog
-from .otlp import extract_span, traces_data
+from .otlp import add_scope_spans, fill_extract_span
 
 log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -161,33 +161,37 @@ class Encoder:
         self.drops: dict[str, str] = {}  # reason -> last message
 
     def export(self, exchanges: list[Exchange], deadline: float | None) -> None:
-        groups: dict[str, list[Span]] = {}
-        size = 0
+        """Encode into batches cut before `batch_max_bytes` (estimated from the bodies, base64
+        included), and send each."""
+        data, scopes, size, count = TracesData(), {}, 0, 0
         for exchange in exchanges:
+            estimate = exchange.size * 4 // 3
+            if count and size + estimate > self.config.batch_max_bytes:
+                self.send(data, count, deadline)
+                data, scopes, size, count = TracesData(), {}, 0, 0
             try:
-                span = self.span(exchange)
+                attributes = self.attributes(exchange)
             except Exception as e:  # one unencodable exchange must not take its batch with it
                 self.drop("encode_failed", 1, f"an exchange could not be encoded: {e!r}")
                 continue
-            span_size = span.ByteSize()
-            if groups and size + span_size > self.config.batch_max_bytes:
-                self.send(groups, deadline)
-                groups, size = {}, 0
-            groups.setdefault(exchange.service_name, []).append(span)
-            size += span_size
-        if groups:
-            self.send(groups, deadline)
+            scope = scopes.get(exchange.service_name)
+            if scope is None:
+                scope = scopes[exchange.service_name] = add_scope_spans(
+                    data, exchange.service_name, self.public_key)
+            fill_extract_span(scope.spans.add(), exchange, attributes)
+            size += estimate
+            count += 1
+        if count:
+            self.send(data, count, deadline)
 
-    def span(self, ex: Exchange) -> Span:
+    def attributes(self, ex: Exchange) -> Attributes:
         attributes = self.capture.exchange_attributes(ex)
         for key, value in attributes:
             if value is True and key.endswith(".body.truncated"):
                 self.stats[f"truncated.{key.split('.')[1]}"] += 1
-        return extract_span(ex, attributes)
+        return attributes
 
-    def send(self, groups: dict[str, list[Span]], deadline: float | None) -> None:
-        batch = traces_data(groups.items(), self.public_key)
-        count = sum(len(spans) for spans in groups.values())
+    def send(self, batch: TracesData, count: int, deadline: float | None) -> None:
         for attempt in range(self.config.max_retries + 1):
             try:
                 sent = self.sink.send(batch)
@@ -243,15 +247,18 @@ def _worker(conn: Connection, config: Config) -> None:
 
 # -- the proxy side --------------------------------------------------------------------------
 
+MAX_IN_FLIGHT = 4  # batches handed to the worker and not yet acknowledged
+
 
 class Exporter:
-    """The bounded queue, its feeder thread and the worker process."""
+    """The bounded queue, the threads that feed the worker process and read its reports."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self.config, self.metrics = config.export, metrics
         self.losses = RateLimitedLog(log)
         self._queue: deque[Exchange] = deque()
         self._queued_bytes = 0  # queued and in the worker, until acknowledged
+        self._in_flight: deque[int] = deque()  # sizes of the batches handed over, oldest first
         self._cond = threading.Condition()
         self._closing = False
         context = multiprocessing.get_context("spawn")  # never fork a process with threads
@@ -269,8 +276,10 @@ class Exporter:
             raise ConfigError(error)
         metrics.queue_spans.set_function(lambda: len(self._queue))
         metrics.queue_bytes.set_function(lambda: self._queued_bytes)
-        self._feeder = threading.Thread(target=self._feed, name="softprobe-export-feeder", daemon=True)
-        self._feeder.start()
+        self._threads = [threading.Thread(target=target, name=name, daemon=True) for target, name in
+                         ((self._feed, "softprobe-export-feed"), (self._acknowledge, "softprobe-export-ack"))]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, exchange: Exchange) -> bool:
         """Queue an exchange for export; drop and count it when the queue is full."""
@@ -282,7 +291,7 @@ class Exporter:
                 self._queue.append(exchange)
                 self._queued_bytes += size
                 if len(self._queue) >= self.config.batch_max_spans:
-                    self._cond.notify()
+                    self._cond.notify_all()
                 return True
         self._drop("queue_full", 1, "export queue full (backend slow or down?)")
         return False
@@ -291,8 +300,10 @@ class Exporter:
         """Flush what is queued within `shutdown_timeout_s`, then stop; what is left is counted."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
-        self._feeder.join(self.config.shutdown_timeout_s + 1)
+            self._cond.notify_all()
+        deadline = time.monotonic() + self.config.shutdown_timeout_s + 1
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0))
         with self._cond:
             left = len(self._queue)
             self._queue.clear()
@@ -304,27 +315,38 @@ class Exporter:
             self._process.kill()
 
     def _feed(self) -> None:
-        """Hand batches to the worker one at a time; apply its reports to the metrics."""
+        """Hand batches to the worker, up to MAX_IN_FLIGHT unacknowledged, so it never idles
+        waiting for the next one; then tell it to finish."""
         try:
             while (batch := self._take()) is not None:
-                if not batch:
-                    continue
-                size = sum(exchange.size for exchange in batch)
-                self._conn.send((batch, self._closing))
-                kind, (stats, drops) = self._conn.recv()
-                with self._cond:
-                    self._queued_bytes -= size
-                self._apply(stats, drops)
+                if batch:
+                    self._conn.send((batch, self._closing))
             self._conn.send(None)
-        except (EOFError, OSError, BrokenPipeError):
-            log.error("softprobe: the export worker process died; exchanges are no longer exported")
+        except OSError:
+            pass  # the worker is gone: _acknowledge reports it
+
+    def _acknowledge(self) -> None:
+        """Apply the worker's reports; a batch's bytes leave the queue's budget only here."""
+        try:
+            while True:
+                _, (stats, drops) = self._conn.recv()
+                with self._cond:
+                    self._queued_bytes -= self._in_flight.popleft()
+                    self._cond.notify_all()
+                self._apply(stats, drops)
+        except (EOFError, OSError):
+            if not self._closing:
+                log.error("softprobe: the export worker process died; exchanges are no longer exported")
 
     def _take(self) -> list[Exchange] | None:
-        """Wait for a full batch or the flush interval; None once closing with nothing left."""
+        """Wait for a full batch or the flush interval (and for room in flight); None once
+        closing with nothing left."""
         interval = self.config.flush_interval_ms / 1000
         with self._cond:
             if len(self._queue) < self.config.batch_max_spans and not self._closing:
                 self._cond.wait(interval)
+            while len(self._in_flight) >= MAX_IN_FLIGHT:
+                self._cond.wait()
             if not self._queue:
                 return None if self._closing else []
             batch, size = [], 0
@@ -333,6 +355,7 @@ class Exporter:
                 exchange = self._queue.popleft()
                 size += exchange.size
                 batch.append(exchange)
+            self._in_flight.append(size)
             return batch
 
     def _apply(self, stats: dict[str, int], drops: dict[str, str]) -> None:

@@ -41,7 +41,8 @@ DIGIT_RUNS = str.maketrans("0123456789", "\0" * 10, " -")  # digits to NUL, sepa
 # a string value may run to the end of the text.
 JSON_MEMBER = re.compile(
     r'"((?:[^"\\]|\\.){1,256})"\s*:\s*("(?:[^"\\]|\\.)*(?:"|\\?\Z)|-?[0-9][0-9.eE+-]*)')
-PAIR_SAFE = "[]:"  # kept readable in a replaced form or query value: `[REDACTED]`, `sha256:...`
+PAIR_SAFE = "[]:"
+SPARSE_JSON = 256  # at most one '"' per this many characters: a JSON text is mostly values  # kept readable in a replaced form or query value: `[REDACTED]`, `sha256:...`
 
 Span = tuple[int, int]
 
@@ -196,15 +197,18 @@ class Redactor:
         """A text body: JSON and form fields by name, then value patterns everywhere."""
         if not self.enabled or not text:
             return text
-        if not self.fields.may_occur(text) and not self._has_values(text):
-            return text  # the common case, decided by regex scans alone: no parsing, no walk
         mime = (content_type or "").split(";", 1)[0].strip().lower()
         if mime == FORM:
             return self._pairs(text)
-        if "json" in mime or text.lstrip()[:1] in ("{", "["):
-            redacted = self._json(text)
-            return redacted if redacted is not None else self._values(self._json_members(text))
-        return self._values(text)
+        if "json" not in mime and text.lstrip()[:1] not in ("{", "["):
+            return self._values(text)  # no field names outside JSON and forms
+        # Few strings in much text (a large blob): parsing and walking is cheaper than scanning
+        # the text for every field name. Otherwise most bodies are decided by the scans alone.
+        sparse = text.count('"') < len(text) // SPARSE_JSON
+        if not sparse and not self.fields.may_occur(text) and not self._has_values(text):
+            return text
+        redacted = self._json(text)
+        return redacted if redacted is not None else self._values(self._json_members(text))
 
     def header(self, name: str, value: str) -> str:
         """A header (or pseudo-header) value: secret by name (an `x-` prefix ignored), a URL's
