@@ -272,6 +272,7 @@ def test_public_key_from_env_overrides_file(tmp_path):
     ("mocks: [{headers: {a: 1}}]\n", "'mocks[0].headers': expected a mapping of strings"),
     ("capture: {max_body_bytes: -1}\n", "'capture.max_body_bytes': must be at least 0"),
     ("a: [\n", "invalid YAML (line"),
+    ("sp_backend_url: 'https://user:secret@o.softprobe.ai'\n", "'sp_backend_url': credentials do not belong"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, message):
     p = tmp_path / "c.yaml"

@@ -389,6 +389,9 @@ def _check(meta: typing.Mapping[str, Any], value: Any, name: str) -> None:
 
 def _check_backend_url(value: str, name: str) -> None:
     parts = urlsplit(value)
+    if "@" in parts.netloc:  # credentials would be logged and committed: use public_key
+        raise ConfigError(f"key '{name}': credentials do not belong in the URL "
+                          f"(use public_key or ${PUBLIC_KEY_ENV})")
     if parts.scheme in ("http", "https"):
         try:
             parts.port  # noqa: B018 - raises on a malformed port
