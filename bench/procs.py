@@ -43,14 +43,34 @@ class Proc:
         return self.process.pid
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of all the process's threads so far (/proc/PID/stat)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+        """User + system CPU so far of the process and its children (the gateway's export
+        worker process is part of its cost): every thread, and children already reaped."""
+        total = 0
+        for pid in self._family():
+            fields = _stat(pid)
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            if pid == self.pid:
+                total += int(fields[13]) + int(fields[14])  # cutime, cstime: reaped children
+        return total / CLOCK_TICKS
 
     def peak_rss_mb(self) -> float:
-        """VmHWM: the process's peak resident set since it started."""
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+        """VmHWM summed over the process and its children: an upper bound of their joint peak."""
+        total = 0
+        for pid in self._family():
+            status = Path(f"/proc/{pid}/status").read_text()
+            total += int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+        return total / 1024
+
+    def _family(self) -> list[int]:
+        children = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if int(_stat(int(entry.name))[1]) == self.pid:  # ppid
+                        children.append(int(entry.name))
+                except (OSError, IndexError):
+                    continue  # exited meanwhile
+        return [self.pid, *children]
 
     def output(self) -> str:
         self._log.flush()
@@ -65,6 +85,11 @@ class Proc:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat fields after the command name (field 3, the state, is index 0)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def get(port: int, path: str) -> str:

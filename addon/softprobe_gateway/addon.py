@@ -192,7 +192,7 @@ class SoftprobeAddon:
     async def _lookup(self, flow: http.HTTPFlow, exchange: Exchange, rt: Runtime) -> None:
         """Ask the backend; answer the client on a hit, forward on anything else (or refuse in strict mode)."""
         def build():
-            return inject_request(exchange, rt.capture.request_attributes(exchange), rt.public_key)
+            return inject_request(exchange, rt.capture.request_attributes(exchange), rt.config.public_key)
 
         small = len(exchange.request.body or b"") <= INLINE_ENCODE_BYTES
         lookup_body = build() if small else await asyncio.to_thread(build)

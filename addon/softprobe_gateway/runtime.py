@@ -7,7 +7,6 @@ of one config and half of another.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from .backend.store import Store, StoreError
 from .capture import Capture
@@ -20,13 +19,10 @@ from .mocks import Mocks
 from .routing import Address, Router
 from .rules import RecordingRules
 
-log = logging.getLogger(__name__)
-
 
 class Runtime:
     def __init__(self, config: Config, metrics: Metrics, listen: list[Address]) -> None:
         self.config = config
-        self.public_key = config.public_key
         self.rules = RecordingRules(config.exemption_rules, config.collection_rules)
         self.capture = Capture(config.capture, config.redaction)
         self.mocks = Mocks(config.mocks)
@@ -44,7 +40,7 @@ class Runtime:
     def _transport(self, config: Config) -> Transport:
         max_body = config.capture.max_body_bytes
         if config.backend_kind == "http":
-            transport, self._http_client = http_transport(config.sp_backend_url, self.public_key, max_body)
+            transport, self._http_client = http_transport(config.sp_backend_url, config.public_key, max_body)
             return transport
         if config.backend_kind == "file":
             raise ConfigError("key 'enable_inject': a file: backend cannot answer lookups")
