@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import LOOPBACK, _connectable, wait_for
+from tests.support import LOOPBACK, start_server, stop_server
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -26,17 +24,7 @@ class Proc:
     cwd: Path
 
     def __post_init__(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env={**env, "PYTHONUNBUFFERED": "1"}, cwd=self.cwd)
-        try:
-            wait_for(lambda: self.process.poll() is not None or _connectable(self.port), 30)
-        except AssertionError:
-            self.stop()
-            raise
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} exited {self.process.returncode}: {self.output()[-2000:]}")
+        self.process, self._log = start_server(self.argv, self.port, self.log_path, self.cwd)
 
     @property
     def pid(self) -> int:
@@ -77,14 +65,7 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+        stop_server(self.process, self._log, timeout)
 
 
 def _stat(pid: int) -> list[str]:

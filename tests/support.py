@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import yaml
@@ -272,18 +272,7 @@ class Gateway:
                 "--set", f"confdir={self.tmp / 'mitmproxy'}", "--set", "flow_detail=0"]
         for k, v in self.options.items():
             args += ["--set", f"{k}={v}"]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env.pop("HTTP_PROXY", None), env.pop("HTTPS_PROXY", None)
-        self.log = self.log_path.open("wb")
-        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                        cwd=self.tmp)
-        try:
-            wait_for(lambda: self.process.poll() is not None or _connectable(self.port), 20)
-        except AssertionError:
-            self.stop()
-            raise
-        if self.process.poll() is not None:
-            raise RuntimeError(f"mitmdump exited {self.process.returncode}:\n{self.output()}")
+        self.process, self.log = start_server(args, self.port, self.log_path, self.tmp, self.env)
 
     @property
     def proxy(self) -> str:
@@ -313,22 +302,46 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 15.0) -> int:
-        """Stop like Kubernetes does (SIGTERM), so the shutdown flush runs."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-        return self.process.returncode
+        return stop_server(self.process, self.log, timeout)
 
     def __enter__(self) -> Gateway:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_server(argv: list[str], port: int, log_path: Path, cwd: Path,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, BinaryIO]:
+    """Start a server process (output to `log_path`, no proxy from the environment) and wait
+    until it accepts connections on `port`, or fail with its output if it exits first."""
+    full_env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
+    full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
+    log = log_path.open("wb")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+    try:
+        wait_for(lambda: process.poll() is not None or _connectable(port), 30)
+    except AssertionError:
+        stop_server(process, log)
+        raise
+    if process.poll() is not None:
+        log.close()
+        output = log_path.read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"{Path(argv[0]).name} exited {process.returncode}:\n{output}")
+    return process, log
+
+
+def stop_server(process: subprocess.Popen, log: BinaryIO, timeout: float = 15.0) -> int:
+    """Stop like Kubernetes does (SIGTERM, then SIGKILL), so a graceful shutdown runs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    log.close()
+    return process.returncode
 
 
 def _connectable(port: int) -> bool:

@@ -95,20 +95,22 @@ def cmd_sessions(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> 
     return 0
 
 
-def cmd_show(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> int:
+def _session(config: StoreConfig, session_id: str):
+    """One recorded session and its exchanges; StoreError when there is none."""
     with _open(config) as store:
-        summary, exchanges = store.session(args.session_id)
+        summary, exchanges = store.session(session_id)
     if summary is None:
-        raise StoreError(f"no session {args.session_id!r} in {config.path}")
-    print(_timeline(summary, exchanges), file=out)
+        raise StoreError(f"no session {session_id!r} in {config.path}")
+    return summary, exchanges
+
+
+def cmd_show(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> int:
+    print(_timeline(*_session(config, args.session_id)), file=out)
     return 0
 
 
 def cmd_har(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> int:
-    with _open(config) as store:
-        summary, exchanges = store.session(args.session_id)
-    if summary is None:
-        raise StoreError(f"no session {args.session_id!r} in {config.path}")
+    _, exchanges = _session(config, args.session_id)
     text = json.dumps(har(exchanges), indent=2, ensure_ascii=False)
     if args.output:
         Path(args.output).write_text(text + "\n", encoding="utf-8")

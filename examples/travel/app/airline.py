@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import threading
 from typing import Any
 
-from jsonhttp import Request, serve
+from jsonhttp import Request, main
 
 FLIGHTS = [
     {"flight": "SP101", "from": "SFO", "to": "JFK", "departs": "08:05", "price": 329},
@@ -54,8 +53,4 @@ ROUTES = {
 }
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8080)
-    args = parser.parse_args()
-    serve(args.port, ROUTES, args.host)
+    main(__doc__, ROUTES)

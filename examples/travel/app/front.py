@@ -7,14 +7,13 @@ the gateway on purpose: in the mesh Istio routes its calls there; locally `EGRES
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import urllib.error
 import urllib.request
 from typing import Any
 
-from jsonhttp import Request, serve
+from jsonhttp import Request, main
 
 PROPAGATED = ("x-sp-session-id", "traceparent", "tracestate")
 AIRLINE_URL = os.environ.get("AIRLINE_URL", "http://airline.travel.svc.cluster.local:8080")
@@ -55,8 +54,4 @@ def pay(req: Request) -> tuple[int, Any]:
 ROUTES = {("GET", r"/search"): search, ("POST", r"/book"): book, ("POST", r"/pay"): pay}
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8080)
-    args = parser.parse_args()
-    serve(args.port, ROUTES, args.host)
+    main(__doc__, ROUTES)

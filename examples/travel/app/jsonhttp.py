@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Callable
@@ -63,3 +64,12 @@ def serve(port: int, routes: Routes, host: str = "0.0.0.0") -> None:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+
+
+def main(description: str, routes: Routes) -> None:
+    """Command line of a demo service: `--host`, `--port`, then serve `routes`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args()
+    serve(args.port, routes, args.host)
