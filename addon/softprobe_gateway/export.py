@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import threading
 import time
 from collections import Counter, deque
@@ -226,6 +227,8 @@ class Encoder:
 
 def _worker(conn: Connection, config: Config) -> None:
     """The worker process: open the sink, then encode and send each batch it is handed."""
+    # Ctrl-C reaches the whole process group: the proxy process decides when the worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         encoder = Encoder(config, open_sink(config))
     except ConfigError as e:
