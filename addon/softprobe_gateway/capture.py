@@ -100,7 +100,6 @@ class Exchange:
     injected: bool = False
     events: list[tuple[int, str, Attributes]] = field(default_factory=list)
     events_dropped: int = 0
-    extra: Attributes = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -128,26 +127,22 @@ class Capture:
             ("sp.traffic.direction", ex.direction),
             ("sp.session.id", ex.session_id),
         ]
-        attrs += self.header_attributes("http.request.header.", ex.request)
-        attrs += [("url.path", self.redactor.query(ex.path)), ("url.host", ex.host)]
-        attrs += self.body_attributes("http.request.body", ex.request)
-        return attrs
+        headers, body = self.message_attributes("request", ex.request)
+        return attrs + headers + [("url.path", self.redactor.query(ex.path)), ("url.host", ex.host)] + body
 
     def exchange_attributes(self, ex: Exchange) -> Attributes:
         """All attributes of the extract span of a recorded exchange."""
         attrs = self.request_attributes(ex)
         attrs.insert(2, ("sp.span.type", "extract"))
         if ex.response is not None:
-            attrs += self.header_attributes("http.response.header.", ex.response)
-            attrs.append(("http.response.status_code", ex.status_code))
-            attrs += self.body_attributes("http.response.body", ex.response)
+            headers, body = self.message_attributes("response", ex.response)
+            attrs += headers + [("http.response.status_code", ex.status_code)] + body
         if ex.error:
             attrs.append(("error.message", ex.error))
         if ex.injected:
             attrs.append(("sp.injected", True))
         if ex.events_dropped:
             attrs.append(("websocket.messages.dropped", ex.events_dropped))
-        attrs += ex.extra
         return attrs
 
     def websocket_event(self, ex: Exchange, message: WebSocketMessage) -> None:
@@ -165,22 +160,28 @@ class Capture:
             ("websocket.data", data), ("websocket.size", len(message.content)),
         ]))
 
-    def header_attributes(self, prefix: str, message: Message) -> Attributes:
+    def message_attributes(self, side: str, message: Message) -> tuple[Attributes, Attributes]:
+        """(header, body) attributes of the `request` or `response` side."""
+        headers = join_headers(message.headers)
+        return (self._header_attributes(f"http.{side}.header.", message.pseudo, headers),
+                self._body_attributes(f"http.{side}.body", message, headers))
+
+    def _header_attributes(self, prefix: str, pseudo: tuple[tuple[str, str], ...],
+                           headers: dict[str, str]) -> Attributes:
         """Pseudo-headers first, then each header once (repeats joined by `, `), secrets removed."""
         redact = self.redactor.header
-        attrs: Attributes = [(prefix + k, redact(k, v)) for k, v in message.pseudo]
-        for name, value in join_headers(message.headers).items():
+        attrs: Attributes = [(prefix + k, redact(k, v)) for k, v in pseudo]
+        for name, value in headers.items():
             if name in self.drop:
                 continue
             attrs.append((prefix + name, MASK if name in self.mask else redact(name, value)))
         return attrs
 
-    def body_attributes(self, key: str, message: Message) -> Attributes:
+    def _body_attributes(self, key: str, message: Message, headers: dict[str, str]) -> Attributes:
         """The body, decoded and capped, as text or base64; marked when truncated."""
         raw = message.body
         if not raw:
             return []
-        headers = join_headers(message.headers)
         body, complete = decode_body(raw, headers.get("content-encoding", ""), self.max_body)
         content_type = headers.get("content-type")
         value = encode_body(body[: self.max_body], content_type)
