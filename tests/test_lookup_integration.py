@@ -138,7 +138,8 @@ def test_closed_port_and_blackhole_fail_open_then_the_breaker_makes_them_cheap(t
             print(f"{outcome}: first 3 worst {worst * 1000:.0f} ms, later p50 "
                   f"{later[len(later) // 2] * 1000:.1f} ms, max {later[-1] * 1000:.1f} ms")
             assert worst < 0.3 + 0.5                       # bounded by the timeout
-            assert later[-1] < 0.1                         # breaker open: no lookup at all
+            # Breaker open: no lookup at all, so never a timeout's wait (0.3 s), typically ~2 ms.
+            assert later[len(later) * 9 // 10] < 0.1 and later[-1] < 0.3
     finally:
         hole.close()
 
