@@ -86,7 +86,8 @@ def markdown(rows: list[dict], results: list[Check], rss: dict | None, meta: dic
         f"Machine: {meta['nproc']} CPUs, {meta['cpu']}; Python {meta['python']}; code {meta['git']}. "
         f"Load: wrk -t{meta['threads']} -c{meta['connections']} -d{meta['duration_s']:g}s, "
         f"{meta['rounds']} interleaved round(s), medians. CPU and RSS are the measured process's "
-        "(Envoy, or mitmdump with every thread); exported/seen are summed over the rounds.",
+        "(Envoy, or mitmdump with every thread and child process, the export worker included); "
+        "exported/seen are summed over the rounds.",
         "",
         "| scenario | body | rps | x mitmdump | x mitmdump -w | p50 ms | p99 ms | CPU ms/req | peak RSS MiB | exported / seen (wrk sent) |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
