@@ -33,7 +33,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
 from softprobe_gateway.capture import Capture, Exchange, Message, decode_body
 from softprobe_gateway.config import CaptureConfig, ConfigError, load_config
 from softprobe_gateway.otlp import (
-    HOP_BY_HOP, BadAnswer, decode_hit, extract_span, hit_body, hit_from_traces,
+    HOP_BY_HOP, BadAnswer, decode_hit, fill_extract_span, hit_body, hit_from_traces,
     make_span, traces_data,
 )
 from softprobe_gateway.routing import SERVICE_NAME, caller_service
@@ -377,7 +377,7 @@ def exchanges(draw, text: st.SearchStrategy[str]) -> Exchange:
 
 def encode_and_reparse(ex: Exchange, max_body: int) -> TracesData:
     attributes = Capture(CaptureConfig(max_body_bytes=max_body)).exchange_attributes(ex)
-    data = traces_data([(ex.service_name, [extract_span(ex, attributes)])], "pk")
+    data = traces_data([(ex.service_name, [fill_extract_span(Span(), ex, attributes)])], "pk")
     again = TracesData.FromString(data.SerializeToString())
     assert again == data
     return again

@@ -313,12 +313,12 @@ async def drive_addon(config: str) -> None:
         assert flow.request.headers["x-sp-num"] == "0"
         addon.response(flow)
         assert EXCHANGE not in flow.metadata and exchange.status_code == 200
-        assert addon.metrics.value("softprobe_exchanges_recorded_total") == 1
+        assert addon.metrics.registry.get_sample_value("softprobe_exchanges_recorded_total") == 1
 
         static = tflow.tflow(resp=True)
         static.request.path = "/logo.png"
         addon.requestheaders(static)
         await addon.request(static)
         assert EXCHANGE not in static.metadata
-        assert addon.metrics.value("softprobe_exchanges_skipped_total", reason="static") == 1
+        assert addon.metrics.registry.get_sample_value("softprobe_exchanges_skipped_total", {"reason": "static"}) == 1
         await addon.done()

@@ -64,9 +64,6 @@ class Metrics:
         self.config_reload_errors.inc()
         self.config_reload_error.info({"error": message[:500]})
 
-    def value(self, name: str, **labels: str) -> float:
-        """A sample's current value (tests and the CLI read counters through this)."""
-        return self.registry.get_sample_value(name, labels or None) or 0.0
 
 
 class RateLimitedLog:

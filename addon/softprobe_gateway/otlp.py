@@ -96,10 +96,6 @@ def fill_extract_span(span: Span, ex: Exchange, attributes: Attributes) -> Span:
                      error=bool(ex.error) or ex.status_code >= 500, events=ex.events)
 
 
-def extract_span(ex: Exchange, attributes: Attributes) -> Span:
-    return fill_extract_span(Span(), ex, attributes)
-
-
 def inject_request(ex: Exchange, attributes: Attributes, public_key: str) -> TracesData:
     """Section 2's lookup body: one CLIENT `inject` span with the request half of the attributes."""
     attrs = [*attributes[:2], ("sp.span.type", "inject"), *attributes[2:]]
