@@ -31,7 +31,6 @@ SENSITIVE_HEADERS = frozenset({
     "authorization", "cookie", "set-cookie", "x-public-key", "x-auth-token", "bearer",
     "proxy-authorization", "x-api-key",
 })
-MASK = "[REDACTED]"
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-www-form-urlencoded")
 
 
@@ -174,7 +173,8 @@ class Capture:
         for name, value in headers.items():
             if name in self.drop:
                 continue
-            attrs.append((prefix + name, MASK if name in self.mask else redact(name, value)))
+            attrs.append((prefix + name, self.redactor.secret(value) if name in self.mask
+                          else redact(name, value)))
         return attrs
 
     def _body_attributes(self, key: str, message: Message, headers: dict[str, str]) -> Attributes:

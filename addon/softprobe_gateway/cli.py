@@ -71,9 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 def _store_config(args: argparse.Namespace) -> StoreConfig:
     config_path = args.config or os.environ.get(CONFIG_ENV) or None
     config = load_config(config_path)
-    store = config.store
-    if config.backend_kind == "store":
-        store = dataclasses.replace(store, path=config.local_path)
+    store = config.store_config if config.backend_kind == "store" else config.store
     return dataclasses.replace(store, path=args.db) if args.db else store
 
 

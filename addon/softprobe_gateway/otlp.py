@@ -17,6 +17,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status, TracesData
 
 from .capture import Attributes, AttrValue, Exchange, is_text
+from .config import DEFAULT_SERVICE
 
 RESOURCE_TYPE = "sp-envoy-proxy"
 SCOPE = InstrumentationScope(name="softprobe-gateway", version="0.1.0")
@@ -101,13 +102,15 @@ def inject_request(ex: Exchange, attributes: Attributes, public_key: str) -> Tra
     attrs = [*attributes[:2], ("sp.span.type", "inject"), *attributes[2:]]
     if public_key:
         attrs.append(("sp.public.key", public_key))
-    span = make_span(span_name(attrs), ex.trace_id, ex.span_id, ex.parent_span_id,
-                     Span.SPAN_KIND_CLIENT, ex.start_ns, ex.start_ns, attrs, error=False)
-    return traces_data([(ex.service_name, [span])], public_key)
+    data = TracesData()
+    fill_span(add_scope_spans(data, ex.service_name, public_key).spans.add(), span_name(attrs),
+              ex.trace_id, ex.span_id, ex.parent_span_id, Span.SPAN_KIND_CLIENT,
+              ex.start_ns, ex.start_ns, attrs, error=False)
+    return data
 
 
 def resource(service_name: str, public_key: str) -> Resource:
-    attrs = [key_value("service.name", service_name or "default-service")]
+    attrs = [key_value("service.name", service_name or DEFAULT_SERVICE)]
     if public_key:
         attrs.append(key_value("sp.public.key", public_key))
     attrs.append(key_value("sp.resource.type", RESOURCE_TYPE))

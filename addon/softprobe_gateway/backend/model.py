@@ -44,7 +44,6 @@ class LookupRequest:
     """The request half of an inject span: what a lookup matches on."""
 
     session_id: str
-    service: str
     method: str
     host: str
     path: str  # with query

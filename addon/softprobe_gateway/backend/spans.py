@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from google.protobuf import json_format
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status, TracesData
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status, TracesData
 
-from ..otlp import RESOURCE_TYPE, SCOPE, key_value
+from ..config import DEFAULT_SERVICE
+from ..otlp import add_scope_spans, fill_span
 from .model import Exchange, LookupRequest
 
 REQUEST_HEADER = "http.request.header."
@@ -47,7 +48,7 @@ def _spans(traces: TracesData) -> Iterator[tuple[Resource, Span]]:
 def _attributes(resource: Resource, span: Span) -> dict[str, str]:
     attrs = {kv.key: _text(kv.value) for kv in span.attributes}
     service = next((_text(kv.value) for kv in resource.attributes if kv.key == "service.name"), "")
-    attrs.setdefault("sp.service.name", service or "default-service")
+    attrs.setdefault("sp.service.name", service or DEFAULT_SERVICE)
     return attrs
 
 
@@ -97,7 +98,7 @@ def lookup_request(traces: TracesData) -> LookupRequest | None:
             continue
         method, host, path = _request_target(attrs)
         return LookupRequest(
-            session_id=attrs.get("sp.session.id", ""), service=attrs["sp.service.name"],
+            session_id=attrs.get("sp.session.id", ""),
             method=method, host=host, path=path,
             content_type=attrs.get(REQUEST_HEADER + "content-type", ""),
             body=attrs.get("http.request.body", ""))
@@ -114,16 +115,13 @@ def answer(exchange: Exchange) -> TracesData:
     ]
     if exchange.response_body:
         attrs.append(("http.response.body", exchange.response_body))
-    span = Span(
-        name=exchange.route or "unknown_path", trace_id=bytes.fromhex(exchange.trace_id),
-        span_id=bytes.fromhex(exchange.span_id), parent_span_id=bytes.fromhex(exchange.parent_span_id),
-        kind=Span.SPAN_KIND_CLIENT if exchange.kind == "client" else Span.SPAN_KIND_SERVER,
-        start_time_unix_nano=exchange.start_ns, end_time_unix_nano=exchange.end_ns,
-        attributes=[key_value(k, v) for k, v in attrs])
-    resource = Resource(attributes=[key_value("service.name", exchange.service),
-                                    key_value("sp.resource.type", RESOURCE_TYPE)])
-    return TracesData(resource_spans=[ResourceSpans(
-        resource=resource, scope_spans=[ScopeSpans(scope=SCOPE, spans=[span])])])
+    data = TracesData()  # filled in place: constructors would deep-copy the body each time
+    fill_span(add_scope_spans(data, exchange.service, "").spans.add(), exchange.route,
+              bytes.fromhex(exchange.trace_id), bytes.fromhex(exchange.span_id),
+              bytes.fromhex(exchange.parent_span_id),
+              Span.SPAN_KIND_CLIENT if exchange.kind == "client" else Span.SPAN_KIND_SERVER,
+              exchange.start_ns, exchange.end_ns, attrs, error=False)
+    return data
 
 
 # -- OTLP JSON ------------------------------------------------------------------------------
