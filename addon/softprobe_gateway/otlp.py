@@ -207,13 +207,13 @@ def hit_body(body: str, content_type: str | None) -> bytes:
     with no content-type, the original's heuristic (over 100 base64 characters)."""
     raw = body.encode("utf-8")
     if content_type:
-        return raw if is_text(content_type) else _b64(raw)
+        return raw if is_text(content_type) else base64_or_raw(raw)
     if len(raw) > 100 and _BASE64.fullmatch(raw):
-        return _b64(raw)
+        return base64_or_raw(raw)
     return raw
 
 
-def _b64(raw: bytes) -> bytes:
+def base64_or_raw(raw: bytes) -> bytes:
     """Decode base64, or keep the bytes as they are when they are not base64 after all."""
     try:
         return base64.b64decode(raw, validate=True)

@@ -41,8 +41,8 @@ DIGIT_RUNS = str.maketrans("0123456789", "\0" * 10, " -")  # digits to NUL, sepa
 # a string value may run to the end of the text.
 JSON_MEMBER = re.compile(
     r'"((?:[^"\\]|\\.){1,256})"\s*:\s*("(?:[^"\\]|\\.)*(?:"|\\?\Z)|-?[0-9][0-9.eE+-]*)')
-PAIR_SAFE = "[]:"
-SPARSE_JSON = 256  # at most one '"' per this many characters: a JSON text is mostly values  # kept readable in a replaced form or query value: `[REDACTED]`, `sha256:...`
+PAIR_SAFE = "[]:"  # kept readable in a replaced form or query value: `[REDACTED]`, `sha256:...`
+SPARSE_JSON = 256  # at most one '"' per this many characters: a JSON text is mostly values
 
 Span = tuple[int, int]
 

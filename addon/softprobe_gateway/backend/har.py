@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
 from ..capture import is_text
+from ..otlp import base64_or_raw
 from .model import Exchange
 
 CREATOR = {"name": "softprobe", "version": "0.1.0"}
@@ -26,11 +26,11 @@ def _entry(ex: Exchange) -> dict[str, Any]:
         "cookies": [], "headers": _headers(ex.request_headers),
         "queryString": [{"name": k, "value": v}
                         for k, v in parse_qsl(ex.path.partition("?")[2], keep_blank_values=True)],
-        "headersSize": -1, "bodySize": len(_bytes(ex.request_body, ex.request_headers)),
+        "headersSize": -1, "bodySize": len(sent := _bytes(ex.request_body, ex.request_headers)),
     }
     if ex.request_body:
         request["postData"] = {"mimeType": ex.request_headers.get("content-type", ""),
-                               "text": _content(ex.request_body, ex.request_headers)["text"]}
+                               "text": _content(ex.request_body, sent, ex.request_headers)["text"]}
     body = _bytes(ex.response_body, ex.response_headers)
     try:
         reason = HTTPStatus(ex.status).phrase
@@ -44,7 +44,7 @@ def _entry(ex: Exchange) -> dict[str, Any]:
             "status": ex.status, "statusText": reason, "httpVersion": "HTTP/1.1", "cookies": [],
             "headers": _headers(ex.response_headers),
             "content": {"size": len(body), "mimeType": ex.response_headers.get("content-type", ""),
-                        **_content(ex.response_body, ex.response_headers)},
+                        **_content(ex.response_body, body, ex.response_headers)},
             "redirectURL": ex.response_headers.get("location", ""),
             "headersSize": -1, "bodySize": len(body),
         },
@@ -60,19 +60,14 @@ def _headers(headers: dict[str, str]) -> list[dict[str, str]]:
 
 
 def _bytes(body: str, headers: dict[str, str]) -> bytes:
-    if is_text(headers.get("content-type")) or not body:
-        return body.encode("utf-8")
-    try:
-        return base64.b64decode(body, validate=True)
-    except ValueError:
-        return body.encode("utf-8")
+    raw = body.encode("utf-8")
+    return raw if is_text(headers.get("content-type")) or not body else base64_or_raw(raw)
 
 
-def _content(body: str, headers: dict[str, str]) -> dict[str, str]:
+def _content(body: str, raw: bytes, headers: dict[str, str]) -> dict[str, str]:
     """Text as text; a binary body as HAR's base64 `encoding`, decoded when it is UTF-8 after all."""
     if not body or is_text(headers.get("content-type")):
         return {"text": body}
-    raw = _bytes(body, headers)
     try:
         return {"text": raw.decode("utf-8")}
     except UnicodeDecodeError:

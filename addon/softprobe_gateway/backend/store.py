@@ -239,8 +239,7 @@ class Store:
         return sum(map(len, stored.values()))
 
     def _row(self, ex: Exchange, now: int) -> tuple[Exchange, tuple]:
-        form = self._form(ex.method, ex.host, ex.path, ex.request_headers.get("content-type", ""),
-                          ex.request_body)
+        form = self._exchange_form(ex)
         return ex, (ex.session_id, ex.trace_id, ex.span_id, ex.parent_span_id, ex.service,
                     ex.direction, ex.kind, ex.method, ex.host, ex.path, ex.route, ex.status,
                     int(ex.error), ex.start_ns, ex.end_ns, now, json.dumps(ex.request_headers),
@@ -249,6 +248,10 @@ class Store:
 
     def _form(self, method: str, host: str, path: str, content_type: str, body: str) -> matching.RequestForm:
         return matching.parse_request(method, host, path, content_type, body, self._ignore)
+
+    def _exchange_form(self, ex: Exchange) -> matching.RequestForm:
+        return self._form(ex.method, ex.host, ex.path, ex.request_headers.get("content-type", ""),
+                          ex.request_body)
 
     def _refresh_fingerprints(self) -> None:
         """Recompute stored fingerprints when the matching rules (ignored fields) changed."""
@@ -381,8 +384,7 @@ class Store:
             rows = db.execute(f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE {where} "
                               "ORDER BY id DESC LIMIT ?", (*args, MAX_CANDIDATES)).fetchall()
             for ex in map(_exchange, rows):
-                recorded = self._form(ex.method, ex.host, ex.path,
-                                      ex.request_headers.get("content-type", ""), ex.request_body)
+                recorded = self._exchange_form(ex)
                 lines = matching.diff(recorded, form)
                 if self.config.session_scope == "only" and ex.session_id != req.session_id:
                     lines.append(f"session: recorded {ex.session_id!r}, got {req.session_id!r} "
