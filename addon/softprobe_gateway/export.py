@@ -34,6 +34,7 @@ from .capture import Attributes, Capture, Exchange
 from .config import Config, ConfigError
 from .metrics import Metrics, RateLimitedLog
 from .otlp import add_scope_spans, fill_extract_span
+from .tls import client_context
 
 log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -65,7 +66,7 @@ class HttpSink:
         if public_key:
             headers["x-public-key"] = public_key
         # trust_env=False: the gateway's own export must never loop through a proxy (itself).
-        self.client = httpx.Client(headers=headers, timeout=timeout_s, trust_env=False)
+        self.client = httpx.Client(headers=headers, timeout=timeout_s, trust_env=False, verify=client_context())
 
     def send(self, batch: TracesData) -> int:
         payload = batch.SerializeToString()

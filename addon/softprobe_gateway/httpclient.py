@@ -15,9 +15,10 @@ bytes without reading it.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Mapping
 from urllib.parse import urlsplit
+
+from .tls import client_context
 
 MAX_HEAD = 64 * 1024  # the StreamReader's default limit for readuntil()
 
@@ -39,7 +40,7 @@ class PostClient:
     def __init__(self, url: str, headers: Mapping[str, str], max_idle: int = 20) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or ""
-        self.tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self.tls = client_context() if parts.scheme == "https" else None
         self.port = parts.port or (443 if self.tls else 80)
         authority = parts.netloc.rpartition("@")[2]
         lines = [f"POST {parts.path or '/'} HTTP/1.1", f"host: {authority}"]
