@@ -38,7 +38,7 @@ from softprobe_gateway.otlp import (
 )
 from softprobe_gateway.routing import SERVICE_NAME, caller_service
 from softprobe_gateway.tracecontext import (
-    MAX_SESSION_ID, new_context, parse_traceparent, parse_tracestate, propagated_headers, session_id,
+    MAX_SESSION_ID, SESSION_HEADERS, new_context, parse_traceparent, parse_tracestate, propagated_headers, session_id,
 )
 from support import LOOPBACK, Gateway, OtlpBackend, Received, attributes, echo_upstream, free_port, wait_for
 
@@ -95,7 +95,7 @@ def test_new_context_is_always_a_valid_w3c_child(tracestate: str, traceparent: s
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(["x-sp-session-id", "sp_session_id", "x-session-id"]), header_text),
+@given(st.dictionaries(st.sampled_from(SESSION_HEADERS), header_text),
        header_text, header_text)
 def test_session_and_hop_count_are_bounded_for_any_headers(headers: dict[str, str], tracestate: str,
                                                            sp_num: str) -> None:
@@ -109,7 +109,7 @@ def test_session_and_hop_count_are_bounded_for_any_headers(headers: dict[str, st
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(["x-sp-session-id", "x-session-id"]), header_text))
+@given(st.dictionaries(st.sampled_from(["x-softprobe-session-id", "x-sp-session-id", "x-session-id"]), header_text))
 @example({"x-sp-session-id": "a,b=c"})
 def test_the_next_hop_reads_back_the_session_this_hop_recorded(headers: dict[str, str]) -> None:
     session = session_id(headers.get, [])

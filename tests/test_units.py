@@ -100,6 +100,9 @@ def test_session_id_precedence():
     assert session_id(headers({"x-session-id": "c", "sp_session_id": "b"}), state) == "b"
     assert session_id(headers({"x-sp-session-id": " ", "x-session-id": "c"}), state) == "c"
     assert session_id(headers({}), state) == "from-state"
+    softprobe = headers({"x-softprobe-session-id": "a", "x-sp-session-id": "b", "x-session-id": "c"})
+    assert session_id(softprobe, state) == "a"
+    assert session_id(headers({"x-softprobe-session-id": "a,b", "x-sp-session-id": "b"}), state) == "b"
     assert session_id(headers({}), []).startswith("sp-session-")
     assert len(session_id(headers({"x-sp-session-id": "s" * 10_000}), [])) == 256
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 SP_TRACEPARENT = "x-sp-traceparent"
 SP_SESSION = "x-sp-session-id"
-SESSION_HEADERS = ("x-sp-session-id", "sp_session_id", "x-session-id")
+# In order of precedence: Softprobe's current header (spec/protocol/session-headers.md in
+# softprobe/hybrid), then the original agent's three.
+SESSION_HEADERS = ("x-softprobe-session-id", "x-sp-session-id", "sp_session_id", "x-session-id")
 MAX_SESSION_ID = 256
 # What a session id may contain: it travels inside tracestate, so no ',', '=', spaces or controls.
 _SESSION = re.compile(r"[\x21-\x2b\x2d-\x3c\x3e-\x7e]{1,%d}" % MAX_SESSION_ID)

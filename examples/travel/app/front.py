@@ -15,7 +15,7 @@ from typing import Any
 
 from jsonhttp import Request, main
 
-PROPAGATED = ("x-sp-session-id", "traceparent", "tracestate")
+PROPAGATED = ("x-softprobe-session-id", "x-sp-session-id", "traceparent", "tracestate")
 AIRLINE_URL = os.environ.get("AIRLINE_URL", "http://airline.travel.svc.cluster.local:8080")
 # Without a mesh, the local demo names the gateway as this service's egress proxy.
 opener = urllib.request.build_opener(urllib.request.ProxyHandler(
