@@ -372,7 +372,7 @@ def exchanges(draw, text: st.SearchStrategy[str]) -> Exchange:
         end_ns=draw(st.integers(0, 2**63 - 1)),
         response=draw(st.none() | messages(((":status", "200"),))),
         status_code=draw(st.integers(0, 999)), error=draw(st.sampled_from(["", "connection reset"])),
-        injected=draw(st.booleans()))
+        answered_by=draw(st.sampled_from(["", "hit", "mock", "refusal"])))
 
 
 def encode_and_reparse(ex: Exchange, max_body: int) -> TracesData:

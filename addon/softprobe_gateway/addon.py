@@ -1,7 +1,7 @@
 """The mitmproxy addon: its hooks are the data path, in order.
 
 requestheaders:  route -> propagate context -> decide -> start the exchange (stream big bodies)
-request:         mock | lookup: a hit answers the client, a miss goes upstream
+request:         mock | lookup: a hit answers the client, a miss goes upstream (or is refused)
 responseheaders: stream big or endless responses through a bounded tee
 response/error:  finish the exchange -> queue it for export (never waits on the backend)
 websocket_*:     optional message events, bounded per connection; export at the end
@@ -13,11 +13,13 @@ import asyncio
 import logging
 import os
 import time
+import weakref
+from dataclasses import dataclass
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from .capture import BodyTee, Exchange, Message, should_stream
+from .capture import HIT, MOCK, REFUSAL, BodyTee, Exchange, Message, should_stream
 from .config import CONFIG_ENV, ConfigError, ConfigFile, MockRule
 from .metrics import AdminServer, Metrics
 from .otlp import Hit, inject_request
@@ -29,12 +31,34 @@ from .tracecontext import new_context, parse_tracestate, propagated_headers, ses
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO: one line per export and lookup would flood the proxy's log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
-EXCHANGE = "softprobe.exchange"  # flow.metadata keys
-REQUEST_TEE, RESPONSE_TEE = "softprobe.request_tee", "softprobe.response_tee"
+ANSWERED_BY = "softprobe.answered_by"  # flow.metadata key (a plain string: `mitmdump -w` saves it)
 DEBUG_HEADER = "x-softprobe-injected"
 # Lookup requests with bodies above this are encoded (decoded, redacted) on a thread.
 INLINE_ENCODE_BYTES = 4 * 1024
 RELOAD_POLL_S = 1.0
+# A replaced runtime stays open until the flows that started with it end, at most this long.
+RETIRE_GRACE_S = 30.0
+
+
+@dataclass(slots=True, eq=False)
+class FlowState:
+    """The addon's state for one flow, kept by the addon (never in `flow.metadata`, which
+    mitmproxy serializes): the runtime the flow started with, so a reload never splits a flow
+    across two configs; its exchange (None when not recorded); its body tees while streaming."""
+
+    runtime: Runtime
+    exchange: Exchange | None = None
+    request_tee: BodyTee | None = None
+    response_tee: BodyTee | None = None
+
+    def answer(self, flow: http.HTTPFlow, response: http.Response, answered_by: str) -> None:
+        """Answer the client from the gateway: marked so nothing takes it for an upstream's answer
+        (mitmproxy's `is_replay`, as its server playback sets it; the exported span)."""
+        flow.response = response
+        flow.is_replay = "response"
+        flow.metadata[ANSWERED_BY] = answered_by
+        if self.exchange is not None:
+            self.exchange.answered_by = answered_by
 
 
 class SoftprobeAddon:
@@ -44,8 +68,9 @@ class SoftprobeAddon:
         self.admin: AdminServer | None = None
         self.config_file: ConfigFile | None = None
         self.ready = False
+        self.flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
         self._watcher: asyncio.Task | None = None
-        self._retiring: set[asyncio.Task] = set()  # replaced runtimes flushing their queues
+        self._retiring: set[asyncio.Task] = set()  # replaced runtimes finishing their flows
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -81,13 +106,21 @@ class SoftprobeAddon:
         return Runtime(config_file.load(), self.metrics, listen)
 
     def _install(self, runtime: Runtime) -> None:
-        """Swap the whole runtime between flows; the old one flushes its queue in the background."""
+        """Swap the whole runtime for new flows; the old one retires in the background."""
         old, self.runtime = self.runtime, runtime
         self.metrics.config_loaded(self.config_file.source, self.config_file.digest)
         if old is not None:
-            self._retiring.add(task := asyncio.get_running_loop().create_task(old.aclose()))
+            self._retiring.add(task := asyncio.get_running_loop().create_task(self._retire(old)))
             task.add_done_callback(self._retiring.discard)
         log.info(runtime.describe(self.config_file.source))
+
+    async def _retire(self, old: Runtime) -> None:
+        """Close a replaced runtime once the flows that started with it have ended (their
+        exchanges are exported by it), or after RETIRE_GRACE_S: a later one is dropped and counted."""
+        deadline = time.monotonic() + RETIRE_GRACE_S
+        while time.monotonic() < deadline and any(s.runtime is old for s in list(self.flows.values())):
+            await asyncio.sleep(0.1)
+        await old.aclose()
 
     def _serve_admin(self, listen: str) -> None:
         current = self.admin.address if self.admin else None
@@ -138,6 +171,7 @@ class SoftprobeAddon:
             flow.response = http.Response.make(508, f"softprobe gateway: {refusal}\n",
                                                {"content-type": "text/plain; charset=utf-8"})
             return
+        state = self.flows[flow] = FlowState(rt)
         client_headers = request.headers.fields  # immutable snapshot, before propagation
         tracestate = parse_tracestate(request.headers.get("tracestate"))
         span = new_context(tracestate, request.headers.get("traceparent"))
@@ -151,7 +185,7 @@ class SoftprobeAddon:
             self.metrics.skipped.labels(skip).inc()
             request.stream = streamed
             return
-        flow.metadata[EXCHANGE] = Exchange(
+        state.exchange = Exchange(
             trace_id=span.trace_id, span_id=span.span_id, parent_span_id=span.parent_span_id,
             session_id=session,
             service_name=rt.service_name(request.headers.get("x-sp-service-name"), caller),
@@ -162,35 +196,35 @@ class SoftprobeAddon:
                 (":authority", authority), (":scheme", request.scheme))),
         )
         if streamed:
-            request.stream = flow.metadata[REQUEST_TEE] = BodyTee(rt.config.capture.max_body_bytes)
+            request.stream = state.request_tee = BodyTee(rt.config.capture.max_body_bytes)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        rt = self.runtime
-        if rt is None or flow.response is not None:
+        state = self.flows.get(flow)
+        if state is None or flow.response is not None:
             return
-        request = flow.request
-        exchange: Exchange | None = flow.metadata.get(EXCHANGE)
-        if tee := flow.metadata.pop(REQUEST_TEE, None):
-            exchange.request = tee.message(exchange.request.headers, exchange.request.pseudo)
+        rt, exchange, request = state.runtime, state.exchange, flow.request
+        if state.request_tee is not None:
+            exchange.request = state.request_tee.message(exchange.request.headers, exchange.request.pseudo)
+            state.request_tee = None
         if request.stream:
             return  # already on its way upstream: too late to answer it from a mock or lookup
         if exchange is not None:
             exchange.request.body = request.raw_content
         if mock := rt.mocks.match(request.method, request.pretty_host, request.path):
-            await self._mock(flow, mock, exchange)
+            await self._mock(flow, state, mock)
         elif exchange is not None and rt.lookup is not None:
-            await self._lookup(flow, exchange, rt)
+            await self._lookup(flow, state)
 
     @staticmethod
-    async def _mock(flow: http.HTTPFlow, mock: MockRule, exchange: Exchange | None) -> None:
+    async def _mock(flow: http.HTTPFlow, state: FlowState, mock: MockRule) -> None:
         if mock.delay_ms:
             await asyncio.sleep(mock.delay_ms / 1000)
-        flow.response = http.Response.make(mock.status, mock.body, mock.headers)
-        if exchange is not None:
-            exchange.injected = True
+        state.answer(flow, http.Response.make(mock.status, mock.body, mock.headers), MOCK)
 
-    async def _lookup(self, flow: http.HTTPFlow, exchange: Exchange, rt: Runtime) -> None:
+    async def _lookup(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Ask the backend; answer the client on a hit, forward on anything else (or refuse in strict mode)."""
+        rt, exchange = state.runtime, state.exchange
+
         def build():
             return inject_request(exchange, rt.capture.request_attributes(exchange), rt.config.public_key)
 
@@ -198,24 +232,23 @@ class SoftprobeAddon:
         lookup_body = build() if small else await asyncio.to_thread(build)
         outcome, hit = await rt.lookup(lookup_body)
         if hit is not None:
-            self._answer(flow, exchange, hit, rt.config.lookup.debug_header)
+            state.answer(flow, self._hit_response(hit, rt.config.lookup.debug_header), HIT)
         elif rt.config.lookup.on_miss == "reject":
-            flow.response = http.Response.make(
+            state.answer(flow, http.Response.make(
                 404 if outcome == "miss" else 503,
                 f"softprobe strict replay: no recorded answer for {flow.request.method} "
                 f"{exchange.host}{flow.request.path} (lookup {outcome})\n",
-                {"content-type": "text/plain; charset=utf-8", "x-softprobe-lookup": outcome})
+                {"content-type": "text/plain; charset=utf-8", "x-softprobe-lookup": outcome}), REFUSAL)
 
     @staticmethod
-    def _answer(flow: http.HTTPFlow, exchange: Exchange, hit: Hit, debug: bool) -> None:
+    def _hit_response(hit: Hit, debug: bool) -> http.Response:
         headers = [(k.encode(), v.encode()) for k, v in hit.headers if k != "content-encoding"]
         if debug:
             headers.append((DEBUG_HEADER.encode(), b"true"))
         response = http.Response.make(hit.status, b"", headers)
         response.raw_content = hit.body  # recorded bodies are decoded: send them as they are
         response.headers["content-length"] = str(len(hit.body))
-        flow.response = response
-        exchange.injected = True
+        return response
 
     def server_connect(self, data) -> None:
         """Honour a TLS upstream's `connect_address` (SNI and verification keep the real host)."""
@@ -224,57 +257,60 @@ class SoftprobeAddon:
                 data.server.address = address
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        rt = self.runtime
-        if rt is None or flow.response.stream:
+        state = self.flows.get(flow)
+        if state is None or flow.response.stream:
             return
-        if should_stream(flow.response.headers, rt.config.capture.stream_threshold_bytes, response=True):
-            recorded = EXCHANGE in flow.metadata
-            tee = BodyTee(rt.config.capture.max_body_bytes) if recorded else True
-            flow.response.stream = flow.metadata[RESPONSE_TEE] = tee
+        capture = state.runtime.config.capture
+        if should_stream(flow.response.headers, capture.stream_threshold_bytes, response=True):
+            if state.exchange is None:
+                flow.response.stream = True
+            else:
+                flow.response.stream = state.response_tee = BodyTee(capture.max_body_bytes)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        exchange: Exchange | None = flow.metadata.get(EXCHANGE)
-        if exchange is None:
+        state = self.flows.get(flow)
+        if state is None or state.exchange is None:
+            self.flows.pop(flow, None)
             return
-        response = flow.response
-        if not exchange.injected and is_static_response(response.headers.get("content-type")):
-            del flow.metadata[EXCHANGE]
+        exchange, response = state.exchange, flow.response
+        if not exchange.answered_by and is_static_response(response.headers.get("content-type")):
+            del self.flows[flow]
             self.metrics.skipped.labels(STATIC).inc()
             return
         fields = response.headers.fields + (response.trailers.fields if response.trailers else ())
         pseudo = ((":status", str(response.status_code)),)
-        tee = flow.metadata.pop(RESPONSE_TEE, None)
-        exchange.response = (tee.message(fields, pseudo) if isinstance(tee, BodyTee)
+        tee = state.response_tee
+        exchange.response = (tee.message(fields, pseudo) if tee is not None
                              else Message(fields, response.raw_content, pseudo))
         exchange.status_code = response.status_code
         exchange.end_ns = int((response.timestamp_end or time.time()) * 1e9)
         if flow.websocket is None:  # a WebSocket's exchange is exported when it closes
-            del flow.metadata[EXCHANGE]
-            self._record(exchange)
+            self._record(self.flows.pop(flow))
 
     def error(self, flow: http.HTTPFlow) -> None:
-        exchange: Exchange | None = flow.metadata.pop(EXCHANGE, None)
-        if exchange is None:
+        state = self.flows.pop(flow, None)
+        if state is None or state.exchange is None:
             return
-        exchange.error = flow.error.msg if flow.error else "exchange failed"
-        exchange.end_ns = time.time_ns()
-        self._record(exchange)
+        state.exchange.error = flow.error.msg if flow.error else "exchange failed"
+        state.exchange.end_ns = time.time_ns()
+        self._record(state)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         messages = flow.websocket.messages
-        exchange: Exchange | None = flow.metadata.get(EXCHANGE)
-        if exchange is not None and self.runtime is not None:
-            self.runtime.capture.websocket_event(exchange, messages[-1])
+        state = self.flows.get(flow)
+        if state is not None and state.exchange is not None:
+            state.runtime.capture.websocket_event(state.exchange, messages[-1])
         messages.clear()  # mitmproxy would keep every message for the connection's life
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
-        exchange: Exchange | None = flow.metadata.pop(EXCHANGE, None)
-        if exchange is not None:
-            exchange.end_ns = int((flow.websocket.timestamp_end or time.time()) * 1e9)
-            self._record(exchange)
+        state = self.flows.pop(flow, None)
+        if state is not None and state.exchange is not None:
+            state.exchange.end_ns = int((flow.websocket.timestamp_end or time.time()) * 1e9)
+            self._record(state)
 
-    def _record(self, exchange: Exchange) -> None:
-        if self.runtime.exporter.submit(exchange):
+    def _record(self, state: FlowState) -> None:
+        """Queue the exchange on the exporter of the runtime the flow started with."""
+        if state.runtime.exporter.submit(state.exchange):
             self.metrics.recorded.inc()
 
     async def done(self) -> None:

@@ -31,6 +31,9 @@ SENSITIVE_HEADERS = frozenset({
     "authorization", "cookie", "set-cookie", "x-public-key", "x-auth-token", "bearer",
     "proxy-authorization", "x-api-key",
 })
+# Who answered an exchange the gateway answered itself (`Exchange.answered_by`, span attribute
+# `sp.answered_by`): such an exchange is exported and visible, but never replayed as a recording.
+HIT, MOCK, REFUSAL = "hit", "mock", "refusal"
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-www-form-urlencoded")
 
 
@@ -96,7 +99,7 @@ class Exchange:
     response: Message | None = None
     status_code: int = 0
     error: str = ""
-    injected: bool = False
+    answered_by: str = ""  # HIT, MOCK or REFUSAL when the gateway answered, not the upstream
     events: list[tuple[int, str, Attributes]] = field(default_factory=list)
     events_dropped: int = 0
 
@@ -138,8 +141,10 @@ class Capture:
             attrs += headers + [("http.response.status_code", ex.status_code)] + body
         if ex.error:
             attrs.append(("error.message", ex.error))
-        if ex.injected:
-            attrs.append(("sp.injected", True))
+        if ex.answered_by:
+            attrs.append(("sp.answered_by", ex.answered_by))
+            if ex.answered_by != REFUSAL:  # as before: a recorded or mocked answer was injected
+                attrs.append(("sp.injected", True))
         if ex.events_dropped:
             attrs.append(("websocket.messages.dropped", ex.events_dropped))
         return attrs

@@ -244,6 +244,27 @@ def load_config(path: str | os.PathLike[str] | None, environ: typing.Mapping[str
     return ConfigFile(str(path) if path else None).load(environ)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML would keep the last
+    silently (a second `store:` once pruned the first one's recordings). Merge keys (`<<`) still
+    override as YAML says."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice in one mapping", key_node.start_mark)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                pass
+        return super().construct_mapping(node, deep)
+
+
 class ConfigFile:
     """A config file as loaded: its content digest, and its identity on disk to notice edits
     (an in-place write, or a Kubernetes ConfigMap update swapping the `..data` symlink)."""
@@ -263,7 +284,7 @@ class ConfigFile:
                 raise ConfigError(f"{self.source}: cannot read config file: {e.strerror or e}") from None
             self.digest = hashlib.sha256(raw).hexdigest()[:16]
             try:
-                data = yaml.safe_load(raw.decode("utf-8"))
+                data = yaml.load(raw.decode("utf-8"), Loader=_UniqueKeyLoader)
             except UnicodeDecodeError:
                 raise ConfigError(f"{self.source}: config file is not UTF-8") from None
             except RecursionError:
