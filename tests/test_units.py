@@ -14,7 +14,7 @@ import zstandard
 from mitmproxy.test import taddons, tflow
 
 from softprobe_gateway import config as cfg
-from softprobe_gateway.addon import EXCHANGE, SoftprobeAddon
+from softprobe_gateway.addon import SoftprobeAddon
 from softprobe_gateway.capture import Capture, Exchange, Message, decode_body, encode_body, is_text, join_headers
 from softprobe_gateway.lookup import Breaker
 from softprobe_gateway.otlp import BadAnswer, hit_body, hit_from_traces, key_value, make_span, traces_data
@@ -311,17 +311,19 @@ async def drive_addon(config: str) -> None:
         flow = tflow.tflow(resp=True)
         addon.requestheaders(flow)
         await addon.request(flow)
-        exchange = flow.metadata[EXCHANGE]
+        exchange = addon.flows[flow].exchange
         assert flow.request.headers["traceparent"] == f"00-{exchange.trace_id.hex()}-{exchange.span_id.hex()}-01"
         assert flow.request.headers["x-sp-num"] == "0"
         addon.response(flow)
-        assert EXCHANGE not in flow.metadata and exchange.status_code == 200
+        assert flow not in addon.flows and exchange.status_code == 200 and not flow.metadata
         assert addon.metrics.registry.get_sample_value("softprobe_exchanges_recorded_total") == 1
 
         static = tflow.tflow(resp=True)
         static.request.path = "/logo.png"
         addon.requestheaders(static)
         await addon.request(static)
-        assert EXCHANGE not in static.metadata
+        assert addon.flows[static].exchange is None
+        addon.response(static)
+        assert not addon.flows
         assert addon.metrics.registry.get_sample_value("softprobe_exchanges_skipped_total", {"reason": "static"}) == 1
         await addon.done()
