@@ -38,6 +38,7 @@ INLINE_ENCODE_BYTES = 4 * 1024
 RELOAD_POLL_S = 1.0
 # A replaced runtime stays open until the flows that started with it end, at most this long.
 RETIRE_GRACE_S = 30.0
+RETIRE_WAIT_S = 30.0  # done() waits at most this long for replaced runtimes to flush
 
 
 @dataclass(slots=True, eq=False)
@@ -71,6 +72,7 @@ class SoftprobeAddon:
         self.flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
         self._watcher: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()  # replaced runtimes finishing their flows
+        self.stopping = False  # done() was called: no flow will finish any more
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -118,7 +120,7 @@ class SoftprobeAddon:
         """Close a replaced runtime once the flows that started with it have ended (their
         exchanges are exported by it), or after RETIRE_GRACE_S: a later one is dropped and counted."""
         deadline = time.monotonic() + RETIRE_GRACE_S
-        while time.monotonic() < deadline and any(s.runtime is old for s in list(self.flows.values())):
+        while not self.stopping and time.monotonic() < deadline and any(s.runtime is old for s in list(self.flows.values())):
             await asyncio.sleep(0.1)
         await old.aclose()
 
@@ -129,9 +131,13 @@ class SoftprobeAddon:
             self.admin = None
         if listen and self.admin is None:
             try:
-                self.admin = AdminServer(listen, self.metrics, lambda: self.ready)
+                self.admin = AdminServer(listen, self.metrics, self._is_ready)
             except OSError as e:
                 raise exceptions.OptionsError(f"admin_listen: cannot listen on {listen}: {e.strerror}")
+
+    def _is_ready(self) -> bool:
+        """Started, and an export worker runs (not while a dead one is being restarted)."""
+        return self.ready and self.runtime.exporter.running
 
     def running(self) -> None:
         self.ready = self.runtime is not None
@@ -314,9 +320,12 @@ class SoftprobeAddon:
             self.metrics.recorded.inc()
 
     async def done(self) -> None:
+        self.stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
         if self.runtime is not None:
             await self.runtime.aclose()
+        if self._retiring:  # replaced runtimes still flushing: each is bounded by its own timeout
+            await asyncio.wait(self._retiring, timeout=RETIRE_WAIT_S)
         if self.admin is not None:
             self.admin.close()

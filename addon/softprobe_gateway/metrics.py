@@ -41,6 +41,12 @@ class Metrics:
                                  registry=r)
         self.queue_bytes = Gauge("softprobe_export_queue_bytes",
                                  "Bytes pinned by spans waiting for export.", registry=r)
+        self.worker_up = Gauge("softprobe_export_worker_up",
+                               "1 while an export worker process runs (readiness requires it).",
+                               registry=r)
+        self.worker_restarts = Counter("softprobe_export_worker_restarts",
+                                       "Export worker processes restarted after one died.",
+                                       registry=r)
         self.lookups = Counter("softprobe_lookups", "Agent lookups, by outcome.", ["outcome"],
                                registry=r)
         self.lookup_seconds = Histogram(

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 
-from .backend.store import Store, StoreError
+from .backend.store import Store
 from .capture import Capture
 from .config import DEFAULT_SERVICE, Config, ConfigError, resolve_direction
 from .export import Exporter
+from .export.sinks import open_store
 from .httpclient import PostClient
 from .lookup import Lookup, Transport, http_transport, store_transport
 from .metrics import Metrics
@@ -29,12 +30,12 @@ class Runtime:
         self.router = Router(config.routing, listen)
         self._http_client: PostClient | None = None
         self._store: Store | None = None
-        self.lookup = Lookup(config.lookup, self._transport(config), metrics) if config.enable_inject else None
+        # The exporter first: its worker is the store's one writer, and creates it.
+        self.exporter = Exporter(config, metrics)
         try:
-            self.exporter = Exporter(config, metrics)
+            self.lookup = Lookup(config.lookup, self._transport(config), metrics) if config.enable_inject else None
         except ConfigError:
-            if self._store is not None:
-                self._store.close()
+            self.exporter.close()
             raise
 
     def _transport(self, config: Config) -> Transport:
@@ -44,10 +45,8 @@ class Runtime:
             return transport
         if config.backend_kind == "file":
             raise ConfigError("key 'enable_inject': a file: backend cannot answer lookups")
-        try:
-            self._store = Store(config.store_config)
-        except StoreError as e:
-            raise ConfigError(f"key 'store.path': {e}") from None
+        # Lookups only read; their misses are diagnosed and written by the worker.
+        self._store = open_store(config, read_only=True, on_miss=self.exporter.record_miss)
         return store_transport(self._store.lookup, max_body)
 
     @property

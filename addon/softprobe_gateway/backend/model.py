@@ -52,6 +52,14 @@ class LookupRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class MissedLookup:
+    """A lookup nothing answered, as it was asked: diagnosed later, off the lookup path."""
+
+    at_ns: int
+    request: LookupRequest
+
+
+@dataclass(frozen=True, slots=True)
 class SessionSummary:
     id: str
     service: str

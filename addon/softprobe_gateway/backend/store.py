@@ -1,8 +1,10 @@
 """The SQLite store: exchanges and sessions recorded, lookups answered, misses explained.
 
-Called from several threads at once (the gateway's export worker ingests, lookup threads read,
-the standalone server's request threads do both): one writer connection behind a lock, a small
-pool of reader connections, WAL so readers never wait for the writer. A lookup is an indexed
+Called from several threads at once (the standalone server's request threads ingest and read):
+one writer connection behind a lock, a small pool of reader connections, WAL so readers never
+wait for the writer. In the gateway the export worker process is the one writer; the proxy
+opens the store read-only for its lookups and hands each miss to the worker (`on_miss`), which
+diagnoses and writes it (`explain_misses`): a lookup never waits for a write. A lookup is an indexed
 query on the request's fingerprint (see `matching`); which of several identical recorded
 requests answers is the replay state kept here, in memory: each lookup session walks its
 recorded session's answers in recorded order, repeating the last.
@@ -17,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from ..config import StoreConfig
 from . import matching, spans
-from .model import Exchange, LookupRequest, Miss, SessionPage, SessionSummary
+from .model import Exchange, LookupRequest, Miss, MissedLookup, SessionPage, SessionSummary
 
 SCHEMA_VERSION = 1
 MAX_MISSES = 1000  # kept in the file, newest first
@@ -98,8 +100,11 @@ class _Replay:
 class Store:
     """Sessions and exchanges in one SQLite file (WAL)."""
 
-    def __init__(self, config: StoreConfig, *, read_only: bool = False) -> None:
+    def __init__(self, config: StoreConfig, *, read_only: bool = False,
+                 on_miss: Callable[[MissedLookup], None] | None = None) -> None:
+        """`on_miss` takes the lookups nothing answered, to be explained by the writer."""
         self.config = config
+        self._on_miss = on_miss
         self.path = Path(config.path)
         self.read_only = read_only
         self._ignore = matching.Ignore.parse(config.ignore_fields)
@@ -249,6 +254,9 @@ class Store:
     def _form(self, method: str, host: str, path: str, content_type: str, body: str) -> matching.RequestForm:
         return matching.parse_request(method, host, path, content_type, body, self._ignore)
 
+    def _lookup_form(self, req: LookupRequest) -> matching.RequestForm:
+        return self._form(req.method, req.host, req.path, req.content_type, req.body)
+
     def _exchange_form(self, ex: Exchange) -> matching.RequestForm:
         return self._form(ex.method, ex.host, ex.path, ex.request_headers.get("content-type", ""),
                           ex.request_body)
@@ -300,14 +308,17 @@ class Store:
 
     def replay(self, req: LookupRequest) -> Exchange | None:
         """The recorded exchange answering `req`, or None after recording why nothing did."""
-        form = self._form(req.method, req.host, req.path, req.content_type, req.body)
+        form = self._lookup_form(req)
         fingerprint = form.fingerprint()
         with self._reading() as db:
             exchange = self._next_answer(db, req.session_id, fingerprint)
-            if exchange is None:
+            if exchange is None and self._on_miss is None:
                 miss = self._diagnose(db, req, form)
         if exchange is None:
-            self._record_miss(miss)
+            if self._on_miss is not None:
+                self._on_miss(MissedLookup(time.time_ns(), req))
+            else:
+                self._record_miss(miss)
         return exchange
 
     def _next_answer(self, db: sqlite3.Connection, session_id: str, fingerprint: str) -> Exchange | None:
@@ -375,7 +386,8 @@ class Store:
 
     # -- misses -------------------------------------------------------------------------
 
-    def _diagnose(self, db: sqlite3.Connection, req: LookupRequest, form: matching.RequestForm) -> Miss:
+    def _diagnose(self, db: sqlite3.Connection, req: LookupRequest, form: matching.RequestForm,
+                  at_ns: int = 0) -> Miss:
         """The closest recorded request (same method, host and path first; then same host; then
         anything recent) and how it differs from the lookup."""
         best: tuple[list[str], Exchange] | None = None
@@ -397,10 +409,20 @@ class Store:
         if best is not None:
             lines, ex = best
             closest = f"#{ex.id} {ex.method} {ex.host}{ex.path} in session {ex.session_id}"
-        return Miss(at_ns=time.time_ns(), session_id=req.session_id, method=req.method,
+        return Miss(at_ns=at_ns or time.time_ns(), session_id=req.session_id, method=req.method,
                     host=req.host, path=req.path, closest=closest,
                     diff=matching.summarize(lines or ["no difference: matches a recording that "
                                                       "was deleted or recorded after replay began"]))
+
+    def explain_misses(self, missed: Iterable[MissedLookup]) -> None:
+        """Diagnose misses handed over by a read-only store (`on_miss`), and write them."""
+        with self._reading() as db:
+            misses = [self._diagnose(db, m.request, self._lookup_form(m.request), m.at_ns)
+                      for m in missed]
+        with self._miss_lock:
+            self._pending_misses = [*self._pending_misses, *misses][-MAX_MISSES:]
+        with self._write_lock, self._writing() as db:
+            self._flush_misses(db)
 
     def _record_miss(self, miss: Miss) -> None:
         """Write now when the writer is free; otherwise the next write carries it, so a lookup

@@ -1,0 +1,72 @@
+"""The messages between the proxy process and its export worker (pickled over a socket pair).
+
+Plain dataclasses, so both sides name every field; the proxy sends `Start`, then `Batch`es and
+finally `Stop`; the worker answers `Ready` (or `StartFailed`), then one `Report` per batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..backend.model import MissedLookup
+from ..capture import Exchange
+from ..config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The first message: the config the worker opens its sink and encoder with."""
+
+    config: Config
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The worker's sink is open."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailed:
+    """The sink could not be opened: one line naming the config key."""
+
+    error: str
+
+
+@dataclass(slots=True)
+class Batch:
+    """Exchanges to encode into one OTLP request, cut by the queue. `misses` are lookups the
+    embedded store did not answer, diagnosed and written by the worker (the store's one writer).
+    `deadline` (wall clock) is set once the gateway is stopping: no retry starts after it."""
+
+    seq: int
+    exchanges: list[Exchange]
+    misses: list[MissedLookup] = field(default_factory=list)
+    deadline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Nothing more will come: close the sink and exit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Exchanges lost in the worker, why, and the last message about it."""
+
+    reason: str
+    count: int
+    message: str
+
+
+@dataclass(slots=True)
+class Report:
+    """What became of one batch."""
+
+    seq: int
+    exported: int = 0  # spans the sink accepted
+    sent_bytes: int = 0
+    retries: int = 0
+    failed: bool = False  # the request was given up
+    truncated_requests: int = 0
+    truncated_responses: int = 0
+    drops: list[Drop] = field(default_factory=list)

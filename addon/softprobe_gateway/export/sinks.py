@@ -1,0 +1,146 @@
+"""Where export batches go: the Softprobe backend over HTTP, a JSON-lines file, or the embedded
+store. A sink's `send` blocks (it runs in the worker process) and raises SendError."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+from google.protobuf.json_format import MessageToJson
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+from ..backend.model import MissedLookup
+from ..backend.store import Store, StoreError
+from ..config import Config, ConfigError
+from ..tls import client_context
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_BACKOFF_S = 30.0
+
+
+class SendError(Exception):
+    """A batch was not accepted. `retry_after` is set when trying again may succeed."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Sink(Protocol):
+    def send(self, batch: TracesData) -> int:
+        """Deliver the batch; the bytes delivered."""
+
+    def close(self) -> None: ...
+
+
+class HttpSink:
+    """`POST {base}/v1/traces` as OTLP protobuf, with the public key header."""
+
+    def __init__(self, base_url: str, public_key: str, timeout_s: float) -> None:
+        self.url = base_url.rstrip("/") + "/v1/traces"
+        headers = {"content-type": "application/x-protobuf"}
+        if public_key:
+            headers["x-public-key"] = public_key
+        # trust_env=False: the gateway's own export must never loop through a proxy (itself).
+        self.client = httpx.Client(headers=headers, timeout=timeout_s, trust_env=False, verify=client_context())
+
+    def send(self, batch: TracesData) -> int:
+        payload = batch.SerializeToString()
+        try:
+            response = self.client.post(self.url, content=payload)
+        except httpx.HTTPError as e:
+            raise SendError(f"{cause(e)} posting to {self.url}", retry_after=0.0) from None
+        if response.is_success:
+            return len(payload)
+        retry = _retry_after(response) if response.status_code in RETRY_STATUSES else None
+        raise SendError(f"{self.url} answered {response.status_code}", retry_after=retry)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def cause(e: BaseException) -> str:
+    """`ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED] ...`, not a bare class name."""
+    detail = str(e) or str(e.__cause__ or e.__context__ or "")
+    return f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+
+
+def _retry_after(response: httpx.Response) -> float:
+    value = response.headers.get("retry-after", "")
+    try:
+        return min(float(value), MAX_BACKOFF_S)
+    except ValueError:
+        pass
+    try:
+        return min(max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0), MAX_BACKOFF_S)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class FileSink:
+    """Appends each batch as one line of OTLP JSON: useful with no backend at all."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self.path.open("a", encoding="utf-8")
+
+    def send(self, batch: TracesData) -> int:
+        line = MessageToJson(batch, indent=None) + "\n"
+        try:
+            self.file.write(line)
+            self.file.flush()
+        except OSError as e:
+            raise SendError(f"cannot write {self.path}: {e.strerror}") from None
+        return len(line)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class StoreSink:
+    """The embedded backend: batches go straight into the SQLite store, whose one writer this
+    is (the proxy process only reads it, and hands its misses over to be written here)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def send(self, batch: TracesData) -> int:
+        try:
+            self.store.ingest(batch)
+        except StoreError as e:
+            raise SendError(str(e)) from None
+        return batch.ByteSize()
+
+    def explain_misses(self, missed: list[MissedLookup]) -> None:
+        self.store.explain_misses(missed)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_store(config: Config, *, read_only: bool = False,
+               on_miss: Callable[[MissedLookup], None] | None = None) -> Store:
+    """The embedded store at `store.path`: read-write in the worker (its one writer), read-only
+    for the proxy's lookups. ConfigError naming the key when it cannot be opened."""
+    try:
+        return Store(config.store_config, read_only=read_only, on_miss=on_miss)
+    except StoreError as e:
+        raise ConfigError(f"key 'store.path': {e}") from None
+
+
+def open_sink(config: Config) -> Sink:
+    """The sink for `sp_backend_url`; ConfigError when it cannot be opened."""
+    kind = config.backend_kind
+    if kind == "http":
+        return HttpSink(config.sp_backend_url, config.public_key, config.export.timeout_s)
+    if kind == "file":
+        try:
+            return FileSink(config.local_path)
+        except OSError as e:
+            raise ConfigError(f"key 'sp_backend_url': cannot open {config.local_path}: {e.strerror}") from None
+    return StoreSink(open_store(config))
