@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 
 import pytest
 
 from softprobe_gateway.httpclient import AnswerTooLarge, PostClient, ProtocolError
+from raw_backend import MALFORMED, SMUGGLED, VALID, Answer, RawBackend, framed
 from support import LOOPBACK, make_test_ca
 
 
@@ -116,3 +118,128 @@ def test_https_verifies_the_backend_certificate(tmp_path, monkeypatch):
     with pytest.raises(ssl.SSLCertVerificationError):
         run(main(trusted=False))
     assert run(main(trusted=True)) == (200, b"ok")
+
+
+# -- against a raw-socket backend: real-world and malformed framings --------------------------
+
+
+def by_case(body: bytes) -> Answer:
+    """Request bodies are `CASE ID`: answer `answer:CASE ID` in that case's framing."""
+    return framed(body.split(b" ")[0].decode(), b"answer:" + body)
+
+
+def test_no_request_ever_receives_another_requests_answer():
+    """Every framing, sequential and 8 at a time over the pool: valid answers arrive whole and
+    belong to their request; malformed ones are refused (and the smuggled answer behind them,
+    which a lenient parser would give to the next request, reaches no one)."""
+    cases = VALID + MALFORMED
+    bodies = [f"{cases[i % len(cases)]} id-{i}".encode() for i in range(6 * len(cases))]
+
+    async def main(parallel: int):
+        client = PostClient(f"{backend.url}/v1/inject", {}, max_connections=4)
+        gate = asyncio.Semaphore(parallel)
+
+        async def one(body: bytes):
+            async with gate:
+                try:
+                    return await client.post(body, 4096)
+                except ProtocolError:
+                    return "refused"
+        out = await asyncio.gather(*(one(b) for b in bodies))
+        await client.aclose()
+        return out
+
+    with RawBackend(by_case) as backend:
+        for parallel in (1, 8):
+            results = run(main(parallel))
+            wrong = [(b, r) for b, r in zip(bodies, results)
+                     if r != ("refused" if b.split(b" ")[0].decode() in MALFORMED else (200, b"answer:" + b))]
+            assert wrong == [], f"{len(wrong)} of {len(bodies)} wrong with {parallel} in parallel: {wrong[:3]}"
+        assert backend.connections <= 2 * (4 + 8 * 6)   # a pool of 4, plus one per refused or close-delimited answer
+
+
+def test_a_retry_only_when_nothing_of_the_answer_was_read():
+    """A reused connection closed after the request: retried once on a new one. Closed after
+    part of the answer: not retried (the server may have acted on it), an error."""
+    seen: list[bytes] = []
+
+    def script(body: bytes) -> Answer:
+        seen.append(body)
+        if body == b"drop-silently" and seen.count(body) == 1:
+            return Answer([], close=True)
+        if body == b"drop-mid-answer":
+            return Answer([b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"], close=True)
+        return framed("content-length", body)
+
+    async def main():
+        client = PostClient(backend.url, {})
+        out = [await client.post(b"warm", 100), await client.post(b"drop-silently", 100)]
+        await client.post(b"warm", 100)
+        try:
+            await client.post(b"drop-mid-answer", 100)
+        except ProtocolError as e:
+            out.append(str(e))
+        return out
+
+    with RawBackend(script) as backend:
+        first, retried, error = run(main())
+    assert first == (200, b"warm") and retried == (200, b"drop-silently")
+    assert seen.count(b"drop-silently") == 2 and seen.count(b"drop-mid-answer") == 1
+    assert "mid-answer" in error
+
+
+def test_an_idle_connection_that_received_anything_is_not_reused():
+    """A stray answer arriving on an idle connection must not answer the next request."""
+    def script(body: bytes) -> Answer:
+        return Answer([framed("content-length", body).pieces[0], SMUGGLED], delay=0.05)
+
+    async def main():
+        client = PostClient(backend.url, {})
+        first = await client.post(b"one", 100)
+        await asyncio.sleep(0.2)                 # the stray answer arrives while idle
+        return first, await client.post(b"two", 100)
+
+    with RawBackend(script) as backend:
+        assert run(main()) == ((200, b"one"), (200, b"two"))
+        assert backend.connections == 2
+
+
+def test_close_delimited_answers_are_read_whole_and_capped():
+    async def main():
+        client = PostClient(backend.url, {})
+        whole = await client.post(b"close-delimited " + b"x" * 3000, 4096)
+        try:
+            await client.post(b"close-delimited " + b"x" * 5000, 4096)
+        except AnswerTooLarge:
+            return whole, "AnswerTooLarge"
+
+    with RawBackend(by_case) as backend:
+        whole, capped = run(main())
+    assert whole == (200, b"answer:close-delimited " + b"x" * 3000) and capped == "AnswerTooLarge"
+
+
+def test_the_pool_is_bounded():
+    async def main():
+        client = PostClient(backend.url, {}, max_connections=3)
+        results = await asyncio.gather(*(client.post(b"close-delimited %d" % i, 100) for i in range(12)))
+        assert results == [(200, b"answer:close-delimited %d" % i) for i in range(12)]
+        peak = max_open[0]
+        await client.aclose()
+        return peak
+
+    open_now, max_open = [0], [0]
+    lock = threading.Lock()
+
+    def script(body: bytes) -> Answer:
+        with lock:
+            open_now[0] += 1
+            max_open[0] = max(max_open[0], open_now[0])
+        answer = by_case(body)
+        with lock:
+            open_now[0] -= 1
+        return answer
+
+    with RawBackend(script) as backend:
+        # close-delimited: one connection per answer, each trickled for ~60 ms
+        assert run(main()) <= 3
+        assert backend.connections == 12

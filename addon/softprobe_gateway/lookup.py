@@ -88,7 +88,7 @@ def http_transport(base_url: str, public_key: str, max_body: int) -> tuple[Trans
     async def ask(request: TracesData) -> Hit | None:
         try:
             status, payload = await client.post(request.SerializeToString(), limit)
-        except (OSError, asyncio.IncompleteReadError) as e:
+        except OSError as e:
             raise LookupFailure(CONNECT_ERROR, f"{type(e).__name__} from {url}") from None
         except (ProtocolError, AnswerTooLarge) as e:
             raise LookupFailure(BAD_ANSWER, f"{url}: {e}") from None
