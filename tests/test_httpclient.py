@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from softprobe_gateway.httpclient import AnswerTooLarge, PostClient, ProtocolError
 from raw_backend import MALFORMED, SMUGGLED, VALID, Answer, RawBackend, framed
-from support import LOOPBACK, make_test_ca
+from support import LOOPBACK, ROOT, make_test_ca
 
 
 async def serve(answers: list[bytes], tls: ssl.SSLContext | None = None):
@@ -243,3 +245,13 @@ def test_the_pool_is_bounded():
         # close-delimited: one connection per answer, each trickled for ~60 ms
         assert run(main()) <= 3
         assert backend.connections == 12
+
+
+def test_the_client_benchmark_runs():
+    """`python -m bench.lookup_client --quick` (the README's figures come from its full run)."""
+    done = subprocess.run([sys.executable, "-m", "bench.lookup_client", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1:3] for line in done.stdout.splitlines()[2:]]
+    assert {(c.strip(), s.strip()) for c, s in rows} == {
+        (c, s) for c in ("softprobe", "h11", "httpx") for s in ("1 KiB", "64 KiB", "1024 KiB")}
