@@ -19,9 +19,9 @@ from typing import TextIO
 
 from .backend.har import har
 from .backend.model import Exchange, SessionSummary
-from .backend.server import serve
+from .backend.server import loopback_only, serve
 from .backend.store import Store, StoreError
-from .config import CONFIG_ENV, ConfigError, StoreConfig, load_config
+from .config import CONFIG_ENV, PUBLIC_KEY_ENV, ConfigError, StoreConfig, load_config
 
 PREVIEW = 100  # characters of a body shown by `show`
 
@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
 
     server = commands.add_parser("serve", parents=[common], help="serve the store over HTTP")
     server.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT")
+    server.add_argument("--key-file", metavar="FILE",
+                        help=f"the key every request must present (default: ${PUBLIC_KEY_ENV}); "
+                             "required beyond loopback")
     server.set_defaults(command=cmd_serve)
     return parser
 
@@ -135,17 +138,22 @@ def cmd_serve(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> int
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--listen: expected HOST:PORT, got {args.listen!r}")
+    key = _serve_key(args.key_file)
+    host = host.strip("[]")
+    if not key and not loopback_only(host):
+        raise ConfigError(f"--listen {args.listen} is beyond loopback: every recorded body would be open "
+                          f"to anyone who reaches it; set ${PUBLIC_KEY_ENV} or --key-file")
     store = Store(config)
     try:
-        server = serve(store, host, int(port))
+        server = serve(store, host, int(port), key)
     except OSError as e:
         store.close()
         raise StoreError(f"cannot listen on {args.listen}: {e.strerror or e}") from None
     # SIGTERM (docker stop, kubectl) shuts down like Ctrl-C: the store is closed cleanly.
     signal.signal(signal.SIGTERM, _interrupt)
     bound_host, bound_port = server.server_address[:2]
-    print(f"softprobe backend on http://{bound_host}:{bound_port}, store {config.path}", file=out,
-          flush=True)
+    print(f"softprobe backend on http://{bound_host}:{bound_port}, store {config.path}, "
+          f"{'key required' if key else 'no key (loopback only)'}", file=out, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -154,6 +162,22 @@ def cmd_serve(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> int
         server.server_close()
         store.close()
     return 0
+
+
+def _serve_key(key_file: str | None) -> str:
+    """The key `serve` requires: the file's content (a mounted Secret), else the environment's."""
+    if key_file:
+        try:
+            key = Path(key_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"--key-file: cannot read {key_file}: {e.strerror or e}") from None
+        if not key:
+            raise ConfigError(f"--key-file: {key_file} is empty")
+    else:
+        key = os.environ.get(PUBLIC_KEY_ENV, "").strip()
+    if key and not (key.isascii() and key.isprintable()):
+        raise ConfigError("the serve key must be printable ASCII (it travels in an HTTP header)")
+    return key
 
 
 def _open(config: StoreConfig) -> Store:

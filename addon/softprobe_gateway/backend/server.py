@@ -3,11 +3,18 @@
 `POST /v1/traces` (OTLP protobuf or JSON, optionally gzip), `POST /v1/inject` (protocol section 2),
 `GET /api/sessions` and `GET /api/sessions/{id}` (section 6). The standard library's threading
 server is enough: every request is a short SQLite call, and the store is thread-safe.
+
+It holds every recorded body and answers lookups, so with a key every route requires it: the
+`x-public-key` header the gateway already sends, or `authorization: Bearer KEY`, compared in
+constant time. `softprobe serve` refuses to listen beyond loopback without one.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import socket
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict
@@ -33,16 +40,32 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def serve(store: Store, host: str, port: int) -> ThreadingHTTPServer:
-    """A bound server (port 0: any free one); call `serve_forever()` on it."""
-    handler = type("Handler", (_Handler,), {"store": store})
+def serve(store: Store, host: str, port: int, key: str = "") -> ThreadingHTTPServer:
+    """A bound server (port 0: any free one); call `serve_forever()` on it. With a `key`,
+    every request must present it."""
+    handler = type("Handler", (_Handler,), {"store": store, "key": key.encode()})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
 
 
+def loopback_only(host: str) -> bool:
+    """Whether every address `host` stands for is a loopback one (127.0.0.0/8, ::1): then only
+    this machine (or this network namespace) can connect. "", 0.0.0.0 and :: are every interface."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP) if host else []
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
 class _Handler(BaseHTTPRequestHandler):
     store: Store
+    key: bytes  # empty: no key required (loopback only)
     protocol_version = "HTTP/1.1"  # keep-alive: gateways post batches back to back
     server_version = "softprobe-backend"
 
@@ -53,6 +76,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch(self._get)
 
     def _dispatch(self, handle: Callable[[SplitResult], None]) -> None:
+        if self.key and not self._authorized():
+            self.close_connection = True  # the unread body must not be taken for a request
+            self._send_json(HTTPStatus.UNAUTHORIZED,
+                            {"error": "a key is required: x-public-key or authorization: Bearer"},
+                            {"www-authenticate": "Bearer", "connection": "close"})
+            return
         try:
             handle(urlsplit(self.path))
         except BadRequest as e:
@@ -108,6 +137,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(HTTPStatus.OK, {**_session_json(summary),
                                         "exchanges": [asdict(ex) for ex in exchanges]})
 
+    def _authorized(self) -> bool:
+        """Either header carries the key; both are compared in constant time, whichever is sent."""
+        scheme, _, token = (self.headers.get("authorization") or "").partition(" ")
+        bearer = token.strip() if scheme.lower() == "bearer" else ""
+        presented = [self.headers.get("x-public-key") or "", bearer]
+        return any([hmac.compare_digest(p.encode("utf-8", "replace"), self.key) for p in presented])
+
     def _body(self) -> bytes:
         """The request body, gunzipped when sent with `content-encoding: gzip`, both bounded."""
         length = self.headers.get("content-length")
@@ -132,13 +168,16 @@ class _Handler(BaseHTTPRequestHandler):
             raise BadRequest(f"body over {MAX_BODY} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         return data
 
-    def _send_json(self, status: HTTPStatus, document: Any) -> None:
-        self._send(status, json.dumps(document).encode(), "application/json")
+    def _send_json(self, status: HTTPStatus, document: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(document).encode(), "application/json", headers)
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str,
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         if content_type:
             self.send_header("content-type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
