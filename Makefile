@@ -4,11 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 CONFIG ?= config/gateway.yaml
+# One stamp per set of extras: `make run` installs only what running needs; `make test` and
+# `make bench` add theirs (the suite drives the benchmark harness, so it needs both).
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: run test venv clean system-deps
 
-venv: $(STAMP)
+## Everything a developer needs (running, tests, benchmarks).
+venv: $(TEST_STAMP) $(BENCH_STAMP)
 
 # Debian packages the tests and benchmarks drive (wrk, the load generator), installed when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -19,8 +24,16 @@ system-deps:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
 
 ## Start the gateway as an explicit proxy on 127.0.0.1:$(PORT): curl -x http://127.0.0.1:$(PORT) http://...
 run: $(STAMP)
@@ -28,7 +41,7 @@ run: $(STAMP)
 		--set softprobe_config=$(CONFIG)
 
 ## Run the whole test suite.
-test: $(STAMP) system-deps
+test: $(TEST_STAMP) $(BENCH_STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 clean:
@@ -37,7 +50,7 @@ clean:
 ## Benchmarks (issue 6), loopback only: writes bench/results/latest.{md,json,png}.
 ## `make bench BENCH_ARGS=--quick` for a smoke run; `.venv/bin/python -m bench --help` for knobs.
 .PHONY: bench
-bench: $(STAMP) system-deps
+bench: $(BENCH_STAMP) system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 ## The travel demo: front and airline services, the gateway recording them, a search/book/pay session, shown.

@@ -273,6 +273,10 @@ class Gateway:
         for k, v in self.options.items():
             args += ["--set", f"{k}={v}"]
         self.process, self.log = start_server(args, self.port, self.log_path, self.tmp, self.env)
+        # mitmproxy binds its listeners before the addon's `running` hook starts the export
+        # worker: wait for the runtime too, so that no test times its first request with it.
+        wait_for(lambda: self.process.poll() is not None
+                 or b"softprobe: config " in self.log_path.read_bytes(), 30)
 
     @property
     def proxy(self) -> str:

@@ -308,6 +308,7 @@ async def drive_addon(config: str) -> None:
     addon = SoftprobeAddon()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, softprobe_config=config)
+        addon.running()  # the runtime (export worker) starts once mitmproxy is up
         flow = tflow.tflow(resp=True)
         addon.requestheaders(flow)
         await addon.request(flow)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from . import options
 from .capture import HIT, MOCK, REFUSAL, BodyTee, Exchange, Message, should_stream
-from .config import CONFIG_ENV, ConfigError, ConfigFile, MockRule
+from .config import CONFIG_ENV, Config, ConfigError, ConfigFile, MockRule
 from .metrics import AdminServer, Metrics
 from .otlp import Hit, inject_request
 from .routing import listen_addresses
@@ -36,6 +37,7 @@ DEBUG_HEADER = "x-softprobe-injected"
 # Lookup requests with bodies above this are encoded (decoded, redacted) on a thread.
 INLINE_ENCODE_BYTES = 4 * 1024
 RELOAD_POLL_S = 1.0
+OPTIONS = options.NAMES | {"softprobe_config"}
 # A replaced runtime stays open until the flows that started with it end, at most this long.
 RETIRE_GRACE_S = 30.0
 RETIRE_WAIT_S = 30.0  # done() waits at most this long for replaced runtimes to flush
@@ -80,32 +82,59 @@ class SoftprobeAddon:
             f"Path of the Softprobe gateway YAML config (default: ${CONFIG_ENV}, else built-in "
             "defaults). The file is watched: a valid edit is applied live, an invalid one rejected.",
         )
+        options.declare(loader)
 
     # -- configuration -------------------------------------------------------------------------
 
     def configure(self, updated: set[str]) -> None:
-        if "softprobe_config" not in updated and self.runtime is not None:
+        """Before `running`, only check the config: a bad one stops start-up with one line. Once
+        running, a change of any softprobe option builds a new runtime, like a config reload."""
+        if not updated & OPTIONS:
             return
         path = ctx.options.softprobe_config or os.environ.get(CONFIG_ENV, "")
         try:
-            config_file = ConfigFile(path or None)
-            runtime = self._build(config_file)
-        except ConfigError as e:
+            config_file = ConfigFile(path or None, options.overrides(ctx.options))
+            current = self.config_file
+            if self.ready and (config_file.path, config_file.overrides) == (current.path, current.overrides):
+                return  # e.g. mitmproxy rolling back a rejected change: nothing changed
+            if not self.ready:
+                config_file.load()
+                self.config_file = config_file
+                return
+            runtime = self._start(config_file.load())
+        except (ConfigError, exceptions.OptionsError) as e:
             if self.ready:
                 raise exceptions.OptionsError(str(e)) from None
             # At start-up, one error line is enough: mitmproxy's start-up check exits non-zero on it.
+            self.config_file = None
             log.error(str(e))
             return
         self.config_file = config_file
         self._install(runtime)
-        self._serve_admin(runtime.config.admin_listen)
-        if runtime.answers_locally and ctx.options.connection_strategy != "lazy":
-            # A hit must not open an upstream connection: connect only when a request goes upstream.
-            ctx.options.update(connection_strategy="lazy")
 
-    def _build(self, config_file: ConfigFile) -> Runtime:
+    def running(self) -> None:
+        """Start what has side effects (the admin port, then the export worker) only now that
+        mitmproxy's listeners are bound: a start-up failure is one line, and `done` follows."""
+        if self.config_file is None:  # the config was rejected: mitmproxy is exiting
+            return
+        try:
+            runtime = self._start(self.config_file.load())
+        except (ConfigError, exceptions.OptionsError) as e:
+            log.error(str(e))
+            return
+        self._install(runtime)
+        self.ready = True
+        if self.config_file.path and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def _start(self, config: Config) -> Runtime:
+        """The admin port first: when it is taken, no worker process was started for nothing."""
+        self._serve_admin(config.admin_listen)
+        return self._build(config)
+
+    def _build(self, config: Config) -> Runtime:
         listen = listen_addresses(ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port)
-        return Runtime(config_file.load(), self.metrics, listen)
+        return Runtime(config, self.metrics, listen)
 
     def _install(self, runtime: Runtime) -> None:
         """Swap the whole runtime for new flows; the old one retires in the background."""
@@ -114,7 +143,13 @@ class SoftprobeAddon:
         if old is not None:
             self._retiring.add(task := asyncio.get_running_loop().create_task(self._retire(old)))
             task.add_done_callback(self._retiring.discard)
-        log.info(runtime.describe(self.config_file.source))
+        described = runtime.describe(self.config_file.source)
+        if self.config_file.overrides:
+            described += f"; options: {options.describe(self.config_file.overrides)}"
+        log.info(described)
+        if runtime.answers_locally and ctx.options.connection_strategy != "lazy":
+            # A hit must not open an upstream connection: connect only when a request goes upstream.
+            ctx.options.update(connection_strategy="lazy")
 
     async def _retire(self, old: Runtime) -> None:
         """Close a replaced runtime once the flows that started with it have ended (their
@@ -133,16 +168,14 @@ class SoftprobeAddon:
             try:
                 self.admin = AdminServer(listen, self.metrics, self._is_ready)
             except OSError as e:
-                raise exceptions.OptionsError(f"admin_listen: cannot listen on {listen}: {e.strerror}")
+                raise exceptions.OptionsError(
+                    f"softprobe: admin_listen: cannot listen on {listen}: {e.strerror} (another "
+                    "gateway running? choose another address with --set softprobe_admin=HOST:PORT)"
+                ) from None
 
     def _is_ready(self) -> bool:
         """Started, and an export worker runs (not while a dead one is being restarted)."""
         return self.ready and self.runtime.exporter.running
-
-    def running(self) -> None:
-        self.ready = self.runtime is not None
-        if self.config_file is not None and self.config_file.path and self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
         """Apply edits of the config file (a ConfigMap update swaps a symlink) without a restart."""
@@ -152,8 +185,8 @@ class SoftprobeAddon:
             if not await asyncio.to_thread(config_file.changed):
                 continue
             try:
-                fresh = ConfigFile(config_file.path)
-                runtime = await asyncio.to_thread(self._build, fresh)
+                fresh = ConfigFile(config_file.path, config_file.overrides)
+                runtime = await asyncio.to_thread(lambda: self._build(fresh.load()))
             except ConfigError as e:
                 self.metrics.config_rejected(str(e))
                 log.error(f"softprobe: config reload rejected, the previous config stays in force: {e}")
@@ -188,7 +221,7 @@ class SoftprobeAddon:
             request.headers[name] = value
         streamed = should_stream(request.headers, rt.config.capture.stream_threshold_bytes, response=False)
         if skip := rt.rules.skip_request(request.pretty_host, request.path, request.headers.get):
-            self.metrics.skipped.labels(skip).inc()
+            self.metrics.skip(skip, request)
             request.stream = streamed
             return
         state.exchange = Exchange(
@@ -279,9 +312,10 @@ class SoftprobeAddon:
             self.flows.pop(flow, None)
             return
         exchange, response = state.exchange, flow.response
-        if not exchange.answered_by and is_static_response(response.headers.get("content-type")):
+        content_type = response.headers.get("content-type")
+        if not exchange.answered_by and is_static_response(content_type):
             del self.flows[flow]
-            self.metrics.skipped.labels(STATIC).inc()
+            self.metrics.skip(STATIC, flow.request, content_type)
             return
         fields = response.headers.fields + (response.trailers.fields if response.trailers else ())
         pseudo = ((":status", str(response.status_code)),)

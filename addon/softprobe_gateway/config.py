@@ -269,8 +269,9 @@ class ConfigFile:
     """A config file as loaded: its content digest, and its identity on disk to notice edits
     (an in-place write, or a Kubernetes ConfigMap update swapping the `..data` symlink)."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, overrides: typing.Mapping[str, Any] | None = None) -> None:
         self.path = path
+        self.overrides = dict(overrides or {})  # {dotted key: value}, from mitmproxy options
         self.source = path or "<defaults>"
         self.digest = ""
         self._signature = self._stat()
@@ -295,6 +296,8 @@ class ConfigFile:
                 raise ConfigError(f"{self.source}: invalid YAML{line}: {getattr(e, 'problem', e)}") from None
             if data is None:
                 data = {}
+        if self.overrides and isinstance(data, dict):
+            data = _merge(data, _nest(self.overrides))
         try:
             config = _build(Config, data, "")
         except ConfigError as e:
@@ -320,6 +323,35 @@ class ConfigFile:
         except OSError:
             return None
         return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def check_override(key: str, value: Any) -> None:
+    """Validate one dotted key's value on its own (ConfigError naming the key)."""
+    _build(Config, _nest({key: value}), "")
+
+
+def _nest(flat: typing.Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *parents, last = dotted.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, mapping by mapping; a section of `base` that is not a mapping is kept,
+    so that its error is still reported."""
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        if isinstance(value, dict) and below is not None:
+            merged[key] = _merge(below, value) if isinstance(below, dict) else below
+        else:
+            merged[key] = value
+    return merged
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

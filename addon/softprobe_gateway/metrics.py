@@ -10,9 +10,17 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .rules import REASONS
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -61,6 +69,18 @@ class Metrics:
                                             "Config edits rejected as invalid.", registry=r)
         self.config_reload_error = Info("softprobe_config_reload_error",
                                         "The last rejected config edit.", registry=r)
+        self._skip_logged: set[str] = set()
+
+    def skip(self, reason: str, request: http.Request, content_type: str | None = None) -> None:
+        """Count an exchange not recorded; the first of each reason is logged, saying why."""
+        self.skipped.labels(reason).inc()
+        if reason not in self._skip_logged:
+            self._skip_logged.add(reason)
+            why = f"{REASONS[reason]} ({content_type})" if content_type else REASONS[reason]
+            log.info(f"softprobe: not recording {request.method} {request.pretty_url}: {why}. "
+                     "Exchanges skipped for this reason "
+                     f"are counted in softprobe_exchanges_skipped_total{{reason=\"{reason}\"}}, "
+                     "not logged again (docs/protocol.md, 'What is recorded')")
 
     def config_loaded(self, source: str, digest: str) -> None:
         self.config_version.inc()

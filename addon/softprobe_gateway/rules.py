@@ -19,8 +19,15 @@ STATIC_CONTENT_TYPES = ("application/javascript", "text/javascript", "applicatio
                         "text/html")
 NEXT_HEADERS = ("rsc", "next-router-prefetch", "next-router-state-tree")
 
-# Reasons a request is not recorded (metric labels).
+# Reasons a request is not recorded (metric labels), and what each means (logged once per reason).
 EXEMPT, FRAMEWORK, STATIC, NOT_COLLECTED = "exempt", "framework", "static", "not_collected"
+REASONS = {
+    EXEMPT: "it matches an exemption rule (exemptionRules; by default the OTLP paths)",
+    FRAMEWORK: "it is a Next.js internal request (RSC payload, data route or prefetch)",
+    STATIC: "it is a static resource: a script, style, image, font or HTML page, by its path's "
+            "suffix or the response's content-type",
+    NOT_COLLECTED: "no collection rule (collectionRules) selects it",
+}
 
 HeaderGet = Callable[[str], "str | None"]
 
