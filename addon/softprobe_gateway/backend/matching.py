@@ -78,7 +78,7 @@ def _body(content_type: str, body: str, ignore: Ignore) -> tuple[str, Any]:
         return "text", ""
     if "json" in ct or (not ct and body.lstrip()[:1] in ("{", "[")):
         try:
-            return "json", _strip(json.loads(body), ignore, ())
+            return "json", strip_ignored(json.loads(body), ignore)
         except ValueError:
             pass
     if ct.startswith("application/x-www-form-urlencoded"):
@@ -86,12 +86,13 @@ def _body(content_type: str, body: str, ignore: Ignore) -> tuple[str, Any]:
     return "text", body
 
 
-def _strip(value: Any, ignore: Ignore, path: tuple[str, ...]) -> Any:
+def strip_ignored(value: Any, ignore: Ignore, path: tuple[str, ...] = ()) -> Any:
+    """A JSON value without the fields `ignore` drops."""
     if isinstance(value, dict):
-        return {k: _strip(v, ignore, path + (k,)) for k, v in value.items()
+        return {k: strip_ignored(v, ignore, path + (k,)) for k, v in value.items()
                 if not ignore.drops(path + (k,))}
     if isinstance(value, list):
-        return [_strip(v, ignore, path) for v in value]
+        return [strip_ignored(v, ignore, path) for v in value]
     return value
 
 
@@ -106,7 +107,7 @@ def diff(recorded: RequestForm, got: RequestForm) -> list[str]:
                                 ("path", recorded.route, got.route)) if a != b]
     lines += _diff_pairs("query", recorded.query, got.query)
     if recorded.body_kind == got.body_kind == "json":
-        lines += _diff_json("body", recorded.body, got.body)
+        lines += diff_json("body", recorded.body, got.body)
     elif recorded.body_kind == got.body_kind == "form":
         lines += _diff_pairs("body", recorded.body, got.body)
     elif (recorded.body_kind, recorded.body) != (got.body_kind, got.body):
@@ -139,12 +140,13 @@ def _multi(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     return {k: v[0] if len(v) == 1 else v for k, v in values.items()}
 
 
-def _diff_json(path: str, a: Any, b: Any) -> list[str]:
+def diff_json(path: str, a: Any, b: Any) -> list[str]:
+    """Every leaf where two JSON values differ, as `path: recorded X, got Y` (or `missing`)."""
     if isinstance(a, dict) and isinstance(b, dict):
         return [line for k in sorted(a.keys() | b.keys())
-                for line in _diff_json(f"{path}.{k}", a.get(k, _MISSING), b.get(k, _MISSING))]
+                for line in diff_json(f"{path}.{k}", a.get(k, _MISSING), b.get(k, _MISSING))]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [line for i, (x, y) in enumerate(zip(a, b)) for line in _diff_json(f"{path}[{i}]", x, y)]
+        return [line for i, (x, y) in enumerate(zip(a, b)) for line in diff_json(f"{path}[{i}]", x, y)]
     if a == b and type(a) is type(b):
         return []
     return [f"{path}: {_side('recorded', a)}, {_side('got', b)}"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from google.protobuf import json_format
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -57,20 +57,29 @@ def _headers(attrs: dict[str, str], prefix: str) -> dict[str, str]:
 
 
 def _request_target(attrs: dict[str, str]) -> tuple[str, str, str]:
-    """Method, host (port kept) and path with query, as the backend keys on them."""
-    method = attrs.get(REQUEST_HEADER + ":method", "")
-    path = attrs.get(REQUEST_HEADER + ":path") or attrs.get("url.path", "")
+    """Method, host (port kept) and path with query, as the backend keys on them: from the
+    pseudo-headers this gateway records, else from the attributes Softprobe's case profile
+    guarantees (`http.request.method`, `url.path` and `url.query`), so cases written by other
+    Softprobe tools match too."""
+    method = attrs.get(REQUEST_HEADER + ":method") or attrs.get("http.request.method", "")
+    path = attrs.get(REQUEST_HEADER + ":path")
+    if not path:
+        path = attrs.get("url.path", "")
+        if (query := attrs.get("url.query")) and "?" not in path:
+            path = f"{path}?{query}"
     host = (attrs.get("url.host") or attrs.get(REQUEST_HEADER + ":authority")
             or attrs.get(REQUEST_HEADER + "host", ""))
     return method.upper(), host, path
 
 
-def extract_exchanges(traces: TracesData) -> list[Exchange]:
-    """Every extract span (`sp.span.type == "extract"`) as an exchange."""
+def extract_exchanges(traces: TracesData, *, answered_lookups: bool = False) -> list[Exchange]:
+    """Every extract span (`sp.span.type == "extract"`) as an exchange; with `answered_lookups`
+    also every other span that carries a response, as Softprobe's own case files mark their
+    recorded answers `inject`."""
     exchanges = []
     for resource, span in _spans(traces):
         attrs = _attributes(resource, span)
-        if attrs.get("sp.span.type") != "extract":
+        if attrs.get("sp.span.type") != "extract" and not (answered_lookups and _has_response(attrs)):
             continue
         method, host, path = _request_target(attrs)
         status_text = attrs.get("http.response.status_code") or attrs.get(RESPONSE_HEADER + ":status", "")
@@ -88,6 +97,10 @@ def extract_exchanges(traces: TracesData) -> list[Exchange]:
             response_body=attrs.get("http.response.body", ""),
         ))
     return exchanges
+
+
+def _has_response(attrs: dict[str, str]) -> bool:
+    return "http.response.status_code" in attrs or "http.response.body" in attrs
 
 
 def lookup_request(traces: TracesData) -> LookupRequest | None:
@@ -112,9 +125,10 @@ def answer(exchange: Exchange) -> TracesData:
         ("sp.service.name", exchange.service), ("sp.traffic.direction", exchange.direction),
         ("http.response.status_code", exchange.status),
         *((RESPONSE_HEADER + name, value) for name, value in exchange.response_headers.items()),
+        # Always present, empty or not: a case may record a status alone (no headers, no body),
+        # and a span without any response attribute is no answer at all (protocol section 2).
+        ("http.response.body", exchange.response_body),
     ]
-    if exchange.response_body:
-        attrs.append(("http.response.body", exchange.response_body))
     data = TracesData()  # filled in place: constructors would deep-copy the body each time
     fill_span(add_scope_spans(data, exchange.service, "").spans.add(), exchange.route,
               bytes.fromhex(exchange.trace_id), bytes.fromhex(exchange.span_id),
@@ -133,25 +147,55 @@ def traces_from_json(payload: bytes) -> TracesData:
     """OTLP JSON, whose trace and span ids are hex (protobuf's JSON mapping would want base64)."""
     try:
         document = json.loads(payload)
-        for rs in _list(document, "resourceSpans", "resource_spans"):
-            for ss in _list(rs, "scopeSpans", "scope_spans"):
-                for span in _list(ss, "spans"):
-                    _hex_ids_to_base64(span)
-                    for link in _list(span, "links"):
-                        _hex_ids_to_base64(link)
+    except ValueError as e:
+        raise BadTraces(f"not OTLP JSON traces: {e}") from None
+    return traces_from_document(document)
+
+
+def traces_from_document(document: dict) -> TracesData:
+    """A parsed OTLP JSON document (changed in place: its hex ids become base64)."""
+    try:
+        for span in _json_spans(document):
+            _convert_ids(span, _hex_to_base64)
+            for link in _list(span, "links"):
+                _convert_ids(link, _hex_to_base64)
         return json_format.ParseDict(document, TracesData(), ignore_unknown_fields=True)
     except (ValueError, TypeError, AttributeError, json_format.ParseError) as e:
         raise BadTraces(f"not OTLP JSON traces: {e}") from None
+
+
+def traces_to_document(traces: TracesData) -> dict:
+    """OTLP JSON (`ExportTraceServiceRequest`): camelCase keys, hex ids, enums as integers."""
+    document = json_format.MessageToDict(traces, use_integers_for_enums=True)
+    for span in _json_spans(document):
+        _convert_ids(span, _base64_to_hex)
+        for link in _list(span, "links"):
+            _convert_ids(link, _base64_to_hex)
+    return document
+
+
+def _json_spans(document: dict) -> Iterator[dict]:
+    for rs in _list(document, "resourceSpans", "resource_spans"):
+        for ss in _list(rs, "scopeSpans", "scope_spans"):
+            yield from _list(ss, "spans")
 
 
 def _list(obj: dict, *keys: str) -> list:
     return next((obj[k] for k in keys if k in obj), None) or []
 
 
-def _hex_ids_to_base64(obj: dict) -> None:
+def _hex_to_base64(value: str) -> str:
+    return base64.b64encode(bytes.fromhex(value)).decode("ascii")
+
+
+def _base64_to_hex(value: str) -> str:
+    return base64.b64decode(value).hex()
+
+
+def _convert_ids(obj: dict, convert: Callable[[str], str]) -> None:
     for key in _ID_KEYS:
         if obj.get(key):
-            obj[key] = base64.b64encode(bytes.fromhex(obj[key])).decode("ascii")
+            obj[key] = convert(obj[key])
 
 
 def traces_from_protobuf(payload: bytes) -> TracesData:
