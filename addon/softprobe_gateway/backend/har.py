@@ -1,14 +1,21 @@
-"""A session as HAR 1.2 (http://www.softwareishard.com/blog/har-12-spec/), for browser devtools."""
+"""Sessions as HAR 1.2 (http://www.softwareishard.com/blog/har-12-spec/), to and from browser
+devtools: a recorded session out for a browser to show, a browser's capture in as a session."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
-from ..capture import is_text
-from ..otlp import base64_or_raw
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+from .. import capture
+from ..capture import Capture, Message, is_text
+from ..otlp import add_scope_spans, base64_or_raw, fill_extract_span
+from ..rules import STATIC_SUFFIXES, is_framework_internal, is_static_response
 from .model import Exchange
 
 CREATOR = {"name": "softprobe", "version": "0.1.0"}
@@ -72,3 +79,88 @@ def _content(body: str, raw: bytes, headers: dict[str, str]) -> dict[str, str]:
         return {"text": raw.decode("utf-8")}
     except UnicodeDecodeError:
         return {"text": body, "encoding": "base64"}
+
+
+# -- import ---------------------------------------------------------------------------------
+
+
+class HarError(ValueError):
+    """A file that is not a usable HAR; the message says where."""
+
+
+def har_traces(document: Any, recorder: Capture, session: str, direction: str, service: str | None,
+               keep_all: bool = False) -> tuple[TracesData, int, int]:
+    """A HAR's entries as extract spans of `session`, through `recorder` (the config's capture and
+    redaction rules, exactly as live traffic), in one trace each; ids derive from the session
+    and the entry's position, so importing a file twice stores it once.
+
+    Returns the spans, how many entries they hold, and how many were skipped: failed requests
+    and, unless `keep_all`, static resources and framework internals (never recorded live).
+    """
+    entries = document.get("log", {}).get("entries") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise HarError("not a HAR file: no log.entries list")
+    data, scopes, skipped = TracesData(), {}, 0
+    for index, entry in enumerate(entries):
+        try:
+            ex = _exchange(entry, session, direction, service, index)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise HarError(f"log.entries[{index}]: {type(e).__name__}: {e}") from None
+        if ex is None or (not keep_all and _never_recorded(ex)):
+            skipped += 1
+            continue
+        if ex.service_name not in scopes:
+            scopes[ex.service_name] = add_scope_spans(data, ex.service_name, "")
+        fill_extract_span(scopes[ex.service_name].spans.add(), ex, recorder.exchange_attributes(ex))
+    return data, len(entries) - skipped, skipped
+
+
+def _exchange(entry: dict, session: str, direction: str, service: str | None,
+              index: int) -> capture.Exchange | None:
+    request, response = entry["request"], entry.get("response") or {}
+    status = int(response.get("status") or 0)
+    if not status:  # blocked or failed in the browser: no answer to replay
+        return None
+    url = urlsplit(request["url"])
+    host = url.netloc.rpartition("@")[2]
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    ids = hashlib.sha256(f"{session}\0{index}".encode()).digest()
+    start = datetime.fromisoformat(entry["startedDateTime"])
+    start_ns = int(start.timestamp() * 1e9)
+    post = request.get("postData") or {}
+    content = response.get("content") or {}
+    return capture.Exchange(
+        trace_id=ids[:16], span_id=ids[16:24], parent_span_id=b"", session_id=session,
+        service_name=service or url.hostname or "default-service", direction=direction, path=path,
+        host=host, start_ns=start_ns, end_ns=start_ns + int(float(entry.get("time") or 0) * 1e6),
+        request=Message(_fields(request, (), post.get("mimeType")), _body(post.get("text", ""), post.get("encoding")), (
+            (":method", request["method"].upper()), (":path", path), (":authority", host),
+            (":scheme", url.scheme or "http"))),
+        # A browser shows the body decoded: its content-encoding no longer applies.
+        response=Message(_fields(response, ("content-encoding",), content.get("mimeType")),
+                         _body(content.get("text", ""), content.get("encoding")), ((":status", str(status)),)),
+        status_code=status,
+    )
+
+
+def _fields(message: dict, leave_out: tuple[str, ...], mime_type: str | None = None) -> list[tuple[bytes, bytes]]:
+    """HTTP/1.1 header fields (HTTP/2 pseudo-headers are set from the entry itself), with the
+    body's `mimeType` as content-type when the headers lack one."""
+    fields = [(h["name"].encode("latin-1", "replace"), str(h["value"]).encode())
+              for h in message.get("headers") or ()
+              if not h["name"].startswith(":") and h["name"].lower() not in leave_out]
+    if mime_type and not any(name.lower() == b"content-type" for name, _ in fields):
+        fields.append((b"content-type", mime_type.encode()))
+    return fields
+
+
+def _body(text: str, encoding: str | None) -> bytes:
+    return base64.b64decode(text) if encoding == "base64" else text.encode()
+
+
+def _never_recorded(ex: capture.Exchange) -> bool:
+    """Section 5's static-resource and framework rules, as the live gateway applies them."""
+    headers = {k.decode().lower(): v.decode() for k, v in ex.request.headers}
+    content_type = next((v.decode() for k, v in ex.response.headers if k.lower() == b"content-type"), None)
+    return (ex.path.split("?", 1)[0].lower().endswith(STATIC_SUFFIXES) or is_static_response(content_type)
+            or is_framework_internal(ex.path, headers.get))
