@@ -17,7 +17,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from .backend.har import har
+from . import cases, replay
+from .backend.casefile import CaseError
+from .backend.har import HarError, har
 from .backend.model import Exchange, SessionSummary
 from .backend.server import loopback_only, serve
 from .backend.store import Store, StoreError
@@ -31,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _store_config(args)
         return args.command(args, config, sys.stdout)
-    except (ConfigError, StoreError) as e:
+    except (ConfigError, StoreError, CaseError, HarError) as e:
         print(f"softprobe: {e}", file=sys.stderr)
         return 2
 
@@ -52,9 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("session_id", metavar="ID")
     show.set_defaults(command=cmd_show)
 
-    export = commands.add_parser("har", parents=[common], help="export one session as HAR 1.2")
-    export.add_argument("session_id", metavar="ID")
+    export = commands.add_parser("har", parents=[common], help="export one session as HAR 1.2 "
+                                 "(`har import FILE...`: load HAR files as sessions)")
+    export.add_argument("session_id", metavar="ID|import")
     export.add_argument("-o", "--output", help="file to write (default: stdout)")
+    cases.add_har_import_arguments(export)
     export.set_defaults(command=cmd_har)
 
     misses = commands.add_parser("misses", parents=[common],
@@ -68,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"the key every request must present (default: ${PUBLIC_KEY_ENV}); "
                              "required beyond loopback")
     server.set_defaults(command=cmd_serve)
+
+    cases.register(commands, common)
+    replay.register(commands, common)
     return parser
 
 
@@ -111,6 +118,8 @@ def cmd_show(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> int:
 
 
 def cmd_har(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> int:
+    if args.session_id == "import":
+        return cases.cmd_har_import(args, config, out)
     _, exchanges = _session(config, args.session_id)
     text = json.dumps(har(exchanges), indent=2, ensure_ascii=False)
     if args.output:

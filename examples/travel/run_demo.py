@@ -8,6 +8,7 @@ stops the gateway (which flushes the export) and shows the session with `softpro
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -111,6 +112,8 @@ def main() -> int:
         if gateway.returncode != 0:
             print(f"the gateway exited with {gateway.returncode}; see {work / 'gateway.log'}", file=sys.stderr)
             return 1
+    # What replay_demo.py needs: the session, and the airline's address its recording names.
+    (work / "demo.json").write_text(json.dumps({"session": session, "airline_url": f"http://{LOOPBACK}:{airline}"}))
 
     softprobe = shutil.which("softprobe", path=str(BIN)) or "softprobe"
     print("\n== softprobe sessions", flush=True)

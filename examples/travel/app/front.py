@@ -11,6 +11,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from datetime import datetime, timezone
 from typing import Any
 
 from jsonhttp import Request, main
@@ -39,7 +40,8 @@ def search(req: Request) -> tuple[int, Any]:
     if status != 200:
         return status, found
     flights = sorted(found["flights"], key=lambda f: f["price"])
-    return 200, {"cheapest": flights[0] if flights else None, "flights": flights}
+    return 200, {"cheapest": flights[0] if flights else None, "flights": flights,
+                 "searched_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
 
 def book(req: Request) -> tuple[int, Any]:

@@ -1,0 +1,131 @@
+"""`softprobe replay`: the comparison as pure functions, then the travel demo end to end, running
+the README's walkthrough as written."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from support import LOOPBACK, ROOT
+
+from softprobe_gateway.backend.model import Exchange
+from softprobe_gateway.replay import Checks, compare, request_to_send
+
+
+def recorded(body: str, content_type: str = "application/json", status: int = 200, **headers: str) -> Exchange:
+    return Exchange(
+        session_id="s-1", trace_id="ab" * 16, span_id="cd" * 8, parent_span_id="", service="front",
+        direction="inbound", kind="server", method="POST", host="front:8080", path="/book?x=1", status=status,
+        error=False, start_ns=1, end_ns=2,
+        request_headers={":method": "POST", ":path": "/book?x=1", "host": "front:8080", "content-type": content_type,
+                         "content-length": "2", "x-sp-session-id": "old", "tracestate": "x-sp-session-id=old,k=v",
+                         "accept": "*/*"},
+        response_headers={"content-type": content_type, **headers}, request_body="{}", response_body=body)
+
+
+def test_json_bodies_compare_structurally_minus_ignored_paths() -> None:
+    ex = recorded('{"id": 1, "at": "10:00", "items": [{"sku": "a", "ts": 1}], "meta": {"at": "x"}}')
+    same = b'{"meta": {"at": "x"}, "items": [{"ts": 1, "sku": "a"}], "at": "10:00", "id": 1}'
+    assert compare(ex, 200, {"content-type": "application/json"}, same, Checks()) == []
+    changed = b'{"id": 2, "at": "11:00", "items": [{"sku": "a", "ts": 2}], "meta": {"at": "y"}}'
+    assert compare(ex, 200, {"content-type": "application/json"}, changed, Checks()) == [
+        "body.at: recorded '10:00', got '11:00'", "body.id: recorded 1, got 2",
+        "body.items[0].ts: recorded 1, got 2", "body.meta.at: recorded 'x', got 'y'"]
+    rooted = Checks.parse(None, ["$.at", "$.items[*].ts"])  # from the root only, through lists
+    assert compare(ex, 200, {"content-type": "application/json"}, changed, rooted) == [
+        "body.id: recorded 1, got 2", "body.meta.at: recorded 'x', got 'y'"]
+    anywhere = Checks.parse(None, ["at", "ts", "id"])  # a bare name, at any depth
+    assert compare(ex, 200, {"content-type": "application/json"}, changed, anywhere) == []
+    removed = b'{"id": 1, "items": [{"sku": "a", "ts": 1}], "meta": {"at": "x"}, "new": true}'
+    assert compare(ex, 200, {"content-type": "application/json"}, removed, Checks()) == [
+        "body.at: recorded '10:00', missing", "body.new: not recorded, got true"]
+
+
+def test_status_headers_text_and_binary_compare_exactly() -> None:
+    ex = recorded("one\ntwo\nthree", "text/plain", 201, etag='"v1"')
+    checks = Checks.parse(["Content-Type", "etag"], [])
+    lines = compare(ex, 500, {"content-type": "text/html", "etag": '"v1"'}, b"one\n2\nthree", checks)
+    assert lines[:3] == ["status: recorded 201, got 500", "header content-type: recorded 'text/plain', got 'text/html'",
+                         "body: text differs"]
+    assert "  -two" in lines and "  +2" in lines
+    assert compare(ex, 201, {"content-type": "text/plain"}, b"one\ntwo\nthree", checks) == [
+        "header etag: recorded '\"v1\"', missing"]
+    png = bytes(range(256))
+    binary = recorded(base64.b64encode(png).decode(), "image/png")
+    assert compare(binary, 200, {"content-type": "image/png"}, png, Checks()) == []
+    assert compare(binary, 200, {"content-type": "image/png"}, png[:-1] + b"\xfe", Checks())[0].startswith(
+        "body: recorded 256 bytes (sha256 ")
+    # a recorded JSON answer that the new version sends as something else is compared exactly
+    assert compare(recorded('{"a": 1}'), 200, {"content-type": "application/json"}, b"oops", Checks()) == [
+        "body: text differs", "  --- recorded", "  +++ got", "  @@ -1 +1 @@", '  -{"a": 1}', "  +oops"]
+
+
+def test_the_request_sent_again_is_in_the_replay_session() -> None:
+    headers, body = request_to_send(recorded("{}"), "s-1", "x-softprobe-session-id", {"authorization": "Bearer t"})
+    assert headers == {"content-type": "application/json", "accept": "*/*", "x-softprobe-session-id": "s-1",
+                       "tracestate": "x-sp-session-id=s-1", "authorization": "Bearer t"}
+    assert body == b"{}"
+
+
+# -- the travel demo, as the README's walkthrough runs it -------------------------------------
+
+
+def walkthrough() -> str:
+    section = (ROOT / "README.md").read_text().split("<!-- replay:start -->", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_walkthrough_records_and_replays_the_travel_demo(tmp_path: Path) -> None:
+    work = tmp_path / "travel"
+    # Every command that fails says so on stderr (the walkthrough's step 3 must, with status 1).
+    script = "trap 'echo \"exit status $? from: $BASH_COMMAND\" >&2' ERR\n" + walkthrough().replace(
+        "/tmp/travel", str(work))
+    run = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=150)
+    out = run.stdout
+    assert run.returncode == 0, out + run.stderr
+    failed = re.findall(r"^exit status (\d+) from: (.*)$", run.stderr, re.MULTILINE)
+    assert [(status, "front_v2.py" in command) for status, command in failed] == [("1", True)], run.stderr
+    session = json.loads((work / "demo.json").read_text())["session"]
+
+    summaries = re.findall(r"^replay: .*$", out, re.MULTILINE)
+    assert len(summaries) == 3, out
+    unchanged, changed, from_case = summaries
+    assert "3 exchanges in 1 case: 3 passed, 0 differed, 0 failed to run, in " in unchanged
+    assert from_case.startswith("replay: 3 exchanges in 1 case: 3 passed, 0 differed")
+    assert "2 passed, 1 differed" in changed
+    for line in ("body.cheapest.price: recorded 289, got 299", "body.cheapest.departs: recorded '13:40', missing",
+                 "body.flights[1].price: recorded 329, got 339"):
+        assert f"\n          {line}\n" in out, out
+
+    report = ET.parse(work / "junit.xml").getroot()
+    assert (report.get("tests"), report.get("failures"), report.get("errors")) == ("3", "1", "0")
+    failures = [(case.get("classname"), case.get("name"), case.find("failure").get("message"))
+                for case in report.iter("testcase") if case.find("failure") is not None]
+    assert failures == [(session, "1 GET /search?from=SFO&to=JFK", "body.cheapest.departs: recorded '13:40', missing")]
+    assert json.loads((work / "travel.case.json").read_text())["caseId"] == session
+
+    # Without the ignored path, the timestamp is the one difference of the unchanged version; and
+    # the airline itself is never contacted (its recorded address is watched throughout).
+    airline = json.loads((work / "demo.json").read_text())["airline_url"].rsplit(":", 1)[1]
+    with socket.socket() as watch:
+        watch.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the demo left it in TIME_WAIT
+        watch.bind((LOOPBACK, int(airline)))
+        watch.listen()
+        watch.setblocking(False)
+        plain = subprocess.run([sys.executable, str(ROOT / "examples" / "travel" / "replay_demo.py"),
+                                "--workdir", str(work)], capture_output=True, text=True, timeout=60)
+        try:
+            watch.accept()
+            contacted = True
+        except BlockingIOError:
+            contacted = False
+    assert plain.returncode == 1 and not contacted
+    differences = re.findall(r"^ {10}(\S.*)$", plain.stdout, re.MULTILINE)
+    assert [d.split(":", 1)[0] for d in differences] == ["body.searched_at"], plain.stdout
+    assert "2 passed, 1 differed" in plain.stdout
