@@ -5,12 +5,13 @@ malformed answers fail open (forwarded upstream) and are counted."""
 from __future__ import annotations
 
 import concurrent.futures
+import ssl
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from raw_backend import MALFORMED, VALID, Answer, RawBackend, framed
-from support import Gateway, attributes, free_port
-from test_lookup_integration import answer, lookup_config, lookups
+from support import LOOPBACK, Gateway, OtlpBackend, attributes, free_port, make_test_ca
+from test_lookup_integration import answer, inject_by_path, lookup_config, lookups
 
 
 def recorded(request: bytes) -> Answer:
@@ -25,7 +26,7 @@ def recorded(request: bytes) -> Answer:
 
 def test_every_framing_through_the_gateway(tmp_path, upstream):
     cases = VALID + MALFORMED
-    requests = [(cases[i % len(cases)], f"unique-body-{i}") for i in range(4 * len(cases))]
+    requests = [(cases[i % len(cases)], f"unique-body-{i}") for i in range(3 * len(cases))]
     admin = free_port()
     with RawBackend(recorded) as backend, \
             Gateway(lookup_config(backend.url, admin, timeout_ms=5000), tmp_path,
@@ -50,3 +51,24 @@ def test_every_framing_through_the_gateway(tmp_path, upstream):
     assert counted == {"hit": len(requests) - malformed, "bad_answer": malformed,
                        "connect_error": 0, "timeout": 0}
     assert len(upstream.received) == malformed
+
+
+def test_a_private_ca_in_ssl_cert_file_is_trusted_by_lookups_and_exports(tmp_path, upstream):
+    """One HTTPS backend answering lookups and taking exports, its certificate from a private CA
+    that only SSL_CERT_FILE names (as a pod mounts it): both paths trust it (one TLS context)."""
+    ca, cert, key = make_test_ca(tmp_path, LOOPBACK)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    admin = free_port()
+    with OtlpBackend(inject=inject_by_path) as backend:
+        backend.server.socket = tls.wrap_socket(backend.server.socket, server_side=True)
+        config = lookup_config(f"https://{LOOPBACK}:{backend.port}", admin)
+        with Gateway(config, tmp_path, mode=f"reverse:{upstream.url}", env={"SSL_CERT_FILE": str(ca)}) as gw, \
+                gw.client() as client:
+            hit = client.get("/hit-text")
+            miss = client.get("/not-recorded")
+            exported = backend.wait_spans(2)
+            counted = {o: lookups(gw, admin, o) for o in ("hit", "miss", "connect_error")}
+    assert hit.text == "hello from the recording" and miss.text == "upstream saw GET /not-recorded"
+    assert counted == {"hit": 1, "miss": 1, "connect_error": 0}
+    assert sorted(span.name for _, span in exported) == ["/hit-text", "/not-recorded"]
