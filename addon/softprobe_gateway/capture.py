@@ -17,13 +17,12 @@ import brotlicffi  # 1.2+: an output limit, which mitmproxy's pinned Brotli 1.1 
 import zstandard
 
 from .config import CaptureConfig, RedactionConfig
+from .otlp import Attributes, is_text
 from .redaction import Redactor
 
 if TYPE_CHECKING:  # the export worker process imports this module: keep mitmproxy out of it
     from mitmproxy.websocket import WebSocketMessage
 
-AttrValue = str | int | bool
-Attributes = list[tuple[str, AttrValue]]
 HeaderFields = Sequence[tuple[bytes, bytes]]
 
 # Dropped whatever the config says (case-insensitive); the config adds to this list.
@@ -34,7 +33,6 @@ SENSITIVE_HEADERS = frozenset({
 # Who answered an exchange the gateway answered itself (`Exchange.answered_by`, span attribute
 # `sp.answered_by`): such an exchange is exported and visible, but never replayed as a recording.
 HIT, MOCK, REFUSAL = "hit", "mock", "refusal"
-TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-www-form-urlencoded")
 
 
 @dataclass(slots=True)
@@ -207,17 +205,6 @@ def join_headers(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
         value = raw_value.decode("utf-8", "replace")
         joined[name] = f"{joined[name]}, {value}" if name in joined else value
     return joined
-
-
-def is_text(content_type: str | None) -> bool:
-    """Section 1's text rule, with the gateway's case-insensitivity and +json/+xml types."""
-    if not content_type:
-        return False
-    ct = content_type.strip().lower()
-    if ct.startswith(TEXT_TYPES):
-        return True
-    mime = ct.split(";", 1)[0].strip()
-    return mime.endswith(("+json", "+xml"))
 
 
 def encode_body(body: bytes, content_type: str | None) -> str:

@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .otlp import DEFAULT_SERVICE
+
 PUBLIC_KEY_ENV = "SOFTPROBE_PUBLIC_KEY"
 CONFIG_ENV = "SOFTPROBE_CONFIG"
-DEFAULT_SERVICE = "default-service"
 
 
 class ConfigError(ValueError):

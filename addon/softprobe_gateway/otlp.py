@@ -1,4 +1,6 @@
-"""OTLP encoding and decoding with the opentelemetry-proto classes directly.
+"""OTLP encoding and decoding with the opentelemetry-proto classes directly: the protocol
+(`/work/shared/softprobe-protocol.md`, sections 1 and 2) and nothing else of the gateway, so the
+backend's readers import it without capture, redaction or decompression.
 
 The SDK's per-span machinery (processors, limits, resource merging) costs more CPU than the
 protobuf itself and evicts attributes beyond 128; the gateway already has every value at hand,
@@ -11,14 +13,17 @@ import base64
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status, TracesData
 
-from .capture import Attributes, AttrValue, Exchange, is_text
-from .config import DEFAULT_SERVICE
+AttrValue = str | int | bool
+Attributes = list[tuple[str, AttrValue]]
 
+DEFAULT_SERVICE = "default-service"  # section 1's `service.name` when unknown
+TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-www-form-urlencoded")
 RESOURCE_TYPE = "sp-envoy-proxy"
 SCOPE = InstrumentationScope(name="softprobe-gateway", version="0.1.0")
 HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
@@ -89,7 +94,22 @@ def span_name(attributes: Attributes) -> str:
     return str(next((v for k, v in attributes if k == "url.path"), "")).split("?", 1)[0]
 
 
-def fill_extract_span(span: Span, ex: Exchange, attributes: Attributes) -> Span:
+class SpanSource(Protocol):
+    """What a span is made of besides its attributes (the gateway's `capture.Exchange`)."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
+    service_name: str
+    direction: str
+    start_ns: int
+    end_ns: int
+    status_code: int
+    error: str
+    events: list[tuple[int, str, Attributes]]
+
+
+def fill_extract_span(span: Span, ex: SpanSource, attributes: Attributes) -> Span:
     """The span of a recorded exchange: SERVER inbound, CLIENT outbound; ERROR on 5xx/failure."""
     kind = Span.SPAN_KIND_SERVER if ex.direction == "inbound" else Span.SPAN_KIND_CLIENT
     return fill_span(span, span_name(attributes), ex.trace_id, ex.span_id, ex.parent_span_id, kind,
@@ -97,7 +117,7 @@ def fill_extract_span(span: Span, ex: Exchange, attributes: Attributes) -> Span:
                      error=bool(ex.error) or ex.status_code >= 500, events=ex.events)
 
 
-def inject_request(ex: Exchange, attributes: Attributes, public_key: str) -> TracesData:
+def inject_request(ex: SpanSource, attributes: Attributes, public_key: str) -> TracesData:
     """Section 2's lookup body: one CLIENT `inject` span with the request half of the attributes."""
     attrs = [*attributes[:2], ("sp.span.type", "inject"), *attributes[2:]]
     if public_key:
@@ -200,6 +220,17 @@ def _span_hit(span: Span, max_body: int) -> Hit | None:
 
 def _token(name: str) -> bool:
     return name.isascii() and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
+
+
+def is_text(content_type: str | None) -> bool:
+    """Section 1's text rule, with the gateway's case-insensitivity and +json/+xml types."""
+    if not content_type:
+        return False
+    ct = content_type.strip().lower()
+    if ct.startswith(TEXT_TYPES):
+        return True
+    mime = ct.split(";", 1)[0].strip()
+    return mime.endswith(("+json", "+xml"))
 
 
 def hit_body(body: str, content_type: str | None) -> bytes:
