@@ -211,6 +211,8 @@ def _timeline(summary: SessionSummary, exchanges: list[Exchange]) -> str:
     for ex in exchanges:
         offset = (ex.start_ns - summary.first_ns) / 1e9
         flag = "  ERROR" if ex.error else ""
+        if ex.answered_by:  # not a recording: never replayed
+            flag += f"  [answered by the gateway: {ex.answered_by}]"
         lines.append(f"  {f'+{offset:.3f}s':>10}  {ex.direction or '-':8} {ex.method} {ex.host}{ex.path}  "
                      f"-> {ex.status or 'failed'}  {ex.duration_ms:.1f} ms{flag}")
         for label, body in (("request", ex.request_body), ("response", ex.response_body)):

@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from .. import capture
-from ..capture import Capture, Message, is_text
-from ..otlp import add_scope_spans, base64_or_raw, fill_extract_span
+from ..capture import Capture, Message
+from ..otlp import add_scope_spans, base64_or_raw, fill_extract_span, is_text
 from ..rules import STATIC_SUFFIXES, is_framework_internal, is_static_response
 from .model import Exchange
 
@@ -43,7 +43,7 @@ def _entry(ex: Exchange) -> dict[str, Any]:
         reason = HTTPStatus(ex.status).phrase
     except ValueError:
         reason = ""
-    return {
+    entry = {
         "startedDateTime": started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "time": ex.duration_ms,
         "request": request,
@@ -59,6 +59,10 @@ def _entry(ex: Exchange) -> dict[str, Any]:
         "timings": {"send": 0, "wait": ex.duration_ms, "receive": 0},
         "comment": f"{ex.direction} {ex.service}, span {ex.span_id}",
     }
+    if ex.answered_by:  # HAR's custom fields start with `_`
+        entry["_answeredBy"] = ex.answered_by
+        entry["comment"] += f"; answered by the gateway ({ex.answered_by}), not by the upstream"
+    return entry
 
 
 def _headers(headers: dict[str, str]) -> list[dict[str, str]]:

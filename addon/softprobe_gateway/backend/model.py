@@ -28,6 +28,8 @@ class Exchange:
     request_body: str
     response_body: str
     id: int = 0  # the store's row id, 0 before it is stored
+    # "hit", "mock" or "refusal" when the gateway answered, not the upstream: shown, never replayed
+    answered_by: str = ""
 
     @property
     def route(self) -> str:

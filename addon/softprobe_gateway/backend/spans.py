@@ -12,8 +12,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status, TracesData
 
-from ..config import DEFAULT_SERVICE
-from ..otlp import add_scope_spans, fill_span
+from ..otlp import DEFAULT_SERVICE, add_scope_spans, fill_span
 from .model import Exchange, LookupRequest
 
 REQUEST_HEADER = "http.request.header."
@@ -95,12 +94,18 @@ def extract_exchanges(traces: TracesData, *, answered_lookups: bool = False) -> 
             response_headers=_headers(attrs, RESPONSE_HEADER),
             request_body=attrs.get("http.request.body", ""),
             response_body=attrs.get("http.response.body", ""),
+            answered_by=_answered_by(attrs),
         ))
     return exchanges
 
 
 def _has_response(attrs: dict[str, str]) -> bool:
     return "http.response.status_code" in attrs or "http.response.body" in attrs
+
+
+def _answered_by(attrs: dict[str, str]) -> str:
+    """Who answered when the gateway did; `sp.injected` alone is an earlier gateway's mark."""
+    return attrs.get("sp.answered_by") or ("injected" if attrs.get("sp.injected") == "true" else "")
 
 
 def lookup_request(traces: TracesData) -> LookupRequest | None:

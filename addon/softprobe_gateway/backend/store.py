@@ -6,8 +6,11 @@ wait for the writer. In the gateway the export worker process is the one writer;
 opens the store read-only for its lookups and hands each miss to the worker (`on_miss`), which
 diagnoses and writes it (`explain_misses`): a lookup never waits for a write. A lookup is an indexed
 query on the request's fingerprint (see `matching`); which of several identical recorded
-requests answers is the replay state kept here, in memory: each lookup session walks its
-recorded session's answers in recorded order, repeating the last.
+requests answers is the replay state (see `replay`), kept in memory.
+
+An exchange the gateway answered itself (`answered_by`: a lookup hit, a mock, a strict replay's
+refusal) is stored and shown like any other, but it is no recording: it never answers a lookup
+and is never the closest recording of a miss.
 """
 
 from __future__ import annotations
@@ -18,10 +21,8 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
@@ -29,13 +30,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from ..config import StoreConfig
 from . import matching, spans
 from .model import Exchange, LookupRequest, Miss, MissedLookup, SessionPage, SessionSummary
+from .replay import Replays
 
 SCHEMA_VERSION = 1
 MAX_MISSES = 1000  # kept in the file, newest first
 MAX_PAGE = 100  # sessions per page of a listing
 MAX_IDLE_READERS = 8
-MAX_REPLAYS = 10_000  # lookup sessions whose replay position is kept in memory
-MAX_SEQUENCES = 10_000  # distinct requests per lookup session
 MAX_CANDIDATES = 20  # recorded requests compared with a miss
 _BUSY_TIMEOUT_MS = 5000
 
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS exchanges (
     route TEXT NOT NULL, status INTEGER NOT NULL, error INTEGER NOT NULL,
     start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, ingested_ns INTEGER NOT NULL,
     request_headers TEXT NOT NULL, response_headers TEXT NOT NULL,
-    request_body TEXT NOT NULL, response_body TEXT NOT NULL, fingerprint TEXT NOT NULL
+    request_body TEXT NOT NULL, response_body TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    answered_by TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS exchanges_span ON exchanges (trace_id, span_id);
 CREATE INDEX IF NOT EXISTS exchanges_replay ON exchanges (fingerprint, session_id, start_ns, id);
@@ -69,32 +70,18 @@ CREATE TABLE IF NOT EXISTS misses (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Columns added since a store file was first created: (table, column, definition).
+_ADDED_COLUMNS = (("exchanges", "answered_by", "TEXT NOT NULL DEFAULT ''"),)
+# Only recordings answer lookups and explain misses, never what the gateway answered itself.
+RECORDED = "answered_by = ''"
 
 _EXCHANGE_COLUMNS = ("session_id, trace_id, span_id, parent_span_id, service, direction, kind, method, "
                      "host, path, status, error, start_ns, end_ns, request_headers, response_headers, "
-                     "request_body, response_body, id")
+                     "request_body, response_body, id, answered_by")
 
 
 class StoreError(Exception):
     """The store cannot be used; the message is one line naming the file."""
-
-
-@dataclass
-class _Sequence:
-    """Where one lookup session stands in the recorded answers to one request."""
-
-    recorded_session: str
-    max_id: int  # exchanges recorded after replay began (e.g. the replay's own) are not part of it
-    served: int = 0
-
-
-@dataclass
-class _Replay:
-    """One lookup session's replay state."""
-
-    last_seen: float
-    bound_session: str = ""  # the recorded session it fell back to first, preferred from then on
-    sequences: OrderedDict[str, _Sequence] = field(default_factory=OrderedDict)  # by fingerprint
 
 
 class Store:
@@ -110,10 +97,9 @@ class Store:
         self._ignore = matching.Ignore.parse(config.ignore_fields)
         self._write_lock = threading.Lock()
         self._pool_lock = threading.Lock()
-        self._replay_lock = threading.Lock()
         self._miss_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
-        self._replays: OrderedDict[str, _Replay] = OrderedDict()
+        self._replays = Replays(config.session_scope, config.sequence_reset_s)
         self._pending_misses: list[Miss] = []
         self._closed = False
         if read_only and not self.path.is_file():
@@ -128,6 +114,7 @@ class Store:
             if not read_only:
                 self._writer.execute("PRAGMA journal_mode=WAL")
                 self._writer.executescript(_SCHEMA)
+                self._add_columns()
                 self._writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 self._refresh_fingerprints()
                 with self._write_lock, self._writing() as db:
@@ -225,8 +212,8 @@ class Store:
                     "INSERT INTO exchanges (session_id, trace_id, span_id, parent_span_id, "
                     "service, direction, kind, method, host, path, route, status, error, start_ns, "
                     "end_ns, ingested_ns, request_headers, response_headers, request_body, "
-                    "response_body, fingerprint) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,"
-                    "?14,?15,?16,?17,?18,?19,?20,?21 WHERE NOT EXISTS (SELECT 1 FROM exchanges "
+                    "response_body, fingerprint, answered_by) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,"
+                    "?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22 WHERE NOT EXISTS (SELECT 1 FROM exchanges "
                     "WHERE trace_id = ?2 AND span_id = ?3)", row)
                 if cursor.rowcount:
                     stored.setdefault(ex.session_id, []).append(ex)
@@ -249,7 +236,7 @@ class Store:
                     ex.direction, ex.kind, ex.method, ex.host, ex.path, ex.route, ex.status,
                     int(ex.error), ex.start_ns, ex.end_ns, now, json.dumps(ex.request_headers),
                     json.dumps(ex.response_headers), ex.request_body, ex.response_body,
-                    form.fingerprint())
+                    form.fingerprint(), ex.answered_by)
 
     def _form(self, method: str, host: str, path: str, content_type: str, body: str) -> matching.RequestForm:
         return matching.parse_request(method, host, path, content_type, body, self._ignore)
@@ -260,6 +247,12 @@ class Store:
     def _exchange_form(self, ex: Exchange) -> matching.RequestForm:
         return self._form(ex.method, ex.host, ex.path, ex.request_headers.get("content-type", ""),
                           ex.request_body)
+
+    def _add_columns(self) -> None:
+        """Bring a store file created by an earlier version up to the current schema."""
+        for table, column, definition in _ADDED_COLUMNS:
+            if not any(row[1] == column for row in self._writer.execute(f"PRAGMA table_info({table})")):
+                self._writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def _refresh_fingerprints(self) -> None:
         """Recompute stored fingerprints when the matching rules (ignored fields) changed."""
@@ -322,67 +315,17 @@ class Store:
         return exchange
 
     def _next_answer(self, db: sqlite3.Connection, session_id: str, fingerprint: str) -> Exchange | None:
-        with self._replay_lock:
-            replay = self._touch(session_id)
-            sequence = replay.sequences.get(fingerprint)
-        if sequence is None:
-            sequence = self._start_sequence(db, session_id, replay.bound_session, fingerprint)
-            if sequence is None:
-                return None
-            with self._replay_lock:
-                sequence = replay.sequences.setdefault(fingerprint, sequence)
-                if sequence.recorded_session != session_id and not replay.bound_session:
-                    replay.bound_session = sequence.recorded_session
-                if len(replay.sequences) > MAX_SEQUENCES:
-                    replay.sequences.popitem(last=False)
-        with self._replay_lock:
-            position = sequence.served
-            sequence.served += 1
-        rows = db.execute(
-            f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE fingerprint = ? AND session_id = ? "
-            "AND id <= ? ORDER BY start_ns, id LIMIT 1 OFFSET ?",
-            (fingerprint, sequence.recorded_session, sequence.max_id, position)).fetchall()
+        cue = self._replays.next(session_id, fingerprint, _Recordings(db))
+        if cue is None:
+            return None
+        where = f"fingerprint = ? AND session_id = ? AND id <= ? AND {RECORDED}"
+        args = (fingerprint, cue.session, cue.max_id)
+        rows = db.execute(f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE {where} "
+                          "ORDER BY start_ns, id LIMIT 1 OFFSET ?", (*args, cue.position)).fetchall()
         if not rows:  # past the last recorded answer: repeat the last
-            rows = db.execute(
-                f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE fingerprint = ? AND session_id = ? "
-                "AND id <= ? ORDER BY start_ns DESC, id DESC LIMIT 1",
-                (fingerprint, sequence.recorded_session, sequence.max_id)).fetchall()
+            rows = db.execute(f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE {where} "
+                              "ORDER BY start_ns DESC, id DESC LIMIT 1", args).fetchall()
         return _exchange(rows[0]) if rows else None
-
-    def _touch(self, session_id: str) -> _Replay:
-        """The lookup session's replay state, started over when it was idle too long."""
-        now = time.monotonic()
-        replay = self._replays.get(session_id)
-        reset_after = self.config.sequence_reset_s
-        if replay is None or (reset_after and now - replay.last_seen > reset_after):
-            replay = self._replays[session_id] = _Replay(last_seen=now)
-            if len(self._replays) > MAX_REPLAYS:
-                self._replays.popitem(last=False)
-        replay.last_seen = now
-        self._replays.move_to_end(session_id)
-        return replay
-
-    def _start_sequence(self, db: sqlite3.Connection, session_id: str, bound: str,
-                        fingerprint: str) -> _Sequence | None:
-        """Pick the recorded session to replay from, per `session_scope`: the lookup's own, then
-        the one this lookup session already fell back to, then the latest that has the request."""
-        scope = self.config.session_scope
-        candidates = [s for s in ((session_id if scope != "any" else ""),
-                                  (bound if scope != "only" else "")) if s]
-        for recorded in candidates:
-            if db.execute("SELECT 1 FROM exchanges WHERE fingerprint = ? AND session_id = ? LIMIT 1",
-                          (fingerprint, recorded)).fetchone():
-                break
-        else:
-            if scope == "only":
-                return None
-            row = db.execute("SELECT session_id FROM exchanges WHERE fingerprint = ? "
-                             "ORDER BY id DESC LIMIT 1", (fingerprint,)).fetchone()
-            if row is None:
-                return None
-            recorded = row[0]
-        (max_id,) = db.execute("SELECT coalesce(max(id), 0) FROM exchanges").fetchone()
-        return _Sequence(recorded_session=recorded, max_id=max_id)
 
     # -- misses -------------------------------------------------------------------------
 
@@ -393,7 +336,7 @@ class Store:
         best: tuple[list[str], Exchange] | None = None
         for where, args in (("method = ? AND host = ? AND route = ?", (form.method, req.host, form.route)),
                             ("host = ?", (req.host,)), ("1", ())):
-            rows = db.execute(f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE {where} "
+            rows = db.execute(f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE {where} AND {RECORDED} "
                               "ORDER BY id DESC LIMIT ?", (*args, MAX_CANDIDATES)).fetchall()
             for ex in map(_exchange, rows):
                 recorded = self._exchange_form(ex)
@@ -501,6 +444,25 @@ class Store:
             rows = db.execute(f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE session_id = ? "
                               "ORDER BY start_ns, id LIMIT ?", (session_id, limit)).fetchall()
         return (SessionSummary(*row) if row else None), [_exchange(r) for r in rows]
+
+
+class _Recordings:
+    """The replay state machine's questions, answered by one reader connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def has(self, fingerprint: str, session_id: str) -> bool:
+        return self.db.execute(f"SELECT 1 FROM exchanges WHERE fingerprint = ? AND session_id = ? "
+                               f"AND {RECORDED} LIMIT 1", (fingerprint, session_id)).fetchone() is not None
+
+    def latest_session(self, fingerprint: str) -> str | None:
+        row = self.db.execute(f"SELECT session_id FROM exchanges WHERE fingerprint = ? AND {RECORDED} "
+                              "ORDER BY id DESC LIMIT 1", (fingerprint,)).fetchone()
+        return row[0] if row else None
+
+    def last_id(self) -> int:
+        return self.db.execute("SELECT coalesce(max(id), 0) FROM exchanges").fetchone()[0]
 
 
 def _exchange(row: tuple) -> Exchange:

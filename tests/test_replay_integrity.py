@@ -1,0 +1,100 @@
+"""What the gateway answered itself (lookup hit, mock, strict refusal) is exported and shown, marked,
+but never taken for a recording: it answers no lookup and is never the closest recording of a miss."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from support import Gateway, wait_for
+from test_cli import run
+from test_replay_e2e import config, recording  # noqa: F401 (a fixture)
+from test_store import answer_of, extract_span, inject, open_store, traces  # noqa: F401 (a fixture)
+
+from softprobe_gateway.backend.store import Store
+from softprobe_gateway.config import StoreConfig
+
+
+def answered(span: Span, by: str) -> Span:
+    span.attributes.append(KeyValue(key="sp.answered_by", value=AnyValue(string_value=by)))
+    return span
+
+
+def test_gateway_answers_are_stored_but_never_answer_a_lookup(open_store) -> None:
+    store = open_store()
+    old_gateway_hit = extract_span(path="/old", answer="replayed by an earlier gateway")
+    old_gateway_hit.attributes.append(KeyValue(key="sp.injected", value=AnyValue(bool_value=True)))
+    store.ingest(traces(answered(extract_span(path="/refused", status=404, answer="no recorded answer"), "refusal"),
+                        answered(extract_span(path="/mocked", answer="mocked"), "mock"), old_gateway_hit))
+    assert [store.lookup(inject(path=p)) for p in ("/refused", "/mocked", "/old")] == [None] * 3
+    summary, exchanges = store.session("s1")
+    assert summary.exchanges == 3
+    assert sorted(ex.answered_by for ex in exchanges) == ["injected", "mock", "refusal"]
+
+
+def test_a_newer_replayed_copy_never_shadows_the_recording(open_store) -> None:
+    store = open_store()
+    store.ingest(traces(extract_span(path="/price?sku=a", session="recorded", answer="original")))
+    store.ingest(traces(answered(extract_span(path="/price?sku=a", session="replay-1", answer="copy"), "hit")))
+    # a new lookup session falls back to the latest recording of the request: the original
+    assert answer_of(store.lookup(inject(path="/price?sku=a", session="replay-2"))) == (200, "original")
+    assert store.lookup(inject(path="/price?sku=zzz", session="replay-2")) is None
+    miss = store.misses()[0]
+    assert miss.closest == "#1 GET api.test:80/price?sku=a in session recorded"
+    assert miss.diff == ("query.sku: recorded 'a', got 'zzz'",)
+
+
+def test_show_and_har_mark_gateway_answers(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "sp.db"
+    with Store(StoreConfig(path=str(db))) as store:
+        store.ingest(traces(extract_span(path="/recorded", session="s"),
+                            answered(extract_span(path="/hit", session="s"), "hit"),
+                            answered(extract_span(path="/nope", session="s", status=404), "refusal")))
+    code, out, _ = run(capsys, "show", "s", "--db", str(db))
+    steps = [line for line in out.splitlines() if "->" in line]
+    assert code == 0 and "answered by the gateway" not in steps[0]
+    assert steps[1].endswith("[answered by the gateway: hit]")
+    assert steps[2].endswith("[answered by the gateway: refusal]")
+    code, out, _ = run(capsys, "har", "s", "--db", str(db))
+    entries = json.loads(out)["log"]["entries"]
+    assert [e.get("_answeredBy") for e in entries] == [None, "hit", "refusal"]
+    assert "answered by the gateway (hit)" in entries[1]["comment"]
+
+
+def test_a_store_from_before_the_marking_is_upgraded_in_place(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with Store(StoreConfig(path=str(db))) as store:
+        store.ingest(traces(extract_span(path="/kept", answer="kept")))
+    with sqlite3.connect(db) as con:
+        con.execute("ALTER TABLE exchanges DROP COLUMN answered_by")
+    with Store(StoreConfig(path=str(db))) as store:
+        assert answer_of(store.lookup(inject(path="/kept"))) == (200, "kept")
+        store.ingest(traces(answered(extract_span(path="/later"), "mock")))
+        assert store.lookup(inject(path="/later")) is None
+
+
+def test_strict_refusal_is_never_replayed_to_a_later_pass_through_replay(tmp_path: Path, recording) -> None:
+    """Record, strict-replay an unrecorded request (refused), then replay again passing misses
+    through: the request reaches the upstream instead of getting the old refusal."""
+    db, upstream, original = recording
+    with Gateway(config(db, enable_inject=True, lookup={"on_miss": "reject"}), tmp_path) as gw, \
+            gw.client(headers={"x-sp-session-id": "shop-1"}) as client:
+        hit = client.get(f"{upstream.url}/price?sku=a&currency=EUR")
+        refused = client.get(f"{upstream.url}/price?sku=new&currency=EUR")
+        assert (hit.status_code, hit.text) == original[0] and refused.status_code == 404
+        marks = wait_for(lambda: len(m := _answered_by(db)) == 8 and m)
+    assert marks[-2:] == ["hit", "refusal"] and set(marks[:6]) == {""}
+    calls = len(upstream.received)
+    with Gateway(config(db, enable_inject=True), tmp_path) as gw, \
+            gw.client(headers={"x-sp-session-id": "shop-1"}) as client:
+        forwarded = client.get(f"{upstream.url}/price?sku=new&currency=EUR")
+    assert forwarded.status_code == 200 and forwarded.text.startswith("price #")
+    assert len(upstream.received) == calls + 1
+
+
+def _answered_by(db: Path) -> list[str]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        return [row[0] for row in con.execute("SELECT answered_by FROM exchanges ORDER BY id")]
