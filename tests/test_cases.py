@@ -106,6 +106,8 @@ MINIMAL_CASE = {
             softprobe_span("051581bf3cb55c14", "POST", "/v1/payment_intents", 201, '{"id":"pi_1"}',
                            body='{"amount":1000,"currency":"usd"}'),
             softprobe_span("051581bf3cb55c15", "DELETE", "/v1/sessions/7", 204),
+            # no request body recorded: answers whatever the body
+            softprobe_span("051581bf3cb55c17", "POST", "/v1/refunds", 200, '{"refund":"re_1"}'),
             # a lookup without an answer is no recording
             {**softprobe_span("051581bf3cb55c16", "GET", "/unanswered", 200), "attributes": []},
         ]}],
@@ -118,7 +120,7 @@ def test_minimal_softprobe_case_replays_under_the_softprobe_session_header(tmp_p
     case_file.write_text(json.dumps(MINIMAL_CASE))
     case_validator().validate(MINIMAL_CASE)
     code, out, _ = run(capsys, "case", "import", case_file, "--db", db)
-    assert code == 0 and "3 exchanges imported" in out and "sessions: sess_fragment_001" in out
+    assert code == 0 and "4 exchanges imported" in out and "sessions: sess_fragment_001" in out
 
     session = {"x-softprobe-session-id": "sess_fragment_001"}
     with Gateway(strict(db), tmp_path) as gw, gw.client(headers=session) as client:
@@ -129,10 +131,12 @@ def test_minimal_softprobe_case_replays_under_the_softprobe_session_header(tmp_p
                               headers={"content-type": "application/json"})
         deleted = client.delete("http://softprobe-proxy:8084/v1/sessions/7")
         other = client.post("http://softprobe-proxy:8084/v1/payment_intents", json={"amount": 5})
+        refund = client.post("http://softprobe-proxy:8084/v1/refunds", json={"payment": "pi_1"})
     assert (fragment.status_code, fragment.text) == (200, '{"dep":"ok"}\n')
     assert (payment.status_code, payment.text) == (201, '{"id":"pi_1"}')
     assert (deleted.status_code, deleted.content) == (204, b"")
     assert other.status_code == 404  # strict: a different body is no match, and nothing went upstream
+    assert (refund.status_code, refund.text) == (200, '{"refund":"re_1"}')
 
 
 def test_case_import_refuses_what_is_not_a_case_and_imports_nothing(tmp_path: Path, capsys) -> None:

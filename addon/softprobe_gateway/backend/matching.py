@@ -8,6 +8,7 @@ The same parsed form gives a field-level diff against the closest recording on a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable
@@ -57,6 +58,10 @@ class RequestForm:
         canonical = json.dumps([self.method, self.host, self.route, self.query, self.body_kind,
                                 self.body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    def without_body(self) -> RequestForm:
+        """The same request line without a body: the form of a recording that kept none."""
+        return dataclasses.replace(self, body_kind="text", body="")
 
 
 def parse_request(method: str, host: str, path: str, content_type: str, body: str,
