@@ -10,11 +10,14 @@ import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
 from pathlib import Path
 
 from support import LOOPBACK, ROOT
 
+from softprobe_gateway.backend.casefile import case_document
 from softprobe_gateway.backend.model import Exchange
+from softprobe_gateway.cli import main
 from softprobe_gateway.replay import Checks, compare, request_to_send
 
 
@@ -129,3 +132,18 @@ def test_readme_walkthrough_records_and_replays_the_travel_demo(tmp_path: Path) 
     differences = re.findall(r"^ {10}(\S.*)$", plain.stdout, re.MULTILINE)
     assert [d.split(":", 1)[0] for d in differences] == ["body.searched_at"], plain.stdout
     assert "2 passed, 1 differed" in plain.stdout
+
+
+def test_an_unreachable_target_fails_every_exchange_and_junit_says_so(tmp_path: Path, capsys) -> None:
+    case = tmp_path / "book.case.json"
+    case.write_text(json.dumps(case_document("book", [recorded("{}"), recorded("{}")], datetime.now(timezone.utc))))
+    with socket.socket() as closed:
+        closed.bind((LOOPBACK, 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        code = main(["replay", str(case), "--target", f"http://{LOOPBACK}:{port}", "--junit", str(tmp_path / "j.xml"),
+                     "--db", str(tmp_path / "unused.db")])
+    out = capsys.readouterr().out
+    assert code == 1 and out.count("  ERROR 1 POST /book?x=1") == 1 and "0 passed, 0 differed, 2 failed to run" in out
+    report = ET.parse(tmp_path / "j.xml").getroot()
+    assert (report.get("tests"), report.get("errors")) == ("2", "2")
+    assert [c.get("classname") for c in report.iter("testcase")] == [str(case)] * 2
