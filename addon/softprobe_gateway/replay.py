@@ -225,7 +225,9 @@ def _suites(sources: list[str], config: StoreConfig, service: str | None) -> Ite
                 summary, exchanges = store.session(source)
             if summary is None:
                 raise StoreError(f"{source}: neither a case file nor a session in {config.path}")
-        inbound = [ex for ex in exchanges if ex.direction == "inbound" and (not service or ex.service == service)]
+        # What the gateway answered itself (a mock, a hit) says nothing of how the service behaves.
+        inbound = [ex for ex in exchanges if ex.direction == "inbound" and not ex.answered_by
+                   and (not service or ex.service == service)]
         if not inbound:
             raise CaseError(f"{source}: no inbound exchanges to replay"
                             + (f" for service {service!r}" if service else ""))
