@@ -3,17 +3,21 @@ a config reload in the middle of a flow."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from mitmproxy import io
+from mitmproxy.test import taddons, tflow
 from support import (Gateway, HttpServer, OtlpBackend, Received, Reply, free_port, run_mitmdump_config,
                      upstream_reply, wait_for)
 from test_hardening import write_atomically
 from test_replay_e2e import config, recorded_count
 
+from softprobe_gateway.addon import SoftprobeAddon
 from softprobe_gateway.config import ConfigError, ConfigFile
 
 STREAM_THRESHOLD = 1024
@@ -97,3 +101,25 @@ def test_duplicate_yaml_key_is_a_config_error_naming_it(tmp_path: Path) -> None:
     nested.write_text("capture:\n  max_body_bytes: 5\n  max_body_bytes: 6\n")
     with pytest.raises(ConfigError, match="line 3.*'max_body_bytes' given twice"):
         ConfigFile(str(nested)).load()
+
+
+def test_a_flow_that_ends_without_a_final_hook_leaves_no_state(tmp_path: Path) -> None:
+    """A flow mitmproxy drops without `response`/`error` (e.g. killed by another addon) takes its
+    state with it: the addon holds flows weakly."""
+    config_path = tmp_path / "g.yaml"
+    config_path.write_text(f"sp_backend_url: 'file:{tmp_path / 'out.jsonl'}'\nadmin_listen: ''\n")
+
+    async def drive() -> None:
+        addon = SoftprobeAddon()
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, softprobe_config=str(config_path))
+            addon.running()
+            flow = tflow.tflow()
+            addon.requestheaders(flow)
+            assert addon.flows[flow].exchange is not None and not flow.metadata
+            del flow
+            gc.collect()
+            assert not addon.flows
+            await addon.done()
+
+    asyncio.run(drive())
