@@ -111,7 +111,11 @@ def test_readme_walkthrough_records_and_replays_the_travel_demo(tmp_path: Path) 
     failures = [(case.get("classname"), case.get("name"), case.find("failure").get("message"))
                 for case in report.iter("testcase") if case.find("failure") is not None]
     assert failures == [(session, "1 GET /search?from=SFO&to=JFK", "body.cheapest.departs: recorded '13:40', missing")]
-    assert json.loads((work / "travel.case.json").read_text())["caseId"] == session
+    # The replays' own answers from the strict gateway went into the same session: never into the case.
+    case = json.loads((work / "travel.case.json").read_text())
+    assert case["caseId"] == session and len(case["traces"]) == 3
+    assert re.search(r"travel\.case\.json: case \S+, 6 exchanges in 3 traces \(6 answered by the gateway left out\)",
+                     out), out
 
     # Without the ignored path, the timestamp is the one difference of the unchanged version; and
     # the airline itself is never contacted (its recorded address is watched throughout).

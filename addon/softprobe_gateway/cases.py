@@ -52,14 +52,17 @@ def cmd_export(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> in
         summary, exchanges = store.session(args.session_id)
     if summary is None:
         raise StoreError(f"no session {args.session_id!r} in {config.path}")
-    case = case_document(args.case_id or args.session_id, exchanges, datetime.now(timezone.utc))
+    # What the gateway answered itself (hits, mocks, refusals) is no recording of the service.
+    recorded = [ex for ex in exchanges if not ex.answered_by]
+    case = case_document(args.case_id or args.session_id, recorded, datetime.now(timezone.utc))
     for warning in profile_warnings(case):
         print(f"softprobe: warning: case {case['caseId']}: {warning}", file=sys.stderr)
     text = json.dumps(case, indent=2, ensure_ascii=False)
     if args.output:
         Path(args.output).write_text(text + "\n", encoding="utf-8")
-        print(f"{args.output}: case {case['caseId']}, {len(exchanges)} exchanges in "
-              f"{len(case['traces'])} traces", file=out)
+        left_out = len(exchanges) - len(recorded)
+        print(f"{args.output}: case {case['caseId']}, {len(recorded)} exchanges in {len(case['traces'])} "
+              f"traces" + (f" ({left_out} answered by the gateway left out)" if left_out else ""), file=out)
     else:
         print(text, file=out)
     return 0

@@ -77,8 +77,6 @@ def span_attributes(ex: Exchange) -> list[tuple[str, str | int]]:
     attrs += [(RESPONSE_HEADER + k, v) for k, v in ex.response_headers.items()]
     if ex.response_body:
         attrs.append(("http.response.body", ex.response_body))
-    if ex.answered_by:  # the gateway's own answer: imported again, it must stay no recording
-        attrs.append(("sp.answered_by", ex.answered_by))
     return attrs
 
 
