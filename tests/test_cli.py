@@ -99,7 +99,7 @@ def test_db_path_from_config_file_env_and_default(db: Path, tmp_path: Path, caps
 
 def test_errors_are_one_line_and_exit_2(db: Path, capsys) -> None:
     code, _, err = run(capsys, "show", "missing-session", "--db", str(db))
-    assert code == 2 and err == f"softprobe: no session 'missing-session' in {db}\n"
+    assert code == 2 and err == f"softprobe: no session or exchange 'missing-session' in {db}\n"
 
 
 def test_console_script_runs(db: Path) -> None:

@@ -12,13 +12,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from .. import capture
+from .. import __version__, capture
 from ..capture import Capture, Message
 from ..otlp import add_scope_spans, base64_or_raw, fill_extract_span, is_text
 from ..rules import STATIC_SUFFIXES, is_framework_internal, is_static_response
 from .model import Exchange
 
-CREATOR = {"name": "softprobe", "version": "0.1.0"}
+CREATOR = {"name": "softprobe", "version": __version__}
 
 
 def har(exchanges: list[Exchange]) -> dict[str, Any]:
@@ -28,17 +28,21 @@ def har(exchanges: list[Exchange]) -> dict[str, Any]:
 def _entry(ex: Exchange) -> dict[str, Any]:
     scheme = ex.request_headers.get(":scheme", "http")
     started = datetime.fromtimestamp(ex.start_ns / 1e9, tz=timezone.utc)
+    sent = body_bytes(ex.request_body, ex.request_headers)
     request: dict[str, Any] = {
         "method": ex.method, "url": f"{scheme}://{ex.host}{ex.path}", "httpVersion": "HTTP/1.1",
         "cookies": [], "headers": _headers(ex.request_headers),
         "queryString": [{"name": k, "value": v}
                         for k, v in parse_qsl(ex.path.partition("?")[2], keep_blank_values=True)],
-        "headersSize": -1, "bodySize": len(sent := _bytes(ex.request_body, ex.request_headers)),
+        "headersSize": -1,
+        "bodySize": ex.request_original_size or len(sent),
     }
     if ex.request_body:
         request["postData"] = {"mimeType": ex.request_headers.get("content-type", ""),
-                               "text": _content(ex.request_body, sent, ex.request_headers)["text"]}
-    body = _bytes(ex.response_body, ex.response_headers)
+                               "text": _content(ex.request_body, sent, ex.request_headers)["text"],
+                               **_truncated(ex.request_original_size, len(sent))}
+    body = body_bytes(ex.response_body, ex.response_headers)
+    size = ex.response_original_size or len(body)
     try:
         reason = HTTPStatus(ex.status).phrase
     except ValueError:
@@ -50,14 +54,17 @@ def _entry(ex: Exchange) -> dict[str, Any]:
         "response": {
             "status": ex.status, "statusText": reason, "httpVersion": "HTTP/1.1", "cookies": [],
             "headers": _headers(ex.response_headers),
-            "content": {"size": len(body), "mimeType": ex.response_headers.get("content-type", ""),
-                        **_content(ex.response_body, body, ex.response_headers)},
+            "content": {"size": size, "mimeType": ex.response_headers.get("content-type", ""),
+                        **_content(ex.response_body, body, ex.response_headers),
+                        **_truncated(ex.response_original_size, len(body))},
             "redirectURL": ex.response_headers.get("location", ""),
-            "headersSize": -1, "bodySize": len(body),
+            "headersSize": -1, "bodySize": size,
+            **({"_error": ex.error_message} if ex.error_message else {}),
         },
         "cache": {},
         "timings": {"send": 0, "wait": ex.duration_ms, "receive": 0},
-        "comment": f"{ex.direction} {ex.service}, span {ex.span_id}",
+        "comment": f"{ex.direction} {ex.service}, span {ex.span_id}"
+                   + (f"; failed: {ex.error_message}" if ex.error_message else ""),
     }
     if ex.answered_by:  # HAR's custom fields start with `_`
         entry["_answeredBy"] = ex.answered_by
@@ -65,24 +72,38 @@ def _entry(ex: Exchange) -> dict[str, Any]:
     return entry
 
 
+def _truncated(original_size: int, kept: int) -> dict[str, str]:
+    """HAR's `comment` on a body cut at capture.max_body_bytes (`size` is the size on the wire)."""
+    if not original_size:
+        return {}
+    return {"comment": f"truncated: the first {kept} of {original_size} bytes were recorded"}
+
+
 def _headers(headers: dict[str, str]) -> list[dict[str, str]]:
     """Pseudo-headers (`:method`, `:status`...) are not HTTP/1.1 headers: devtools show them apart."""
     return [{"name": k, "value": v} for k, v in headers.items() if not k.startswith(":")]
 
 
-def _bytes(body: str, headers: dict[str, str]) -> bytes:
+def body_bytes(body: str, headers: dict[str, str]) -> bytes:
     raw = body.encode("utf-8")
     return raw if is_text(headers.get("content-type")) or not body else base64_or_raw(raw)
 
 
 def _content(body: str, raw: bytes, headers: dict[str, str]) -> dict[str, str]:
     """Text as text; a binary body as HAR's base64 `encoding`, decoded when it is UTF-8 after all."""
+    text = readable(body, raw, headers)
+    return {"text": text} if text is not None else {"text": body, "encoding": "base64"}
+
+
+def readable(body: str, raw: bytes, headers: dict[str, str]) -> str | None:
+    """A recorded body as text: as recorded when its content-type is textual, else its decoded
+    bytes when they are UTF-8 (a mock's text without a content-type); None for binary."""
     if not body or is_text(headers.get("content-type")):
-        return {"text": body}
+        return body
     try:
-        return {"text": raw.decode("utf-8")}
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return {"text": body, "encoding": "base64"}
+        return None
 
 
 # -- import ---------------------------------------------------------------------------------

@@ -30,6 +30,10 @@ class Exchange:
     id: int = 0  # the store's row id, 0 before it is stored
     # "hit", "mock" or "refusal" when the gateway answered, not the upstream: shown, never replayed
     answered_by: str = ""
+    error_message: str = ""  # why a failed exchange failed (the span's `error.message`)
+    # A body cut at capture.max_body_bytes: its size on the wire (0: kept whole).
+    request_original_size: int = 0
+    response_original_size: int = 0
 
     @property
     def route(self) -> str:

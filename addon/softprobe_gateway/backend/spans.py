@@ -95,6 +95,9 @@ def extract_exchanges(traces: TracesData, *, answered_lookups: bool = False) -> 
             request_body=attrs.get("http.request.body", ""),
             response_body=attrs.get("http.response.body", ""),
             answered_by=_answered_by(attrs),
+            error_message=attrs.get("error.message", ""),
+            request_original_size=_original_size(attrs, "http.request.body"),
+            response_original_size=_original_size(attrs, "http.response.body"),
         ))
     return exchanges
 
@@ -106,6 +109,12 @@ def _has_response(attrs: dict[str, str]) -> bool:
 def _answered_by(attrs: dict[str, str]) -> str:
     """Who answered when the gateway did; `sp.injected` alone is an earlier gateway's mark."""
     return attrs.get("sp.answered_by") or ("injected" if attrs.get("sp.injected") == "true" else "")
+
+
+def _original_size(attrs: dict[str, str], body: str) -> int:
+    """A truncated body's size on the wire (`*.body.original_size`); 0 when it was kept whole."""
+    size = attrs.get(f"{body}.original_size", "") if attrs.get(f"{body}.truncated") == "true" else ""
+    return int(size) if size.isdigit() else 0
 
 
 def lookup_request(traces: TracesData) -> LookupRequest | None:

@@ -71,13 +71,16 @@ CREATE TABLE IF NOT EXISTS misses (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # Columns added since a store file was first created: (table, column, definition).
-_ADDED_COLUMNS = (("exchanges", "answered_by", "TEXT NOT NULL DEFAULT ''"),)
+_ADDED_COLUMNS = (("exchanges", "answered_by", "TEXT NOT NULL DEFAULT ''"),
+                  ("exchanges", "error_message", "TEXT NOT NULL DEFAULT ''"),
+                  ("exchanges", "request_original_size", "INTEGER NOT NULL DEFAULT 0"),
+                  ("exchanges", "response_original_size", "INTEGER NOT NULL DEFAULT 0"))
 # Only recordings answer lookups and explain misses, never what the gateway answered itself.
 RECORDED = "answered_by = ''"
-
 _EXCHANGE_COLUMNS = ("session_id, trace_id, span_id, parent_span_id, service, direction, kind, method, "
                      "host, path, status, error, start_ns, end_ns, request_headers, response_headers, "
-                     "request_body, response_body, id, answered_by")
+                     "request_body, response_body, id, answered_by, error_message, request_original_size, "
+                     "response_original_size")
 
 
 class StoreError(Exception):
@@ -119,7 +122,7 @@ class Store:
                 self._refresh_fingerprints()
                 with self._write_lock, self._writing() as db:
                     self._apply_retention(db)
-            self._writer.execute("SELECT 1 FROM exchanges LIMIT 1").fetchone()
+            self._writer.execute(f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges LIMIT 1").fetchone()
 
     # -- connections --------------------------------------------------------------------
 
@@ -137,6 +140,8 @@ class Store:
             yield
         except sqlite3.Error as e:
             hint = " (corrupt, or not an SQLite file)" if "not a database" in str(e) or "malformed" in str(e) else ""
+            if "no such column" in str(e):
+                hint = " (written by an older gateway: a gateway or `softprobe serve` upgrades it when it opens it)"
             raise StoreError(f"store {self.path}: {action}: {e}{hint}") from None
 
     @contextmanager
@@ -212,8 +217,9 @@ class Store:
                     "INSERT INTO exchanges (session_id, trace_id, span_id, parent_span_id, "
                     "service, direction, kind, method, host, path, route, status, error, start_ns, "
                     "end_ns, ingested_ns, request_headers, response_headers, request_body, "
-                    "response_body, fingerprint, answered_by) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,"
-                    "?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22 WHERE NOT EXISTS (SELECT 1 FROM exchanges "
+                    "response_body, fingerprint, answered_by, error_message, request_original_size, "
+                    "response_original_size) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,"
+                    "?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25 WHERE NOT EXISTS (SELECT 1 FROM exchanges "
                     "WHERE trace_id = ?2 AND span_id = ?3)", row)
                 if cursor.rowcount:
                     stored.setdefault(ex.session_id, []).append(ex)
@@ -236,7 +242,8 @@ class Store:
                     ex.direction, ex.kind, ex.method, ex.host, ex.path, ex.route, ex.status,
                     int(ex.error), ex.start_ns, ex.end_ns, now, json.dumps(ex.request_headers),
                     json.dumps(ex.response_headers), ex.request_body, ex.response_body,
-                    form.fingerprint(), ex.answered_by)
+                    form.fingerprint(), ex.answered_by, ex.error_message, ex.request_original_size,
+                    ex.response_original_size)
 
     def _form(self, method: str, host: str, path: str, content_type: str, body: str) -> matching.RequestForm:
         return matching.parse_request(method, host, path, content_type, body, self._ignore)
@@ -448,6 +455,28 @@ class Store:
             rows = db.execute(f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE session_id = ? "
                               "ORDER BY start_ns, id LIMIT ?", (session_id, limit)).fetchall()
         return (SessionSummary(*row) if row else None), [_exchange(r) for r in rows]
+
+    def find(self, prefix: str, limit: int = 5) -> list[tuple[str, str]]:
+        """What an id, or the start of one, names: ("session", id) and ("exchange", span id)
+        pairs, at most `limit`; a session whose id is exactly `prefix` alone."""
+        if not prefix:
+            return []
+        with self._reading() as db:
+            if db.execute("SELECT 1 FROM sessions WHERE id = ?", (prefix,)).fetchone():
+                return [("session", prefix)]
+            # A range on the primary key, not LIKE: ids may hold % and _.
+            sessions = db.execute("SELECT id FROM sessions WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                                  (prefix, prefix + "\U0010ffff", limit)).fetchall()
+            exchanges = db.execute("SELECT span_id FROM exchanges WHERE substr(span_id, 1, ?) = ? "
+                                   "ORDER BY id LIMIT ?", (len(prefix), prefix.lower(), limit)).fetchall()
+        return ([("session", r[0]) for r in sessions] + [("exchange", r[0]) for r in exchanges])[:limit]
+
+    def exchange(self, span_id: str) -> Exchange | None:
+        """The latest recorded exchange with this span id."""
+        with self._reading() as db:
+            row = db.execute(f"SELECT {_EXCHANGE_COLUMNS} FROM exchanges WHERE span_id = ? "
+                             "ORDER BY id DESC LIMIT 1", (span_id,)).fetchone()
+        return _exchange(row) if row else None
 
 
 class _Recordings:
