@@ -258,6 +258,7 @@ class Gateway:
     options: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    own_group: bool = False  # in a process group of its own, so a test can signal the group
 
     def __post_init__(self) -> None:
         if isinstance(self.config, Path):
@@ -272,7 +273,8 @@ class Gateway:
                 "--set", f"confdir={self.tmp / 'mitmproxy'}", "--set", "flow_detail=0"]
         for k, v in self.options.items():
             args += ["--set", f"{k}={v}"]
-        self.process, self.log = start_server(args, self.port, self.log_path, self.tmp, self.env)
+        self.process, self.log = start_server(args, self.port, self.log_path, self.tmp, self.env,
+                                              new_session=self.own_group)
         # mitmproxy binds its listeners before the addon's `running` hook starts the export
         # worker: wait for the runtime too, so that no test times its first request with it.
         wait_for(lambda: self.process.poll() is not None
@@ -301,6 +303,17 @@ class Gateway:
         kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
         return kb / 1024
 
+    def worker_pid(self) -> int | None:
+        """The export worker process's PID (a child of mitmdump), or None while none runs."""
+        for entry in Path("/proc").iterdir():
+            try:
+                if (entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                        == self.process.pid and b"softprobe_gateway.export.worker" in (entry / "cmdline").read_bytes()):
+                    return int(entry.name)
+            except (OSError, IndexError):
+                continue  # exited while we looked
+        return None
+
     def output(self) -> str:
         self.log.flush()
         return self.log_path.read_text(errors="replace")
@@ -315,14 +328,15 @@ class Gateway:
         self.stop()
 
 
-def start_server(argv: list[str], port: int, log_path: Path, cwd: Path,
-                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, BinaryIO]:
+def start_server(argv: list[str], port: int, log_path: Path, cwd: Path, env: dict[str, str] | None = None,
+                 new_session: bool = False) -> tuple[subprocess.Popen, BinaryIO]:
     """Start a server process (output to `log_path`, no proxy from the environment) and wait
     until it accepts connections on `port`, or fail with its output if it exits first."""
     full_env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
     full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
     log = log_path.open("wb")
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
+                               start_new_session=new_session)
     try:
         wait_for(lambda: process.poll() is not None or _connectable(port), 30)
     except AssertionError:

@@ -91,8 +91,9 @@ class Store:
     """Sessions and exchanges in one SQLite file (WAL)."""
 
     def __init__(self, config: StoreConfig, *, read_only: bool = False,
-                 on_miss: Callable[[MissedLookup], None] | None = None) -> None:
-        """`on_miss` takes the lookups nothing answered, to be explained by the writer."""
+                 on_miss: Callable[[MissedLookup], None] | None = None, autocheckpoint: bool = True) -> None:
+        """`on_miss` takes the lookups nothing answered, to be explained by the writer. Without
+        `autocheckpoint` a commit never copies the WAL into the file: the caller `checkpoint`s."""
         self.config = config
         self._on_miss = on_miss
         self.path = Path(config.path)
@@ -116,6 +117,8 @@ class Store:
             self._writer = self._connect()
             if not read_only:
                 self._writer.execute("PRAGMA journal_mode=WAL")
+                if not autocheckpoint:
+                    self._writer.execute("PRAGMA wal_autocheckpoint=0")
                 self._writer.executescript(_SCHEMA)
                 self._add_columns()
                 self._writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -367,6 +370,11 @@ class Store:
                     host=req.host, path=req.path, closest=closest,
                     diff=matching.summarize(lines or ["no difference: matches a recording that "
                                                       "was deleted or recorded after replay began"]))
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file (readers are never blocked by it)."""
+        with self._write_lock, self._guard("cannot checkpoint"):
+            self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def explain_misses(self, missed: Iterable[MissedLookup]) -> None:
         """Diagnose misses handed over by a read-only store (`on_miss`), and write them."""

@@ -104,17 +104,31 @@ class FileSink:
 
 class StoreSink:
     """The embedded backend: batches go straight into the SQLite store, whose one writer this
-    is (the proxy process only reads it, and hands its misses over to be written here)."""
+    is (the proxy process only reads it, and hands its misses over to be written here).
+
+    A commit only appends to the WAL; copying it into the file (`settle`, after the batch was
+    reported) takes longer, and a worker killed during it must not have its batch counted lost.
+    """
+
+    CHECKPOINT_BYTES = 4 * 1024 * 1024  # about SQLite's own default (1000 pages)
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._unsettled = 0
 
     def send(self, batch: TracesData) -> int:
         try:
             self.store.ingest(batch)
         except StoreError as e:
             raise SendError(str(e)) from None
-        return batch.ByteSize()
+        size = batch.ByteSize()
+        self._unsettled += size
+        return size
+
+    def settle(self) -> None:
+        if self._unsettled >= self.CHECKPOINT_BYTES:
+            self._unsettled = 0
+            self.store.checkpoint()
 
     def explain_misses(self, missed: list[MissedLookup]) -> None:
         self.store.explain_misses(missed)
@@ -128,7 +142,8 @@ def open_store(config: Config, *, read_only: bool = False,
     """The embedded store at `store.path`: read-write in the worker (its one writer), read-only
     for the proxy's lookups. ConfigError naming the key when it cannot be opened."""
     try:
-        return Store(config.store_config, read_only=read_only, on_miss=on_miss)
+        return Store(config.store_config, read_only=read_only, on_miss=on_miss,
+                     autocheckpoint=read_only)  # the writer checkpoints when it settles
     except StoreError as e:
         raise ConfigError(f"key 'store.path': {e}") from None
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
+from ..backend.store import StoreError
 from ..capture import Attributes, Capture, Exchange
 from ..config import Config, ConfigError
 from ..otlp import add_scope_spans, fill_extract_span
@@ -69,6 +70,15 @@ class Encoder:
         if count:
             self.send(data, count, batch.deadline, report)
         return report
+
+    def settle(self) -> None:
+        """Work left after the batch was reported (the store's checkpoint), so a worker that dies
+        in it loses nothing that was counted as lost."""
+        if self.store is not None:
+            try:
+                self.store.settle()
+            except StoreError as e:  # the next commit still works: SQLite keeps the WAL
+                log.warning("softprobe: %s", e)
 
     def attributes(self, ex: Exchange, report: Report) -> Attributes:
         attributes = self.capture.exchange_attributes(ex)
@@ -126,6 +136,7 @@ def main(fd: int) -> None:
                 report = Report(message.seq, failed=True, drops=[Drop(
                     "worker_error", len(message.exchanges), f"export worker error: {e!r}")])
             conn.send(report)
+            encoder.settle()
     except (EOFError, OSError):
         pass  # the gateway is gone: nobody to report to
     finally:
