@@ -12,6 +12,14 @@ COPY addon/softprobe_gateway addon/softprobe_gateway
 RUN python -m venv --without-pip /opt/softprobe \
     && pip --python /opt/softprobe/bin/python install --no-cache-dir --compile .
 
+# The transparent-capture init container (`docker build --target redirect -t
+# ghcr.io/softprobe/softprobe-redirect:0.1.0 .`): the same base plus iptables, nothing else; it
+# runs k8s/components/transparent/redirect.sh, mounted from a ConfigMap.
+FROM python:3.11.11-slim-bookworm AS redirect
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends iptables=1.8.9-2 \
+    && rm -rf /var/lib/apt/lists/*
+
 FROM python:3.11.11-slim-bookworm
 ENV PATH=/opt/softprobe/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -15,11 +15,14 @@ BENCH_STAMP := $(VENV)/.installed-bench
 ## Everything a developer needs (running, tests, benchmarks).
 venv: $(TEST_STAMP) $(BENCH_STAMP)
 
-# Debian packages the tests and benchmarks drive (wrk, the load generator), installed when missing.
+# Debian packages the tests and benchmarks drive, installed when missing: wrk (the load generator),
+# iptables (the transparent-mode tests). Each package is named after its command.
+SYSTEM_PACKAGES := wrk iptables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || \
-		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$p >/dev/null || echo $$p; done); \
+	[ -z "$$missing" ] || $(SUDO) apt-get install -y $$missing || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y $$missing; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

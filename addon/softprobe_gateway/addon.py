@@ -16,13 +16,14 @@ import time
 import weakref
 from dataclasses import dataclass
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from . import options
 from .capture import HIT, MOCK, REFUSAL, BodyTee, Exchange, Message, should_stream
 from .config import CONFIG_ENV, Config, ConfigError, ConfigFile, MockRule
 from .metrics import AdminServer, Metrics
+from .interception import upstream_trust
 from .otlp import Hit, inject_request
 from .routing import listen_addresses
 from .rules import STATIC, is_static_response
@@ -134,11 +135,14 @@ class SoftprobeAddon:
 
     def _build(self, config: Config) -> Runtime:
         listen = listen_addresses(ctx.options.mode, ctx.options.listen_host, ctx.options.listen_port)
-        return Runtime(config, self.metrics, listen)
+        trust = upstream_trust(config.tls.upstream_ca, ctx.options.ssl_verify_upstream_trusted_ca)
+        return Runtime(config, self.metrics, listen, trust)
 
     def _install(self, runtime: Runtime) -> None:
         """Swap the whole runtime for new flows; the old one retires in the background."""
         old, self.runtime = self.runtime, runtime
+        if ctx.options.ssl_verify_upstream_trusted_ca != runtime.upstream_trust:
+            ctx.options.update(ssl_verify_upstream_trusted_ca=runtime.upstream_trust)
         self.metrics.config_loaded(self.config_file.source, self.config_file.digest)
         if old is not None:
             self._retiring.add(task := asyncio.get_running_loop().create_task(self._retire(old)))
@@ -288,6 +292,12 @@ class SoftprobeAddon:
         response.raw_content = hit.body  # recorded bodies are decoded: send them as they are
         response.headers["content-length"] = str(len(hit.body))
         return response
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """`tls.passthrough_hosts` (pinned, mutual TLS) keep their own TLS: relayed, not recorded."""
+        if self.runtime is not None and self.runtime.passthrough(data.client_hello.sni,
+                                                                 data.context.server.address):
+            data.ignore_connection = True
 
     def server_connect(self, data) -> None:
         """Honour a TLS upstream's `connect_address` (SNI and verification keep the real host)."""

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from . import __version__, cases, replay
+from . import __version__, ca, cases, replay
 from .backend.casefile import CaseError
 from .backend.har import HarError, body_bytes, har, readable
 from .backend.model import Exchange, SessionSummary
@@ -33,7 +33,7 @@ DEFAULT_ADMIN = "127.0.0.1:9090"  # the shipped config's admin_listen (`make run
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = _store_config(args)
+        config = _store_config(args) if "db" in args else None  # `ca` needs no store
         return args.command(args, config, sys.stdout)
     except (ConfigError, StoreError, CaseError, HarError) as e:
         print(f"softprobe: {e}", file=sys.stderr)
@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cases.register(commands, common)
     replay.register(commands, common)
+    ca.register(commands)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import os
 import re
 import reprlib
@@ -25,6 +26,7 @@ from .otlp import DEFAULT_SERVICE
 
 PUBLIC_KEY_ENV = "SOFTPROBE_PUBLIC_KEY"
 CONFIG_ENV = "SOFTPROBE_CONFIG"
+HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 
 
 class ConfigError(ValueError):
@@ -193,6 +195,23 @@ class RoutingConfig:
     self_hosts: tuple[str, ...] = ()
 
 
+# Hosts whose TLS is never intercepted: their clients refuse any certificate but the real one.
+DEFAULT_PASSTHROUGH_HOSTS = (
+    "*.push.apple.com",  # APNs authenticates the sender with a client certificate
+    "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",  # clients pin the cluster CA
+)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """HTTPS interception (transparent and explicit-proxy modes)."""
+
+    # Relayed untouched and never recorded: a name, `*.domain` (the names below it), an IP.
+    passthrough_hosts: tuple[str, ...] = field(default=DEFAULT_PASSTHROUGH_HOSTS, metadata={"check": "host"})
+    # PEM file of private CAs trusted for upstreams IN ADDITION to the default roots.
+    upstream_ca: str = ""
+
+
 @dataclass(frozen=True)
 class Config:
     sp_backend_url: str = field(default="", metadata={"check": "backend_url"})
@@ -211,6 +230,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     mocks: tuple[MockRule, ...] = ()
     routing: RoutingConfig = RoutingConfig()
+    tls: TlsConfig = TlsConfig()
     admin_listen: str = field(default="", metadata={"check": "listen"})
 
     @property
@@ -433,12 +453,25 @@ def _check(meta: typing.Mapping[str, Any], value: Any, name: str) -> None:
             except re.error as e:
                 where = f"{name}[{i}]" if isinstance(value, tuple) else name
                 raise ConfigError(f"key '{where}': invalid regular expression {pattern!r}: {e}") from None
+    elif check == "host":
+        for i, host in enumerate(value):
+            if not _is_host(host):
+                raise ConfigError(f"key '{name}[{i}]': expected a host name, *.domain or an IP address, "
+                                  f"got {host!r}")
     elif check == "backend_url" and value:
         _check_backend_url(value, name)
     elif check == "listen" and value:
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"key '{name}': expected HOST:PORT, got {value!r}")
+
+
+def _is_host(entry: str) -> bool:
+    try:
+        ipaddress.ip_address(entry)
+        return True
+    except ValueError:
+        return bool(HOST_NAME.fullmatch(entry)) and ".." not in entry
 
 
 def _check_backend_url(value: str, name: str) -> None:

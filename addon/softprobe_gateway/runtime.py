@@ -14,6 +14,7 @@ from .config import DEFAULT_SERVICE, Config, ConfigError, resolve_direction
 from .export import Exporter
 from .export.sinks import open_store
 from .httpclient import PostClient
+from .interception import Passthrough
 from .lookup import Lookup, Transport, http_transport, store_transport
 from .metrics import Metrics
 from .mocks import Mocks
@@ -22,8 +23,11 @@ from .rules import RecordingRules
 
 
 class Runtime:
-    def __init__(self, config: Config, metrics: Metrics, listen: list[Address]) -> None:
+    def __init__(self, config: Config, metrics: Metrics, listen: list[Address],
+                 upstream_trust: str | None = None) -> None:
         self.config = config
+        self.passthrough = Passthrough(config.tls.passthrough_hosts)
+        self.upstream_trust = upstream_trust  # mitmproxy's ssl_verify_upstream_trusted_ca
         self.rules = RecordingRules(config.exemption_rules, config.collection_rules)
         self.capture = Capture(config.capture, config.redaction)
         self.mocks = Mocks(config.mocks)
