@@ -25,6 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from softprobe_gateway import ca
 from softprobe_gateway.config import PUBLIC_KEY_ENV, Config, load_config
 from softprobe_gateway.routing import listen_addresses
 from support import ADDON, BIN, LOOPBACK, free_port, wait_for, wait_port
@@ -44,6 +45,7 @@ ENTRY_POINTS = {
     "embedded-backend": K8S / "overlays" / "embedded-backend",
     "service-name-header": K8S / "overlays" / "service-name-header",
     "examples/travel": ROOT / "examples" / "travel",
+    "examples/transparent": ROOT / "examples" / "transparent",
 }
 # Templates users copy to create Secrets by hand; never part of a kustomization.
 SECRET_TEMPLATES = [K8S / "public-key-secret.example.yaml",
@@ -258,7 +260,7 @@ def test_secret_references_match_the_templates(entry: str) -> None:
     keys = {t["metadata"]["name"]: set(t["stringData"]) for t in templates()}
     for deployment in of_kind(render(entry), "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
-        for container in pod["containers"]:
+        for container in pod["containers"] + pod.get("initContainers", []):
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
@@ -332,20 +334,27 @@ def test_pods_are_locked_down(entry: str) -> None:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["automountServiceAccountToken"] is False
-        for c in pod["containers"]:
+        for c in pod["containers"] + pod.get("initContainers", []):
             assert c["securityContext"]["readOnlyRootFilesystem"] is True
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
             assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
             assert ":" in c["image"] and not c["image"].endswith(":latest"), c["image"]
-            assert "readinessProbe" in c and "livenessProbe" in c
+            if c in pod["containers"] or c.get("restartPolicy") == "Always":  # a (sidecar) container
+                assert "readinessProbe" in c and "livenessProbe" in c
+                assert c["securityContext"].get("capabilities", {}).get("add") is None
+            else:  # a run-once init container: root only where it must, with the least it needs
+                assert c["securityContext"].get("capabilities", {}).get("add", ["NET_ADMIN"]) == ["NET_ADMIN"]
 
 
 def test_one_image_version_everywhere() -> None:
-    """The gateway, the backend and the demo run the same release of the project's image."""
-    images = {c["image"] for entry in ENTRY_POINTS for d in of_kind(render(entry), "Deployment")
-              for c in d["spec"]["template"]["spec"]["containers"] if "softprobe" in c["image"]}
-    assert len(images) == 1, images
+    """The gateway, the backend, the demo and the transparent sidecar run the same release."""
+    pods = [d["spec"]["template"]["spec"] for entry in ENTRY_POINTS for d in of_kind(render(entry), "Deployment")]
+    images = {c["image"] for pod in pods for c in pod["containers"] + pod.get("initContainers", [])
+              if "softprobe" in c["image"]}
+    # One gateway image; the transparent mode's init image (softprobe-redirect) is of the same release.
+    assert len({i for i in images if "softprobe-gateway" in i}) == 1, images
+    assert len({i.rpartition(":")[2] for i in images}) == 1, images
 
 
 @pytest.mark.parametrize("entry", [e for e in GATEWAY_ENTRIES if e != "explicit-proxy"])
@@ -382,3 +391,91 @@ def readyz(port: int) -> bool:
         return httpx.get(f"http://{LOOPBACK}:{port}/readyz", timeout=0.5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+# -- transparent capture (k8s/components/transparent, applied by examples/transparent) ---------
+
+
+def transparent_pod() -> dict[str, Any]:
+    (deployment,) = [d for d in of_kind(render("examples/transparent"), "Deployment")
+                     if d["metadata"]["labels"].get("softprobe.ai/capture") == "transparent"]
+    return deployment["spec"]["template"]
+
+
+def mounted(pod: dict[str, Any], container: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+    """The volume behind a file path in a container, and the file's name inside that volume."""
+    mount = max((m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")),
+                key=lambda m: len(m["mountPath"]))
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    return volume, path[len(mount["mountPath"]) + 1:]
+
+
+def test_transparent_redirect_is_the_tested_script_and_exempts_the_gateway() -> None:
+    objects, pod = render("examples/transparent"), transparent_pod()
+    redirect, gateway = pod["spec"]["initContainers"]
+    # What the tests run (tests/test_transparent.py) is what the init container runs.
+    script = redirect["command"][1]
+    volume, key = mounted(pod, redirect, script)
+    configmap = next(c for c in of_kind(objects, "ConfigMap") if c["metadata"]["name"] == volume["configMap"]["name"])
+    assert configmap["data"][key] == (K8S / "components" / "transparent" / "redirect.sh").read_text()
+    assert redirect["command"][0] == "/bin/sh" and redirect["command"][2] == "install"
+    env = {e["name"]: e["value"] for e in redirect["env"]}
+    # The exempt UID is the gateway's, and never the app's (its traffic would escape capture).
+    assert int(env["GATEWAY_UID"]) == gateway["securityContext"]["runAsUser"]
+    assert pod["spec"]["securityContext"]["runAsUser"] != gateway["securityContext"]["runAsUser"]
+    for app in pod["spec"]["containers"]:
+        assert app.get("securityContext", {}).get("runAsUser") != gateway["securityContext"]["runAsUser"]
+    # The redirect lands on the gateway's transparent listener, on loopback (no open proxy).
+    (mode,) = [a.removeprefix("--mode=") for a in gateway["args"] if a.startswith("--mode=")]
+    assert mode.startswith("transparent@")
+    assert listen_addresses([mode], "", None) == [("127.0.0.1", int(env["PROXY_PORT"]))]
+    assert "53" not in env["REDIRECT_PORTS"].split()
+    assert redirect["securityContext"]["runAsUser"] == 0
+    assert redirect["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+
+
+def test_transparent_gateway_is_a_native_sidecar_with_its_ca_and_config() -> None:
+    objects, pod = render("examples/transparent"), transparent_pod()
+    _, gateway = pod["spec"]["initContainers"]
+    # Started and ready before the app (startupProbe), stopped after it: first and last calls captured.
+    assert gateway["restartPolicy"] == "Always" and gateway["startupProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    config = gateway_config(objects, gateway, pod)
+    assert int(config.admin_listen.rpartition(":")[2]) == ports["sp-admin"]
+    assert config.traffic_direction == "outbound"
+    assert all(gateway[p]["httpGet"]["port"] == "sp-admin" for p in ("startupProbe", "livenessProbe", "readinessProbe"))
+    # The CA comes from the Secret, read-only, dhparam included (mitmproxy would write it).
+    confdir = option(gateway["args"], "confdir")
+    volume, _ = mounted(pod, gateway, confdir + "/mitmproxy-ca.pem")
+    assert volume["secret"]["secretName"] == ca.SECRET_NAME
+    assert {i["path"] for i in volume["secret"]["items"]} == {ca.KEY_FILE, ca.DHPARAM_FILE}
+    assert next(m for m in gateway["volumeMounts"] if m["mountPath"] == confdir)["readOnly"] is True
+    # /tmp is writable: the upstream trust bundle (tls.upstream_ca) is written there.
+    volume, _ = mounted(pod, gateway, "/tmp/bundle.pem")
+    assert "emptyDir" in volume
+
+
+def test_transparent_app_trusts_the_distributed_ca_through_its_runtime_variables() -> None:
+    pod = transparent_pod()
+    (app,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in app["env"]}
+    assert set(env) >= {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"}
+    for name, path in env.items():
+        volume, key = mounted(pod, app, path)
+        assert volume["configMap"]["name"] == ca.CONFIGMAP_NAME
+        # Variables that REPLACE a runtime's roots get roots + CA; Node's adds to its own roots.
+        assert key == (ca.CERT_KEY if name == "NODE_EXTRA_CA_CERTS" else ca.BUNDLE_KEY), name
+
+
+def test_ca_manifests_from_the_cli_validate_and_match_what_pods_mount(tmp_path: Path) -> None:
+    softprobe = str(BIN / "softprobe")
+    subprocess.run([softprobe, "ca", "create", "--dir", str(tmp_path / "ca")], check=True, capture_output=True)
+    secret, configmap = (yaml.safe_load(subprocess.run(
+        [softprobe, "ca", what, "--dir", str(tmp_path / "ca"), "--namespace", "shop"],
+        check=True, capture_output=True, text=True).stdout) for what in ("secret", "configmap"))
+    for obj in (secret, configmap):
+        validate(obj)
+    template = next(t for t in templates() if t["metadata"]["name"] == secret["metadata"]["name"])
+    assert set(secret["data"]) == set(template["stringData"])
+    assert "PRIVATE KEY" not in "".join(configmap["data"].values())
+    assert set(configmap["data"]) == {ca.CERT_KEY, ca.BUNDLE_KEY}
