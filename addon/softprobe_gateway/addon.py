@@ -22,8 +22,8 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from . import options
 from .capture import HIT, MOCK, REFUSAL, BodyTee, Exchange, Message, should_stream
 from .config import CONFIG_ENV, Config, ConfigError, ConfigFile, MockRule
-from .metrics import AdminServer, Metrics
 from .interception import upstream_trust
+from .metrics import AdminServer, Metrics
 from .otlp import Hit, inject_request
 from .routing import listen_addresses
 from .rules import STATIC, is_static_response
