@@ -39,6 +39,9 @@ def test_bad_passthrough_host_stops_start_up_naming_the_key(tmp_path: Path) -> N
     assert done.returncode != 0
     assert "key 'tls.passthrough_hosts[1]': expected a host name, *.domain or an IP address" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+    done = run_mitmdump_config(tmp_path, "tls:\n  upstream_ca: /nonexistent/ca.pem\n")
+    assert done.returncode != 0 and "Traceback" not in done.stdout + done.stderr
+    assert "key 'tls.upstream_ca': cannot read /nonexistent/ca.pem" in done.stdout + done.stderr
 
 
 def test_upstream_ca_is_added_to_the_default_roots(tmp_path: Path, monkeypatch) -> None:
