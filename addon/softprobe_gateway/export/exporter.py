@@ -75,6 +75,8 @@ class Exporter:
             status = self._serve(self._worker)
             self._worker = None
             lost = self.queue.abandon(WORKER)
+            if time.monotonic() - started > HEALTHY_AFTER_S:
+                pause = RESTART_BACKOFF_S[0]
             if self._stopping.is_set():
                 if status == "stopped":
                     return
@@ -83,8 +85,6 @@ class Exporter:
                 self._drop("worker_died", lost, f"the export worker process died ({status})")
                 log.error(f"softprobe: the export worker process died ({status}); "
                           f"{lost} exchange(s) in it lost; restarting in {pause:.1f} s")
-            if time.monotonic() - started > HEALTHY_AFTER_S:
-                pause = RESTART_BACKOFF_S[0]
             self._worker = self._restart(pause)
             if self._worker is None:
                 return

@@ -53,7 +53,10 @@ class Encoder:
     def export(self, batch: Batch) -> Report:
         report = Report(batch.seq)
         if batch.misses and self.store is not None:
-            self.store.explain_misses(batch.misses)
+            try:
+                self.store.explain_misses(batch.misses)
+            except StoreError as e:  # a diagnostic: never at the cost of the batch's exchanges
+                log.warning("softprobe: misses not written: %s", e)
         data, scopes, count = TracesData(), {}, 0
         for exchange in batch.exchanges:
             try:
