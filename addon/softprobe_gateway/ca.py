@@ -149,4 +149,3 @@ class _Dumper(yaml.SafeDumper):
 
 _Dumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
     "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
-

@@ -1,7 +1,7 @@
 """HTTPS interception policy: which TLS connections keep their own end-to-end TLS, and which CAs
 the gateway trusts for its upstream connections.
 
-Pass-through is decided on the ClientHello (SNI, else the destination), before any certificate is
+Pass-through is decided on the ClientHello (its SNI or the destination), before any certificate is
 forged: a pinned or mutual-TLS peer sees the upstream's own handshake, byte for byte, and nothing
 of it is recorded. Upstream trust: mitmproxy's `ssl_verify_upstream_trusted_ca` REPLACES its
 default roots, so a private CA is added by handing it a bundle of both.
@@ -21,6 +21,8 @@ from cryptography import x509
 from .config import ConfigError
 
 BUNDLE_PREFIX = "softprobe-upstream-ca-"
+
+
 class Passthrough:
     """Exact names and IPs, and `*.domain` for any name below domain (not domain itself), as
     Istio's hosts read. Case-insensitive; a trailing dot is ignored."""
@@ -62,8 +64,12 @@ def upstream_trust(upstream_ca: str, current: str | None) -> str | None:
     bundle = Path(certifi.where()).read_bytes().rstrip(b"\n") + b"\n" + private
     path = Path(tempfile.gettempdir()) / f"{BUNDLE_PREFIX}{hashlib.sha256(bundle).hexdigest()[:16]}.pem"
     if not path.exists():  # content-addressed: a new CA is a new path, so mitmproxy reloads it
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
-            f.write(bundle)
-        os.replace(f.name, path)
-        os.chmod(path, 0o644)
+        try:
+            with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
+                f.write(bundle)
+            os.chmod(f.name, 0o644)
+            os.replace(f.name, path)
+        except OSError as e:
+            raise ConfigError(f"key 'tls.upstream_ca': cannot write the trust bundle in {path.parent} "
+                              f"(TMPDIR): {e.strerror or e}") from None
     return str(path)
