@@ -429,9 +429,14 @@ def test_transparent_redirect_is_the_tested_script_and_exempts_the_gateway() -> 
     (mode,) = [a.removeprefix("--mode=") for a in gateway["args"] if a.startswith("--mode=")]
     assert mode.startswith("transparent@")
     assert listen_addresses([mode], "", None) == [("127.0.0.1", int(env["PROXY_PORT"]))]
+    assert "--set=block_global=false" in gateway["args"]  # the pod's IP may be public; loopback only
     assert "53" not in env["REDIRECT_PORTS"].split()
     assert redirect["securityContext"]["runAsUser"] == 0
     assert redirect["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    # The init image is the Dockerfile's `redirect` stage: the gateway's base plus iptables.
+    assert redirect["image"].startswith("ghcr.io/softprobe/softprobe-redirect:")
+    stage = (ROOT / "Dockerfile").read_text().split(" AS redirect\n", 1)[1].split("\nFROM ", 1)[0]
+    assert "apt-get install" in stage and "iptables=" in stage
 
 
 def test_transparent_gateway_is_a_native_sidecar_with_its_ca_and_config() -> None:
