@@ -9,8 +9,10 @@ import sys
 import threading
 
 import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from softprobe_gateway.httpclient import AnswerTooLarge, PostClient, ProtocolError
+from softprobe_gateway.lookup import LookupFailure, http_transport
 from raw_backend import MALFORMED, SMUGGLED, VALID, Answer, RawBackend, framed
 from support import LOOPBACK, ROOT, make_test_ca
 
@@ -120,6 +122,27 @@ def test_https_verifies_the_backend_certificate(tmp_path, monkeypatch):
     with pytest.raises(ssl.SSLCertVerificationError):
         run(main(trusted=False))
     assert run(main(trusted=True)) == (200, b"ok")
+
+
+def test_a_failed_lookup_names_its_cause(tmp_path):
+    """The log line of a lookup that failed to connect says why (here: an untrusted certificate)."""
+    _, cert, key = make_test_ca(tmp_path, LOOPBACK)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def main():
+        server, port, _ = await serve([], tls)
+        ask, client = http_transport(f"https://{LOOPBACK}:{port}", "", 1024)
+        try:
+            await ask(TracesData())
+        except LookupFailure as e:
+            return e.outcome, str(e)
+        finally:
+            await client.aclose()
+            server.close()
+
+    outcome, detail = run(main())
+    assert outcome == "connect_error" and "CERTIFICATE_VERIFY_FAILED" in detail, detail
 
 
 # -- against a raw-socket backend: real-world and malformed framings --------------------------

@@ -88,8 +88,8 @@ def http_transport(base_url: str, public_key: str, max_body: int) -> tuple[Trans
     async def ask(request: TracesData) -> Hit | None:
         try:
             status, payload = await client.post(request.SerializeToString(), limit)
-        except OSError as e:
-            raise LookupFailure(CONNECT_ERROR, f"{type(e).__name__} from {url}") from None
+        except OSError as e:  # the cause in the log line: refused, reset, certificate not trusted...
+            raise LookupFailure(CONNECT_ERROR, f"{url}: {type(e).__name__}: {e}") from None
         except (ProtocolError, AnswerTooLarge) as e:
             raise LookupFailure(BAD_ANSWER, f"{url}: {e}") from None
         if status == 404:
