@@ -80,11 +80,12 @@ def framed(case: str, body: bytes) -> Answer:
 
 class RawBackend:
     """Threaded keep-alive server: reads each request (content-length body) and writes
-    `script(body)`'s answer piece by piece. Counts connections."""
+    `script(body)`'s answer piece by piece. Counts connections, and the most open at once."""
 
     def __init__(self, script: Callable[[bytes], Answer], host: str = LOOPBACK) -> None:
         self.script = script
         self.connections = 0
+        self.peak = 0
         self.sock = socket.create_server((host, 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
@@ -99,6 +100,7 @@ class RawBackend:
                 return
             self.connections += 1
             self._open.add(conn)
+            self.peak = max(self.peak, len(self._open))
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import ssl
 import subprocess
 import sys
-import threading
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
@@ -244,30 +243,17 @@ def test_close_delimited_answers_are_read_whole_and_capped():
 
 
 def test_the_pool_is_bounded():
+    """12 lookups at once over a pool of 3: never more than 3 connections open at the server."""
     async def main():
         client = PostClient(backend.url, {}, max_connections=3)
-        results = await asyncio.gather(*(client.post(b"close-delimited %d" % i, 100) for i in range(12)))
-        assert results == [(200, b"answer:close-delimited %d" % i) for i in range(12)]
-        peak = max_open[0]
-        await client.aclose()
-        return peak
-
-    open_now, max_open = [0], [0]
-    lock = threading.Lock()
-
-    def script(body: bytes) -> Answer:
-        with lock:
-            open_now[0] += 1
-            max_open[0] = max(max_open[0], open_now[0])
-        answer = by_case(body)
-        with lock:
-            open_now[0] -= 1
-        return answer
-
-    with RawBackend(script) as backend:
         # close-delimited: one connection per answer, each trickled for ~60 ms
-        assert run(main()) <= 3
-        assert backend.connections == 12
+        results = await asyncio.gather(*(client.post(b"close-delimited %d" % i, 100) for i in range(12)))
+        await client.aclose()
+        return results
+
+    with RawBackend(by_case) as backend:
+        assert run(main()) == [(200, b"answer:close-delimited %d" % i) for i in range(12)]
+        assert backend.connections == 12 and backend.peak <= 3
 
 
 def test_the_client_benchmark_runs():
