@@ -55,7 +55,8 @@ def framed(case: str, body: bytes) -> Answer:
         wire = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
                 b"%x;ext=1\r\n%s\r\n%x\r\n%s\r\n0\r\nx-checksum: 1\r\n\r\n"
                 % (half, body[:half], n - half, body[half:]))
-        return Answer([wire[i:i + 7] for i in range(0, len(wire), 7)], delay=0.001)
+        step = max(7, len(wire) // 32)
+        return Answer([wire[i:i + step] for i in range(0, len(wire), step)], delay=0.001)
     # Malformed framings, each followed by a smuggled answer a lenient parser would take.
     head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
     if case == "chunk-minus":   # int("-0", 16) == 0: a lenient parser ends the body here
