@@ -17,6 +17,7 @@ from support import (Gateway, HttpServer, OtlpBackend, Received, Reply, free_por
 from test_hardening import write_atomically
 from test_replay_e2e import config, recorded_count
 
+from softprobe_gateway import addon as addon_module
 from softprobe_gateway.addon import SoftprobeAddon
 from softprobe_gateway.config import ConfigError, ConfigFile
 
@@ -123,3 +124,33 @@ def test_a_flow_that_ends_without_a_final_hook_leaves_no_state(tmp_path: Path) -
             await addon.done()
 
     asyncio.run(drive())
+
+
+def test_a_flow_outliving_its_retired_runtime_is_exported_by_the_current_one(tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """A replaced runtime waits for its flows at most RETIRE_GRACE_S; a flow ending later (a long
+    WebSocket or event stream) is exported by the current runtime instead of being dropped."""
+    monkeypatch.setattr(addon_module, "RETIRE_GRACE_S", 0.2)
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    for path in (first, second):
+        path.write_text(f"sp_backend_url: 'file:{path.with_suffix('.jsonl')}'\nadmin_listen: ''\n")
+
+    async def drive() -> None:
+        addon = SoftprobeAddon()
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, softprobe_config=str(first))
+            addon.running()
+            short, long = tflow.tflow(resp=True), tflow.tflow(resp=True)
+            short.request.path, long.request.path = "/short", "/long"
+            for flow in (short, long):
+                addon.requestheaders(flow)
+                await addon.request(flow)
+            tctx.configure(addon, softprobe_config=str(second))
+            addon.response(short)  # within the grace: the runtime it started with
+            await asyncio.wait(set(addon._retiring))
+            addon.response(long)
+            await addon.done()
+
+    asyncio.run(drive())
+    assert '"/short"' in first.with_suffix(".jsonl").read_text()
+    assert '"/long"' in second.with_suffix(".jsonl").read_text()

@@ -75,6 +75,7 @@ class SoftprobeAddon:
         self.flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
         self._watcher: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()  # replaced runtimes finishing their flows
+        self._retired: weakref.WeakSet[Runtime] = weakref.WeakSet()  # closed: their exporters too
         self.stopping = False  # done() was called: no flow will finish any more
 
     def load(self, loader) -> None:
@@ -157,10 +158,13 @@ class SoftprobeAddon:
 
     async def _retire(self, old: Runtime) -> None:
         """Close a replaced runtime once the flows that started with it have ended (their
-        exchanges are exported by it), or after RETIRE_GRACE_S: a later one is dropped and counted."""
+        exchanges are exported by it), or after RETIRE_GRACE_S: a flow outliving that (a long
+        WebSocket or event stream) is exported by the current runtime rather than lost."""
         deadline = time.monotonic() + RETIRE_GRACE_S
-        while not self.stopping and time.monotonic() < deadline and any(s.runtime is old for s in list(self.flows.values())):
+        while (not self.stopping and time.monotonic() < deadline
+               and any(s.runtime is old for s in list(self.flows.values()))):
             await asyncio.sleep(0.1)
+        self._retired.add(old)
         await old.aclose()
 
     def _serve_admin(self, listen: str) -> None:
@@ -359,8 +363,10 @@ class SoftprobeAddon:
             self._record(state)
 
     def _record(self, state: FlowState) -> None:
-        """Queue the exchange on the exporter of the runtime the flow started with."""
-        if state.runtime.exporter.submit(state.exchange):
+        """Queue the exchange on the exporter of the runtime the flow started with (the current
+        one when that has retired)."""
+        runtime = self.runtime if state.runtime in self._retired else state.runtime
+        if runtime.exporter.submit(state.exchange):
             self.metrics.recorded.inc()
 
     async def done(self) -> None:
