@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 CONFIG ?= config/gateway.yaml
+SET ?=
 # One stamp per set of extras: `make run` installs only what running needs; `make test` and
 # `make bench` add theirs (the suite drives the benchmark harness, so it needs both).
 STAMP := $(VENV)/.installed
@@ -39,9 +40,10 @@ $(BENCH_STAMP): $(STAMP)
 	touch $@
 
 ## Start the gateway as an explicit proxy on 127.0.0.1:$(PORT): curl -x http://127.0.0.1:$(PORT) http://...
+## SET='softprobe_lookups=on softprobe_strict=on' adds mitmproxy options (`--set` each).
 run: $(STAMP)
 	$(BIN)/mitmdump -s addon/softprobe_addon.py --listen-host 127.0.0.1 --listen-port $(PORT) \
-		--set softprobe_config=$(CONFIG)
+		--set softprobe_config=$(CONFIG) $(foreach option,$(SET),--set $(option))
 
 ## Run the whole test suite.
 test: $(TEST_STAMP) $(BENCH_STAMP) system-deps

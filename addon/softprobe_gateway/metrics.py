@@ -6,6 +6,7 @@ Losses are never silent: every drop is counted here and logged at a bounded rate
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -113,6 +114,17 @@ class RateLimitedLog:
         self.logger.warning(f"{message}{more}")
 
 
+class _AdminHttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        """One line, not socketserver's traceback on the proxy's output; a probe that hung up
+        before its answer was written is no error at all."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, ConnectionError):
+            log.warning(f"softprobe: admin endpoint: {type(error).__name__}: {error} (client {client_address[0]})")
+
+
 class AdminServer:
     """`/healthz`, `/readyz` and `/metrics` on their own port, served from a daemon thread."""
 
@@ -143,8 +155,7 @@ class AdminServer:
             def log_message(self, *args: object) -> None:
                 pass  # probes every few seconds would flood the proxy's log
 
-        self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
-        self.server.daemon_threads = True
+        self.server = _AdminHttpServer((host.strip("[]"), int(port)), Handler)
         self.address = self.server.server_address
         threading.Thread(target=self.server.serve_forever, name="softprobe-admin",
                          daemon=True).start()
