@@ -252,6 +252,43 @@ def test_any_form_stays_a_form_with_the_same_keys(pairs: list[tuple[str, str]]) 
         [k for k, _ in parse_qsl(body, keep_blank_values=True)]
 
 
+# -- the bytes prefilter -----------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values, st.booleans(), st.sampled_from([JSON, "text/plain", FORM]))
+def test_a_body_the_prefilter_passes_over_is_one_redaction_would_not_change(
+        doc: Any, ascii_only: bool, content_type: str) -> None:
+    text = json.dumps(doc, ensure_ascii=ascii_only)
+    if content_type == FORM:
+        text = urlencode(doc if isinstance(doc, dict) else {"v": json.dumps(doc)})
+    r = redactor()
+    if not r.may_redact(text.encode("utf-8", "surrogatepass")):
+        assert r.body(text, content_type) == text
+
+
+@pytest.mark.parametrize("text", [
+    '{"pass\\u0077ord": "hunter2"}',          # a JSON escape spells the name
+    '{"to\u212aen": "abc"}',                  # the Kelvin sign lower-cases to an ASCII k
+    '{"n": "4111-1111 1111-1111"}',            # a card with separators
+    '{"h": "BEARER abcdefghijklmnop"}',
+    '{"Access_Token": "x"}',
+    "password=hunter%32",
+])
+def test_the_prefilter_keeps_every_body_that_redaction_changes(text: str) -> None:
+    r = redactor()
+    content_type = FORM if "=" in text and "{" not in text else JSON
+    assert r.body(text, content_type) != text
+    assert r.may_redact(text.encode())
+
+
+def test_the_prefilter_passes_over_plain_large_bodies_unless_a_pattern_is_configured() -> None:
+    big = b'{"data":"' + b"x" * 1_000_000 + b'"}'
+    assert not redactor().may_redact(big)
+    assert not redactor(enabled=False).may_redact(b'{"password": "x"}')
+    assert redactor(patterns=["x{5}"]).may_redact(big)
+
+
 # -- hashing ------------------------------------------------------------------------------
 
 

@@ -187,8 +187,9 @@ class Capture:
             return []
         body, complete = decode_body(raw, headers.get("content-encoding", ""), self.max_body)
         content_type = headers.get("content-type")
-        value = encode_body(body[: self.max_body], content_type)
-        if is_text(content_type):
+        kept = body[: self.max_body]
+        value = encode_body(kept, content_type)
+        if is_text(content_type) and self.redactor.may_redact(kept):
             value = self.redactor.body(value, content_type)
         attrs: Attributes = [(key, value)]
         wire_size = message.size if message.size is not None else len(raw)
