@@ -15,9 +15,11 @@ from ..config import Config
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """The first message: the config the worker opens its sink and encoder with."""
+    """The first message: the config the worker opens its sink and encoder with, and the
+    shared memory large bodies come through (`handoff`)."""
 
     config: Config
+    ring: Ring
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,25 @@ class StartFailed:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class SharedBody:
+    """A body that travels in the shared ring: whose (`exchanges[exchange]`, `request` or
+    `response`), where and how long. Its message's body is None until the worker puts it back."""
+
+    exchange: int
+    side: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """How the worker maps the ring: the inherited descriptor and the size."""
+
+    fd: int
+    size: int
+
+
 @dataclass(slots=True)
 class Batch:
     """Exchanges to encode into one OTLP request, cut by the queue. `misses` are lookups the
@@ -42,6 +63,7 @@ class Batch:
     exchanges: list[Exchange]
     misses: list[MissedLookup] = field(default_factory=list)
     deadline: float | None = None
+    shared: list[SharedBody] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from ..backend.store import StoreError
 from ..capture import Attributes, Capture, Exchange
 from ..config import Config, ConfigError
 from ..otlp import add_scope_spans, fill_extract_span
+from .handoff import BodyRing, RingReader, ring_size
 from .messages import Batch, Drop, Ready, Report, Start, StartFailed, Stop
 from .sinks import MAX_BACKOFF_S, SendError, Sink, StoreSink, open_sink
 
@@ -130,10 +131,12 @@ def main(fd: int) -> None:
     except ConfigError as e:
         conn.send(StartFailed(str(e)))
         return
+    reader = RingReader(start.ring)
     conn.send(Ready())
     try:
         while isinstance(message := conn.recv(), Batch):
             try:
+                reader.unpack(message)
                 report = encoder.export(message)
             except Exception as e:  # never let the worker die: the batch is lost, counted
                 report = Report(message.seq, failed=True, drops=[Drop(
@@ -152,18 +155,20 @@ class WorkerProcess:
     def __init__(self, config: Config) -> None:
         """Start a worker and wait until its sink is open; ConfigError when it cannot be."""
         parent, child = socket.socketpair()
+        self.ring = BodyRing(ring_size(config.export))
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # inherited until main()
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, _PACKAGE_ROOT, str(child.fileno())],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
+                pass_fds=(child.fileno(), self.ring.fd), stdin=subprocess.DEVNULL)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child.close()
+            self.ring.inherited()
         self.pid = self.process.pid
         self.conn = Connection(parent.detach())
         try:
-            self.conn.send(Start(config))
+            self.conn.send(Start(config, self.ring.spec))
             if not self.conn.poll(START_TIMEOUT_S):
                 raise ConfigError(f"the export worker process did not start within {START_TIMEOUT_S:.0f} s")
             answer = self.conn.recv()
@@ -176,11 +181,13 @@ class WorkerProcess:
             raise ConfigError(answer.error)
 
     def send(self, message: Batch | Stop) -> None:
-        self.conn.send(message)
+        self.conn.send(self.ring.pack(message) if isinstance(message, Batch) else message)
 
     def receive(self) -> Report:
         """The next report; EOFError once the worker has exited."""
-        return self.conn.recv()
+        report = self.conn.recv()
+        self.ring.release(report.seq)
+        return report
 
     def kill(self) -> None:
         self.process.kill()
