@@ -16,6 +16,7 @@ from test_store import answer_of, extract_span, inject, open_store, traces  # no
 
 from softprobe_gateway.backend.store import Store
 from softprobe_gateway.config import StoreConfig
+from softprobe_gateway.cli import _session
 from softprobe_gateway.replay import _suites
 
 
@@ -115,5 +116,5 @@ def test_case_files_and_regression_replay_leave_out_gateway_answers(tmp_path: Pa
     with Store(StoreConfig(path=str(again))) as store:
         assert [ex.path for ex in store.session("s")[1]] == ["/recorded"]
         assert store.lookup(inject(path="/mocked", session="s")) is None
-    suites = list(_suites([str(case)], StoreConfig(path=str(again)), None))
+    suites = list(_suites([str(case)], StoreConfig(path=str(again)), None, _session))
     assert [ex.path for suite in suites for ex in suite.exchanges] == ["/recorded"]

@@ -11,22 +11,29 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from .backend.casefile import CaseError, case_document, case_exchanges, profile_warnings
 from .backend.har import HarError, har_traces
-from .backend.store import Store, StoreError
+from .backend.model import Exchange, SessionSummary
+from .backend.store import Store
 from .capture import Capture
 from .config import CONFIG_ENV, StoreConfig, load_config
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+# The CLI's session lookup (by id or id prefix; StoreError when there is none).
+FindSession = Callable[[StoreConfig, str], tuple[SessionSummary, list[Exchange]]]
+
+
+def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser,
+             find_session: FindSession) -> None:
     case = commands.add_parser("case", help="Softprobe case files (*.case.json) out of and into the store")
     actions = case.add_subparsers(required=True, metavar="ACTION")
     export = actions.add_parser("export", parents=[common], help="write one session as a case file")
     export.add_argument("session_id", metavar="SESSION_ID")
     export.add_argument("-o", "--output", help="file to write (default: stdout)")
     export.add_argument("--case-id", help="the case's caseId (default: the session id)")
-    export.set_defaults(command=cmd_export)
+    export.set_defaults(command=cmd_export, find_session=find_session)
     load = actions.add_parser("import", parents=[common], help="load case files into the store")
     load.add_argument("files", nargs="+", metavar="FILE")
     load.set_defaults(command=cmd_import)
@@ -48,13 +55,10 @@ def add_har_import_arguments(har: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> int:
-    with Store(config, read_only=True) as store:
-        summary, exchanges = store.session(args.session_id)
-    if summary is None:
-        raise StoreError(f"no session {args.session_id!r} in {config.path}")
+    summary, exchanges = args.find_session(config, args.session_id)
     # What the gateway answered itself (hits, mocks, refusals) is no recording of the service.
     recorded = [ex for ex in exchanges if not ex.answered_by]
-    case = case_document(args.case_id or args.session_id, recorded, datetime.now(timezone.utc))
+    case = case_document(args.case_id or summary.id, recorded, datetime.now(timezone.utc))
     for warning in profile_warnings(case):
         print(f"softprobe: warning: case {case['caseId']}: {warning}", file=sys.stderr)
     text = json.dumps(case, indent=2, ensure_ascii=False)

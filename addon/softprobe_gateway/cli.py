@@ -80,8 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                              "required beyond loopback")
     server.set_defaults(command=cmd_serve)
 
-    cases.register(commands, common)
-    replay.register(commands, common)
+    cases.register(commands, common, _session)
+    replay.register(commands, common, _session)
     ca.register(commands)
     return parser
 

@@ -27,8 +27,7 @@ import httpx
 from .backend import matching
 from .backend.casefile import CaseError, case_exchanges
 from .backend.model import Exchange
-from .backend.store import Store, StoreError
-from .cases import parse_json, read_bytes
+from .cases import FindSession, parse_json, read_bytes
 from .config import StoreConfig
 from .otlp import HOP_BY_HOP, hit_body
 from .tls import client_context
@@ -42,7 +41,8 @@ NOT_RESENT = HOP_BY_HOP | set(SESSION_HEADERS) | {
 MAX_TEXT_DIFF = 20  # lines of a text body's unified diff that are shown
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser,
+             find_session: FindSession) -> None:
     replay = commands.add_parser(
         "replay", parents=[common], help="send recorded inbound requests to a new version and compare",
         description=__doc__.split("\n\n")[1].replace("\n", " "))
@@ -64,7 +64,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                         help=f"the header carrying the session (default: {SESSION_HEADER})")
     replay.add_argument("--junit", metavar="FILE", help="write JUnit XML here")
     replay.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
-    replay.set_defaults(command=cmd_replay)
+    replay.set_defaults(command=cmd_replay, find_session=find_session)
 
 
 # -- comparing (pure) -----------------------------------------------------------------------
@@ -180,7 +180,7 @@ def cmd_replay(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> in
         extra = dict(_header(h) for h in args.header)
     except ValueError as e:
         raise CaseError(str(e)) from None
-    suites = list(_suites(args.sources, config, args.service))
+    suites = list(_suites(args.sources, config, args.service, args.find_session))
     started = time.monotonic()
     with httpx.Client(base_url=args.target, trust_env=False, verify=client_context(),
                       timeout=args.timeout) as client:
@@ -210,10 +210,12 @@ def _header(text: str) -> tuple[str, str]:
     return name.strip().lower(), value.strip()
 
 
-def _suites(sources: list[str], config: StoreConfig, service: str | None) -> Iterator[Suite]:
+def _suites(sources: list[str], config: StoreConfig, service: str | None,
+            find_session: FindSession) -> Iterator[Suite]:
     """Each source's inbound exchanges in recorded order: a file is a case, anything else a
-    session in the store."""
+    session in the store (by id or id prefix)."""
     for source in sources:
+        name = source
         if Path(source).is_file():
             try:
                 exchanges = case_exchanges(parse_json(read_bytes(source, CaseError), CaseError))
@@ -221,17 +223,14 @@ def _suites(sources: list[str], config: StoreConfig, service: str | None) -> Ite
                 raise CaseError(f"{source}: {e}") from None
             exchanges.sort(key=lambda ex: ex.start_ns)
         else:
-            with Store(config, read_only=True) as store:
-                summary, exchanges = store.session(source)
-            if summary is None:
-                raise StoreError(f"{source}: neither a case file nor a session in {config.path}")
-        # What the gateway answered itself (a mock, a hit) says nothing of how the service behaves.
+            summary, exchanges = find_session(config, source)
+            name = summary.id
         inbound = [ex for ex in exchanges if ex.direction == "inbound" and not ex.answered_by
                    and (not service or ex.service == service)]
         if not inbound:
             raise CaseError(f"{source}: no inbound exchanges to replay"
                             + (f" for service {service!r}" if service else ""))
-        yield Suite(source, inbound)
+        yield Suite(name, inbound)
 
 
 def _replay(client: httpx.Client, ex: Exchange, number: int, args: argparse.Namespace,
