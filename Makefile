@@ -39,10 +39,13 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@
 
+# The allocator settings every gateway starts with (softprobe_gateway.memory.ALLOCATOR_ENV; the image sets the same).
+GATEWAY_ENV := MALLOC_ARENA_MAX=2
+
 ## Start the gateway as an explicit proxy on 127.0.0.1:$(PORT): curl -x http://127.0.0.1:$(PORT) http://...
 ## SET='softprobe_lookups=on softprobe_strict=on' adds mitmproxy options (`--set` each).
 run: $(STAMP)
-	$(BIN)/mitmdump -s addon/softprobe_addon.py --listen-host 127.0.0.1 --listen-port $(PORT) \
+	env $(GATEWAY_ENV) $(BIN)/mitmdump -s addon/softprobe_addon.py --listen-host 127.0.0.1 --listen-port $(PORT) \
 		--set softprobe_config=$(CONFIG) $(foreach option,$(SET),--set $(option))
 
 ## Run the whole test suite.

@@ -1,5 +1,6 @@
 """Entry script: `mitmdump -s addon/softprobe_addon.py --set softprobe_config=config/gateway.yaml`."""
 
 from softprobe_gateway.addon import SoftprobeAddon
+from softprobe_gateway.memory import Reclaim
 
-addons = [SoftprobeAddon()]
+addons = [Reclaim(), SoftprobeAddon()]  # Reclaim first: its `load` sets the worker's allocator env

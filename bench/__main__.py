@@ -10,7 +10,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import harness, report, wrk
+from tests import cgroup
+
+from . import harness, memory, report, wrk
 from .scenarios import BY_NAME, SCENARIOS
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,8 +31,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=int, help="seconds of load per scenario and round")
     p.add_argument("--connections", type=int, default=8, help="wrk connections (closed loop)")
     p.add_argument("--warmup", type=int, help="seconds of load before measuring")
-    p.add_argument("--rss-requests", type=int,
-                   help="requests of 1 MiB for the black-holed RSS check (0: skip)")
+    p.add_argument("--memory-seconds", type=int,
+                   help="seconds per case of 1 MiB bodies under the Deployment's limits in a cgroup "
+                        "(default 60, 0 with --quick; 0: skip)")
     return p.parse_args(argv)
 
 
@@ -46,22 +49,28 @@ def main(argv: list[str]) -> int:
         bodies=args.bodies or ([1024] if quick else BODIES),
         rounds=args.rounds or (1 if quick else 3),
         load=load, warmup_s=args.warmup or 1)
-    rss_requests = args.rss_requests if args.rss_requests is not None else (0 if quick else 20_000)
+    memory_seconds = args.memory_seconds if args.memory_seconds is not None else (0 if quick else 60)
     with tempfile.TemporaryDirectory(prefix="softprobe-bench-") as tmp:
         tmp_path = Path(tmp)
         servers = harness.Servers(tmp_path)
         try:
             samples = harness.run(plan, servers, tmp_path, lambda line: print(line, flush=True))
-            rss = None
-            if rss_requests:
-                print(f"black-holed RSS check: {rss_requests} x 1 MiB ...", flush=True)
-                rss = harness.blackhole_rss(servers, tmp_path, rss_requests, load)
+            outcomes = []
+            if memory_seconds and (why := cgroup.unavailable()):
+                print(f"memory under the Deployment's limits: skipped ({why})", flush=True)
+            elif memory_seconds:
+                limits = cgroup.deployment_limits()
+                for case in memory.CASES:
+                    print(f"memory under the Deployment's limits ({limits}): {case.name}, "
+                          f"{memory_seconds} s ...", flush=True)
+                    outcomes.append(memory.run_case(case, servers.rig, tmp_path, limits,
+                                                    memory_seconds, args.connections))
         finally:
             servers.close()
     rows = harness.medians(samples)
     meta = {**report.machine(), "threads": load.threads, "connections": load.connections,
             "duration_s": load.duration_s, "rounds": plan.rounds, "quick": quick}
-    results = report.write(args.out, rows, harness.as_dicts(samples), rss, meta)
+    results = report.write(args.out, rows, harness.as_dicts(samples), outcomes, meta)
     print()
     print((args.out / "latest.md").read_text())
     met = sum(c.ok for c in results)

@@ -4,7 +4,6 @@ for several rounds, and reduce the rounds to medians."""
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
 import time
@@ -16,7 +15,7 @@ from tests.support import free_port, wait_for
 
 from . import wrk
 from .procs import Proc, get, prometheus
-from .scenarios import BY_NAME, Rig, Scenario, Target, snapshot_addon, start
+from .scenarios import Rig, Scenario, Target, snapshot_addon, start
 
 
 @dataclass
@@ -143,29 +142,6 @@ def medians(samples: list[Sample]) -> list[dict]:
             row[key] = sum(getattr(s, key) for s in group)
         rows.append(row)
     return rows
-
-
-def blackhole_rss(servers: Servers, tmp: Path, requests: int, load: wrk.Load,
-                  body: int = 1024 * 1024) -> dict:
-    """The gateway with its backend black-holed: peak RSS after `requests` large exchanges.
-
-    wrk only runs for a duration, so it runs again for as long as the rate so far says the
-    remaining requests take."""
-    target = start(BY_NAME["blackhole"], servers.rig, body, tmp)
-    try:
-        runs: list[wrk.WrkResult] = []
-        while (done := sum(r.requests for r in runs)) < requests:
-            rate = sum(r.rps for r in runs) / len(runs) if runs else 0.0
-            seconds = math.ceil((requests - done) / rate) + 1 if rate else 10
-            runs.append(wrk.run(target.url, wrk.Load(load.threads, load.connections, min(seconds, 600))))
-        metrics = prometheus(target.admin_port)
-        return {"name": "blackhole-rss", "body_bytes": body, "requests": done,
-                "errors": sum(r.errors for r in runs), "rps": round(statistics.median(r.rps for r in runs), 1),
-                "p99_ms": max(r.p99_ms for r in runs), "rss_mb": round(target.proc.peak_rss_mb(), 1),
-                "seen": int(metrics.get("softprobe_exchanges_seen_total", 0)),
-                "dropped": int(metrics.get("softprobe_export_dropped_spans_total", 0))}
-    finally:
-        target.stop()
 
 
 def as_dicts(samples: list[Sample]) -> list[dict]:

@@ -22,9 +22,10 @@ class Proc:
     port: int
     log_path: Path
     cwd: Path
+    env: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
-        self.process, self._log = start_server(self.argv, self.port, self.log_path, self.cwd)
+        self.process, self._log = start_server(self.argv, self.port, self.log_path, self.cwd, self.env)
 
     @property
     def pid(self) -> int:

@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import memory
+from .memory import Outcome
 from .scenarios import BY_NAME
 
 KIB, MIB = 1024, 1024 * 1024
@@ -36,7 +38,7 @@ def ratio(rows: dict, name: str, base: str, body: int) -> float | None:
     return a["rps"] / b["rps"] if a and b and b["rps"] else None
 
 
-def checks(rows: list[dict], rss: dict | None) -> list[Check]:
+def checks(rows: list[dict], outcomes: list[Outcome]) -> list[Check]:
     """The issue's targets, each judged on the medians of this run (absent scenarios skipped)."""
     at = index(rows)
     out: list[Check] = []
@@ -69,10 +71,14 @@ def checks(rows: list[dict], rss: dict | None) -> list[Check]:
         if hole:
             out.append(Check(f"blackhole: no client errors at {size(body)}",
                              f"{hole['errors']} errors", hole["errors"] == 0))
-    if rss:
-        out.append(Check(f"blackhole peak RSS < {RSS_LIMIT_MB:.0f} MiB after "
-                         f"{rss['requests']} x {size(rss['body_bytes'])}",
-                         f"{rss['rss_mb']:.1f} MiB", rss["rss_mb"] < RSS_LIMIT_MB))
+    for o in outcomes:
+        failures = o.failures()
+        out.append(Check(f"within {o.limits} for {o.seconds} s: {o.case}, 1 MiB",
+                         "; ".join(failures) or f"peak {o.peak_mb:.0f} MiB, 0 failed, flat", not failures))
+    if holes := [o for o in outcomes if "black-holed" in o.case]:
+        peak = max(o.peak_mb for o in holes)
+        out.append(Check(f"blackhole peak RSS < {RSS_LIMIT_MB:.0f} MiB with 1 MiB bodies",
+                         f"{peak:.0f} MiB", peak < RSS_LIMIT_MB))
     return out
 
 
@@ -80,7 +86,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def markdown(rows: list[dict], results: list[Check], rss: dict | None, meta: dict) -> str:
+def markdown(rows: list[dict], results: list[Check], outcomes: list[Outcome], meta: dict) -> str:
     at = index(rows)
     lines = [
         f"Machine: {meta['nproc']} CPUs, {meta['cpu']}; Python {meta['python']}; code {meta['git']}. "
@@ -102,11 +108,8 @@ def markdown(rows: list[dict], results: list[Check], rss: dict | None, meta: dic
             f"| {fmt(ratio(at, r['name'], 'mitmdump-w', body), 2)} "
             f"| {fmt(r['p50_ms'], 2)} | {fmt(r['p99_ms'], 2)} | {fmt(r['cpu_ms_per_req'], 2)} "
             f"| {fmt(r['rss_mb'])} | {exported} |")
-    if rss:
-        lines += ["", f"Black-holed backend, {rss['requests']} requests of {size(rss['body_bytes'])}: "
-                      f"peak RSS {rss['rss_mb']:.1f} MiB, {rss['errors']} client errors, "
-                      f"{rss['rps']:.1f} rps, worst p99 {rss['p99_ms']:.1f} ms, "
-                      f"{rss['dropped']} of {rss['seen']} exchanges dropped (bounded queue)."]
+    if outcomes:
+        lines += ["", memory.markdown(outcomes).rstrip("\n")]
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {c.target} | {c.measured} | {'yes' if c.ok else '**no**'} |" for c in results]
     return "\n".join(lines) + "\n"
@@ -138,13 +141,14 @@ def chart(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write(out: Path, rows: list[dict], samples: list[dict], rss: dict | None, meta: dict) -> list[Check]:
+def write(out: Path, rows: list[dict], samples: list[dict], outcomes: list[Outcome],
+          meta: dict) -> list[Check]:
     """latest.md, latest.json and latest.png in `out`; returns the target checks."""
     out.mkdir(parents=True, exist_ok=True)
-    results = checks(rows, rss)
-    (out / "latest.md").write_text(markdown(rows, results, rss, meta))
+    results = checks(rows, outcomes)
+    (out / "latest.md").write_text(markdown(rows, results, outcomes, meta))
     (out / "latest.json").write_text(json.dumps({
-        "meta": meta, "scenarios": rows, "blackhole_rss": rss,
+        "meta": meta, "scenarios": rows, "memory": memory.as_dicts(outcomes),
         "targets": [c.__dict__ for c in results], "samples": samples}, indent=2) + "\n")
     chart(rows, out / "latest.png")
     return results

@@ -7,12 +7,14 @@ flags, so the only difference between them is the capture being measured.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from softprobe_gateway.memory import ALLOCATOR_ENV
 from tests.support import ADDON, BIN, LOOPBACK, free_port
 
 from .procs import Proc
@@ -89,7 +91,9 @@ class Target:
             self.proc.stop()
 
 
-def start(scenario: Scenario, rig: Rig, body_bytes: int, tmp: Path) -> Target:
+def start(scenario: Scenario, rig: Rig, body_bytes: int, tmp: Path,
+          launcher: Sequence[str] = (), env: dict[str, str] | None = None) -> Target:
+    """Start a scenario's process (`launcher` prefixed to its command, `env` added)."""
     path = f"/body/{body_bytes}"
     if scenario.kind == "direct":
         return Target(f"http://{LOOPBACK}:{rig.upstream}{path}", None)
@@ -101,7 +105,7 @@ def start(scenario: Scenario, rig: Rig, body_bytes: int, tmp: Path) -> Target:
         argv = [str(BIN / "envoy"), "-c", str(config), "--concurrency", "1",
                 "--base-id", str(port), "--log-level", "warn"]
         return Target(f"http://{LOOPBACK}:{port}{path}", Proc("envoy", argv, port, log, tmp))
-    argv = [str(BIN / "mitmdump"), "--mode", f"reverse:http://{LOOPBACK}:{rig.upstream}",
+    argv = [*launcher, str(BIN / "mitmdump"), "--mode", f"reverse:http://{LOOPBACK}:{rig.upstream}",
             "--listen-host", LOOPBACK, "--listen-port", str(port),
             "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
             "--set", f"confdir={tmp / 'mitmproxy'}",
@@ -114,7 +118,8 @@ def start(scenario: Scenario, rig: Rig, body_bytes: int, tmp: Path) -> Target:
         config_path = tmp / f"gateway-{port}.yaml"
         config_path.write_text(yaml.safe_dump(config))
         argv += ["-s", str(rig.addon), "--set", f"softprobe_config={config_path}"]
-    return Target(f"http://{LOOPBACK}:{port}{path}", Proc(scenario.name, argv, port, log, tmp), admin)
+        env = {**ALLOCATOR_ENV, **(env or {})}  # as the gateway is started everywhere
+    return Target(f"http://{LOOPBACK}:{port}{path}", Proc(scenario.name, argv, port, log, tmp, env), admin)
 
 
 def envoy_config(port: int, upstream: int) -> str:

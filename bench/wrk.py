@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
@@ -33,10 +34,11 @@ def wrk_binary() -> str:
     return path
 
 
-def run(url: str, load: Load) -> WrkResult:
-    """One closed-loop run of `load.duration_s` seconds."""
+def run(url: str, load: Load, script: Path | None = None) -> WrkResult:
+    """One closed-loop run of `load.duration_s` seconds (a Lua `script` sets method and body)."""
     argv = [wrk_binary(), f"-t{load.threads}", f"-c{load.connections}",
-            f"-d{max(load.duration_s, 1)}s", "--timeout", "5s", "--latency", url]
+            f"-d{max(load.duration_s, 1)}s", "--timeout", "5s", "--latency",
+            *(["-s", str(script)] if script else []), url]
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
+from softprobe_gateway.memory import ALLOCATOR_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -273,8 +274,8 @@ class Gateway:
                 "--set", f"confdir={self.tmp / 'mitmproxy'}", "--set", "flow_detail=0"]
         for k, v in self.options.items():
             args += ["--set", f"{k}={v}"]
-        self.process, self.log = start_server(args, self.port, self.log_path, self.tmp, self.env,
-                                              new_session=self.own_group)
+        self.process, self.log = start_server(args, self.port, self.log_path, self.tmp,
+                                              {**ALLOCATOR_ENV, **self.env}, new_session=self.own_group)
         # mitmproxy binds its listeners before the addon's `running` hook starts the export
         # worker: wait for the runtime too, so that no test times its first request with it.
         wait_for(lambda: self.process.poll() is not None

@@ -128,10 +128,11 @@ class ExportConfig:
     """Batching, bounds and retries of the asynchronous export."""
 
     batch_max_spans: int = field(default=512, metadata={"min": 1})
-    batch_max_bytes: int = field(default=4 * 1024 * 1024, metadata={"min": 1024})
+    # Both byte bounds measured under the Deployment's limits (README "Performance").
+    batch_max_bytes: int = field(default=2 * 1024 * 1024, metadata={"min": 1024})
     flush_interval_ms: int = field(default=200, metadata={"min": 1})
     queue_max_spans: int = field(default=10_000, metadata={"min": 1})
-    queue_max_bytes: int = field(default=64 * 1024 * 1024, metadata={"min": 1024})
+    queue_max_bytes: int = field(default=32 * 1024 * 1024, metadata={"min": 1024})
     timeout_s: float = field(default=5.0, metadata={"min": 0.001})
     max_retries: int = field(default=4, metadata={"min": 0})
     shutdown_timeout_s: float = field(default=5.0, metadata={"min": 0})
