@@ -46,7 +46,7 @@ def attrs(span: dict) -> dict:
 
 
 def strict(db: Path) -> dict:
-    return config(db, enable_inject=True, lookup={"on_miss": "reject"})
+    return config(db, enable_inject=True, lookup={"on_miss": "reject", "timeout_ms": 2000})  # a loaded CI machine
 
 
 def test_case_round_trip_record_export_validate_import_replay(tmp_path: Path, capsys) -> None:

@@ -41,7 +41,9 @@ def main() -> int:
         subprocess.run([softprobe, "case", "import", source, "--db", str(db)], check=True)
     gateway, front = free_port(), free_port()
     config = {"sp_backend_url": "", "service_name": "front", "admin_listen": "", "store": {"path": str(db)},
-              "enable_inject": True, "lookup": {"on_miss": "reject"}}
+              # Strict: a call with no recording gets a 404, never the airline. A test, so a slow
+              # answer beats a false difference: a lookup may take 2 s (the default is 300 ms).
+              "enable_inject": True, "lookup": {"on_miss": "reject", "timeout_ms": 2000}}
     (work / "replay.yaml").write_text(yaml.safe_dump(config))
     clean = {k: "" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
     with ExitStack() as stack:
