@@ -64,6 +64,8 @@ def test_status_headers_text_and_binary_compare_exactly() -> None:
     assert compare(binary, 200, {"content-type": "image/png"}, png, Checks()) == []
     assert compare(binary, 200, {"content-type": "image/png"}, png[:-1] + b"\xfe", Checks())[0].startswith(
         "body: recorded 256 bytes (sha256 ")
+    assert compare(ex, 201, {"content-type": "text/plain"}, b"one\ntwo\nthree\n", checks)[1].startswith(
+        "body: recorded 13 bytes (sha256 ")  # a final newline more: no line differs, the bytes do
     # a recorded JSON answer that the new version sends as something else is compared exactly
     assert compare(recorded('{"a": 1}'), 200, {"content-type": "application/json"}, b"oops", Checks()) == [
         "body: text differs", "  --- recorded", "  +++ got", "  @@ -1 +1 @@", '  -{"a": 1}', "  +oops"]

@@ -121,11 +121,12 @@ def compare_bodies(want: bytes, got: bytes, want_type: str | None, got_type: str
     if want == got:
         return []
     try:
-        a_text, b_text = want.decode(), got.decode()
+        diff = list(difflib.unified_diff(want.decode().splitlines(), got.decode().splitlines(),
+                                         "recorded", "got", n=1, lineterm=""))
     except UnicodeDecodeError:
+        diff = []
+    if not diff:  # binary, or text differing only in line endings
         return [f"body: recorded {_digest(want)}, got {_digest(got)}"]
-    diff = list(difflib.unified_diff(a_text.splitlines(), b_text.splitlines(), "recorded", "got",
-                                     n=1, lineterm=""))
     shown = diff[:MAX_TEXT_DIFF] + ([f"... {len(diff) - MAX_TEXT_DIFF} more lines"]
                                     if len(diff) > MAX_TEXT_DIFF else [])
     return ["body: text differs"] + [f"  {line}" for line in shown]
