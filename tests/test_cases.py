@@ -211,12 +211,17 @@ def test_har_import_refuses_a_file_that_is_not_har(tmp_path: Path, capsys) -> No
     assert code == 2 and err.strip() == f"softprobe: {path}: not a HAR file: no log.entries list"
 
 
-@pytest.mark.parametrize("argv", [["case", "export", "nope"], ["replay", "nope", "--target", "http://127.0.0.1:9"]])
-def test_unknown_sessions_are_one_line_errors(tmp_path: Path, capsys, argv: list[str]) -> None:
+@pytest.mark.parametrize("argv, error", [
+    (["case", "export", "nope"], "no session 'nope'"),
+    (["replay", "nope", "--target", "http://127.0.0.1:9"], "no session 'nope'"),
+    (["replay", "s", "--target", "nope:8080"], "--target: expected http(s)://"),
+    (["replay", "s", "--target", "http://a", "--ignore", "$"], "--ignore: no field in '$'"),
+])
+def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys, argv: list[str], error: str) -> None:
     db = tmp_path / "empty.db"
     Store(StoreConfig(path=str(db))).close()
     code, _, err = run(capsys, *argv, "--db", db)
-    assert code == 2 and "nope" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and error in err and len(err.strip().splitlines()) == 1
 
 
 def test_lookups_answer_from_an_imported_case_in_the_store_the_gateway_uses(tmp_path: Path, capsys) -> None:

@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import TextIO
 
 import httpx
@@ -28,7 +29,7 @@ from .backend import matching
 from .backend.casefile import CaseError, case_exchanges
 from .backend.model import Exchange
 from .cases import FindSession, parse_json, read_bytes
-from .config import StoreConfig
+from .config import ConfigError, StoreConfig
 from .otlp import HOP_BY_HOP, hit_body
 from .tls import client_context
 from .tracecontext import SESSION_HEADERS, SP_SESSION
@@ -176,11 +177,14 @@ class Suite:
 
 
 def cmd_replay(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> int:
+    target = urlsplit(args.target)
+    if target.scheme not in ("http", "https") or not target.netloc:
+        raise ConfigError(f"--target: expected http(s)://HOST[:PORT][/PATH], got {args.target!r}")
     try:
         checks = Checks.parse(args.check_header, args.ignore)
         extra = dict(_header(h) for h in args.header)
     except ValueError as e:
-        raise CaseError(str(e)) from None
+        raise ConfigError(str(e)) from None
     suites = list(_suites(args.sources, config, args.service, args.find_session))
     started = time.monotonic()
     with httpx.Client(base_url=args.target, trust_env=False, verify=client_context(),
