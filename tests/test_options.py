@@ -12,7 +12,7 @@ from mitmproxy import exceptions
 from mitmproxy.addons import proxyserver
 from mitmproxy.test import taddons
 
-from support import ADDON, BIN, LOOPBACK, Gateway, attributes, free_port
+from support import ADDON, BIN, LOOPBACK, Gateway, attributes, free_port, start_server, stop_server, wait_for
 
 from softprobe_gateway import options
 from softprobe_gateway.addon import SoftprobeAddon
@@ -142,3 +142,32 @@ def test_every_option_has_help_and_names_its_key():
     for option in options.OPTIONS:
         assert option.name.startswith("softprobe_") and len(option.help) > 20
     assert "public_key" not in {o.key for o in options.OPTIONS}  # env only: not in process lists
+
+
+def test_mitmweb_lists_the_options_and_applies_an_edit(tmp_path):
+    """mitmweb's Options editor: GET /options.json, PUT /options, as its web UI does."""
+    port, web = free_port(), free_port()
+    log_path = tmp_path / "mitmweb.log"
+    process, log = start_server(
+        [str(BIN / "mitmweb"), "-s", str(ADDON), "--listen-host", LOOPBACK, "--listen-port", str(port),
+         "--set", f"web_port={web}", "--set", "web_open_browser=false", "--set", "softprobe_admin=",
+         "--set", f"softprobe_store={tmp_path / 'web.db'}", "--set", f"confdir={tmp_path / 'mitmproxy'}"],
+        web, log_path, tmp_path)
+    try:
+        wait_for(lambda: b"lookups off" in log_path.read_bytes(), 30)
+        with httpx.Client(base_url=f"http://{LOOPBACK}:{web}", trust_env=False) as ui:
+            ui.get("/")  # the XSRF cookie, as the browser gets it
+            xsrf = {"X-XSRFToken": ui.cookies["_xsrf"]}
+            listed = ui.get("/options.json").json()
+            assert {o.name for o in options.OPTIONS} <= listed.keys()
+            assert listed["softprobe_strict"]["choices"] == ["on", "off"]
+            assert "Overrides the YAML key 'lookup.on_miss'" in listed["softprobe_strict"]["help"]
+
+            refused = ui.put("/options", json={"softprobe_lookups": "maybe"}, headers=xsrf)
+            assert refused.status_code == 400 and "softprobe_lookups: expected on or off" in refused.text
+            assert ui.put("/options", json={"softprobe_lookups": "on"}, headers=xsrf).status_code == 200
+            wait_for(lambda: b"lookups on; options:" in log_path.read_bytes())
+            assert ui.get("/options.json").json()["softprobe_lookups"]["value"] == "on"
+    finally:
+        stop_server(process, log)
+    assert "Traceback" not in log_path.read_text()
