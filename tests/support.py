@@ -53,7 +53,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:
-    wait_for(lambda: _connectable(port), timeout)
+    wait_for(lambda: connectable(port), timeout)
 
 
 # -- HTTP servers ---------------------------------------------------------------------------
@@ -339,7 +339,7 @@ def start_server(argv: list[str], port: int, log_path: Path, cwd: Path, env: dic
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
                                start_new_session=new_session)
     try:
-        wait_for(lambda: process.poll() is not None or _connectable(port), 30)
+        wait_for(lambda: process.poll() is not None or connectable(port), 30)
     except AssertionError:
         stop_server(process, log)
         raise
@@ -363,7 +363,7 @@ def stop_server(process: subprocess.Popen, log: BinaryIO, timeout: float = 15.0)
     return process.returncode
 
 
-def _connectable(port: int) -> bool:
+def connectable(port: int) -> bool:
     try:
         socket.create_connection((LOOPBACK, port), timeout=0.2).close()
         return True

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import LOOPBACK, ROOT, wait_for
+from support import LOOPBACK, ROOT, connectable, wait_for
 
 PORTS = (8080, 8000, 9090)  # the gateway, the example upstream, the gateway's admin port
 SESSION_LIMIT = 30.0  # seconds for one command (a gateway start included)
@@ -82,7 +82,7 @@ class Terminal:
 @pytest.fixture
 def checkout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A copy of the repository as a user has it, with this checkout's installed programs."""
-    busy = [port for port in PORTS if _listening(port)]
+    busy = [port for port in PORTS if connectable(port)]
     if busy:
         pytest.skip(f"the README's ports {busy} are in use on this machine")
     repo = tmp_path / "softprobe-gateway"
@@ -102,14 +102,6 @@ def checkout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return repo, env
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection((LOOPBACK, port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_quick_start_as_written(checkout) -> None:
     repo, env = checkout
     (gateway_block, client_block) = sh_blocks("quickstart")
@@ -123,7 +115,7 @@ def test_quick_start_as_written(checkout) -> None:
         assert gateway.poll() is None, gateway.stdout.read()
         upstream, call, sessions, show, metrics = client_block
         assert terminal.run(upstream)[1] == 0
-        wait_for(lambda: _listening(8000))
+        wait_for(lambda: connectable(8000))
         output, status = terminal.run(call)
         assert status == 0 and '"flight": "SP101"' in output
         table = terminal.until(sessions, lambda out: "quickstart" in out)
@@ -144,7 +136,7 @@ def test_quick_start_as_written(checkout) -> None:
         # "A `python3 -m http.server` directory listing is a page, so it is proxied but not recorded."
         listing = "python3 -m http.server 8001 --bind 127.0.0.1 --directory config >/dev/null 2>&1 &"
         terminal.run(listing)
-        wait_for(lambda: _listening(8001))
+        wait_for(lambda: connectable(8001))
         assert terminal.run("curl -s -x http://127.0.0.1:8080 http://127.0.0.1:8001/")[0].startswith("<!DOCTYPE")
     finally:
         terminal.close()
