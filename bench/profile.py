@@ -162,7 +162,7 @@ def summarize(samples: list[tuple[list[str], int]]) -> str:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    p.add_argument("--scenario", default="record", choices=[s for s, v in BY_NAME.items() if v.exports])
+    p.add_argument("--scenario", default="record", choices=[s for s, v in BY_NAME.items() if v.kind in ("mitmdump", "gateway")])
     p.add_argument("--body", type=int, default=1024)
     p.add_argument("--seconds", type=int, default=15)
     p.add_argument("--connections", type=int, default=8)
