@@ -6,6 +6,10 @@
 - `sinks`: where batches go (HTTP backend, JSON-lines file, embedded store), and the one
   function that opens the embedded store for the runtime and the worker alike.
 - `exporter`: the proxy side that feeds the worker, applies its reports and restarts it.
+
+More than one worker needs no change to the queue (it keeps batches in flight per worker id)
+nor to the messages: one supervisor per worker. A batch crosses as one pickled `Batch`, bodies
+included; sending bodies out of band (pickle protocol 5 buffers) is `WorkerProcess.send`'s alone.
 """
 
 from .exporter import Exporter
