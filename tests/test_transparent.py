@@ -96,12 +96,12 @@ class Pod:
     store: Path
     gateway_ca: x509.Certificate
     pinned_cert: Path
-    gateway_log: Path
+    app_env: dict[str, str]  # the example app's trust variables, pointing at the mounted ConfigMap
 
     def app(self, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """A command in the pod as the app: its UID, the example app's trust variables."""
         return run("ip", "netns", "exec", self.name, *as_user(APP_UID), *argv, check=False,
-                   env={"PATH": "/usr/bin:/bin", **(APP_ENV if env is None else env)})
+                   env={"PATH": "/usr/bin:/bin", **(self.app_env if env is None else env)})
 
     def recorded(self) -> list[Exchange]:
         try:
@@ -190,8 +190,7 @@ def _start(name: str, upstream_ns: str, suffix: str, base: Path, etc: Path,
     mounted.mkdir()
     for key, text in configmap["data"].items():
         (mounted / key).write_text(text)
-    for key, value in APP_ENV.items():
-        APP_ENV[key] = value.replace(str(trust), str(mounted))
+    app_env = {key: value.replace(str(trust), str(mounted)) for key, value in APP_ENV.items()}
 
     # The redirect, as the init container installs it.
     assert redirect(name, "install").returncode == 0
@@ -220,7 +219,7 @@ def _start(name: str, upstream_ns: str, suffix: str, base: Path, etc: Path,
     wait_for(lambda: gateway.poll() is not None or b"listening at" in log_path.read_bytes(), timeout=30)
     assert gateway.poll() is None, log_path.read_text()
     ca = x509.load_pem_x509_certificate((mounted / "ca.crt").read_bytes())
-    return Pod(name, base, gateway_dir / "store.db", ca, pinned_cert, log_path)
+    return Pod(name, base, gateway_dir / "store.db", ca, pinned_cert, app_env)
 
 
 PEER = """
@@ -271,7 +270,7 @@ def test_excluded_host_is_passed_through_untouched_and_not_recorded(pod: Pod) ->
 
 
 def test_client_not_trusting_the_ca_fails_its_handshake_and_nothing_is_recorded(pod: Pod) -> None:
-    roots_only = {**APP_ENV, "CURL_CA_BUNDLE": str(pod.dir / "roots.pem")}
+    roots_only = {**pod.app_env, "CURL_CA_BUNDLE": str(pod.dir / "roots.pem")}
     done = pod.app("curl", "-sS", "https://api.test/untrusted", env=roots_only)
     assert done.returncode == 60, done.stderr  # curl: peer certificate cannot be authenticated
     assert pod.app("curl", "-sS", "http://api.test/after-untrusted").returncode == 0
