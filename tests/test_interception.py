@@ -107,7 +107,7 @@ def test_explicit_proxy_captures_https_for_a_client_trusting_one_file(tmp_path: 
         store = tmp_path / "store.db"
         config = {"sp_backend_url": f"sqlite:{store}",
                   "tls": {"upstream_ca": str(ip_ca), "passthrough_hosts": ["localhost"]}}
-        with Gateway(config, tmp_path) as gw:
+        with Gateway(config, tmp_path, env={"TMPDIR": str(tmp_path)}) as gw:  # the bundle goes there
             trusted = tmp_path / "client.pem"  # the one file, plus the passthrough host's own CA
             trusted.write_bytes((confdir / "mitmproxy-ca-cert.pem").read_bytes() + name_ca.read_bytes())
 
