@@ -31,8 +31,6 @@ from .runtime import Runtime
 from .tracecontext import new_context, parse_tracestate, propagated_headers, session_id
 
 log = logging.getLogger(__name__)
-# httpx logs every request at INFO: one line per export and lookup would flood the proxy's log.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 ANSWERED_BY = "softprobe.answered_by"  # flow.metadata key (a plain string: `mitmdump -w` saves it)
 DEBUG_HEADER = "x-softprobe-injected"
 # Lookup requests with bodies above this are encoded (decoded, redacted) on a thread.
