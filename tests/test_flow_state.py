@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -104,17 +108,37 @@ def test_duplicate_yaml_key_is_a_config_error_naming_it(tmp_path: Path) -> None:
         ConfigFile(str(nested)).load()
 
 
+@contextmanager
+def started_addon(config_path: Path) -> Iterator[tuple[SoftprobeAddon, taddons.context]]:
+    """The addon in mitmproxy's test context, configured and running (call within a loop)."""
+    addon = SoftprobeAddon()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, softprobe_config=str(config_path))
+        addon.running()
+        yield addon, tctx
+
+
+def gateway_yaml(path: Path, backend_url: str, **settings) -> Path:
+    path.write_text(json.dumps({"sp_backend_url": backend_url, "admin_listen": "", **settings}))
+    return path
+
+
+async def recorded(addon: SoftprobeAddon, path: str) -> tflow.HTTPFlow:
+    """A flow through the request hooks only (it stays open)."""
+    flow = tflow.tflow(resp=True)
+    flow.request.path = path
+    addon.requestheaders(flow)
+    await addon.request(flow)
+    return flow
+
+
 def test_a_flow_that_ends_without_a_final_hook_leaves_no_state(tmp_path: Path) -> None:
     """A flow mitmproxy drops without `response`/`error` (e.g. killed by another addon) takes its
     state with it: the addon holds flows weakly."""
-    config_path = tmp_path / "g.yaml"
-    config_path.write_text(f"sp_backend_url: 'file:{tmp_path / 'out.jsonl'}'\nadmin_listen: ''\n")
+    config_path = gateway_yaml(tmp_path / "g.yaml", f"file:{tmp_path / 'out.jsonl'}")
 
     async def drive() -> None:
-        addon = SoftprobeAddon()
-        with taddons.context(addon) as tctx:
-            tctx.configure(addon, softprobe_config=str(config_path))
-            addon.running()
+        with started_addon(config_path) as (addon, _):
             flow = tflow.tflow()
             addon.requestheaders(flow)
             assert addon.flows[flow].exchange is not None and not flow.metadata
@@ -131,20 +155,12 @@ def test_a_flow_outliving_its_retired_runtime_is_exported_by_the_current_one(tmp
     """A replaced runtime waits for its flows at most RETIRE_GRACE_S; a flow ending later (a long
     WebSocket or event stream) is exported by the current runtime instead of being dropped."""
     monkeypatch.setattr(addon_module, "RETIRE_GRACE_S", 0.2)
-    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
-    for path in (first, second):
-        path.write_text(f"sp_backend_url: 'file:{path.with_suffix('.jsonl')}'\nadmin_listen: ''\n")
+    first, second = (gateway_yaml(tmp_path / f"{name}.yaml", f"file:{tmp_path / name}.jsonl")
+                     for name in ("first", "second"))
 
     async def drive() -> None:
-        addon = SoftprobeAddon()
-        with taddons.context(addon) as tctx:
-            tctx.configure(addon, softprobe_config=str(first))
-            addon.running()
-            short, long = tflow.tflow(resp=True), tflow.tflow(resp=True)
-            short.request.path, long.request.path = "/short", "/long"
-            for flow in (short, long):
-                addon.requestheaders(flow)
-                await addon.request(flow)
+        with started_addon(first) as (addon, tctx):
+            short, long = await recorded(addon, "/short"), await recorded(addon, "/long")
             tctx.configure(addon, softprobe_config=str(second))
             addon.response(short)  # within the grace: the runtime it started with
             await asyncio.wait(set(addon._retiring))
@@ -154,3 +170,26 @@ def test_a_flow_outliving_its_retired_runtime_is_exported_by_the_current_one(tmp
     asyncio.run(drive())
     assert '"/short"' in first.with_suffix(".jsonl").read_text()
     assert '"/long"' in second.with_suffix(".jsonl").read_text()
+
+
+def test_done_waits_for_a_replaced_runtime_still_flushing(tmp_path: Path) -> None:
+    """A reload, then a stop while the replaced runtime still exports its queue to a slow
+    backend: `done` returns only once that runtime's exchange has been accepted."""
+    def slow_to_accept(attempt: int) -> int:
+        time.sleep(0.5)  # the backend's own slowness, not a wait of the test
+        return 200
+
+    with OtlpBackend(export_status=slow_to_accept) as old, OtlpBackend() as new:
+        first = gateway_yaml(tmp_path / "first.yaml", old.url, export={"flush_interval_ms": 60_000})
+        second = gateway_yaml(tmp_path / "second.yaml", new.url)
+
+        async def drive() -> None:
+            with started_addon(first) as (addon, tctx):
+                addon.response(await recorded(addon, "/queued"))  # queued for a minute
+                tctx.configure(addon, softprobe_config=str(second))
+                await addon.done()
+                # not `spans()`: it would wait for the backend's lock, held while it accepts
+                assert len(old.batches) == 1
+
+        asyncio.run(drive())
+    assert [span.name for _, span in old.spans()] == ["/queued"]
