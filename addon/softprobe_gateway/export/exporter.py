@@ -29,7 +29,7 @@ class Exporter:
         self.losses = RateLimitedLog(log)
         self.queue = ExportQueue(config.export)
         self._stopping = threading.Event()
-        self._worker: WorkerProcess | None = WorkerProcess(config)  # ConfigError: not started
+        self._worker: WorkerProcess | None = _start_worker(config)  # ConfigError: not started
         metrics.queue_spans.set_function(lambda: self.queue.spans)
         metrics.queue_bytes.set_function(lambda: self.queue.bytes)
         metrics.worker_up.set_function(lambda: int(self.running))
@@ -46,7 +46,10 @@ class Exporter:
         """Queue an exchange for export (never blocks); drop and count it when the queue is full."""
         if self.queue.submit(exchange):
             return True
-        self._drop("queue_full", 1, "export queue full (backend slow or down?)")
+        if self.queue.closing:  # a flow that ended after the stop began: not the backend's fault
+            self._drop("shutdown", 1, "an exchange ended after the export was closed")
+        else:
+            self._drop("queue_full", 1, "export queue full (backend slow or down?)")
         return False
 
     def record_miss(self, missed: MissedLookup) -> None:
@@ -99,7 +102,7 @@ class Exporter:
             if self.queue.closing and (not self.queue.spans or time.time() >= self.queue.deadline):
                 return None
             try:
-                worker = WorkerProcess(self.config)
+                worker = _start_worker(self.config)
             except ConfigError as e:
                 log.error(f"softprobe: the export worker process could not be restarted: {e}")
                 if self._stopping.is_set():
@@ -161,3 +164,13 @@ class Exporter:
         if count:
             self.metrics.dropped.labels(reason).inc(count)
             self.losses.warning(reason, f"softprobe: dropped {count} span(s): {message}")
+
+
+def _start_worker(config: Config) -> WorkerProcess:
+    """A running worker; ConfigError (one line) when its sink cannot be opened, or when the
+    process itself cannot be (no memory, no processes left): at start-up that is one line, not
+    a traceback, and the supervisor keeps retrying rather than its thread dying."""
+    try:
+        return WorkerProcess(config)
+    except OSError as e:
+        raise ConfigError(f"the export worker process could not be started: {e}") from None

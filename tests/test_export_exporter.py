@@ -1,0 +1,56 @@
+"""The exporter's supervision with real worker processes and a JSON-lines sink: how losses are
+named, and a worker that cannot be started."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from support import wait_for
+
+from softprobe_gateway.capture import Exchange, Message
+from softprobe_gateway.config import Config, ConfigError
+from softprobe_gateway.export import Exporter
+from softprobe_gateway.metrics import Metrics
+
+
+def exchange(path: str) -> Exchange:
+    return Exchange(trace_id=b"t" * 16, span_id=b"s" * 8, parent_span_id=b"", session_id="s",
+                    service_name="svc", direction="outbound", path=path, host="h", start_ns=1,
+                    request=Message((), b""))
+
+
+def dropped(metrics: Metrics, reason: str) -> float:
+    return metrics.registry.get_sample_value("softprobe_export_dropped_spans_total", {"reason": reason}) or 0
+
+
+def test_an_exchange_ending_after_the_stop_is_a_shutdown_loss_not_a_full_queue(tmp_path):
+    metrics = Metrics()
+    exporter = Exporter(Config(sp_backend_url=f"file:{tmp_path / 'spans.jsonl'}"), metrics)
+    assert exporter.submit(exchange("/before"))
+    exporter.close()
+    assert not exporter.submit(exchange("/after"))
+    assert (dropped(metrics, "shutdown"), dropped(metrics, "queue_full")) == (1, 0)
+    assert '"/before"' in (tmp_path / "spans.jsonl").read_text()
+
+
+def test_a_worker_that_cannot_be_spawned_is_one_line_at_start_and_retried_when_restarting(
+        tmp_path, monkeypatch, caplog):
+    config = Config(sp_backend_url=f"file:{tmp_path / 'spans.jsonl'}")
+    python = sys.executable
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    with pytest.raises(ConfigError, match=r"^the export worker process could not be started: .*no-python"):
+        Exporter(config, Metrics())
+    monkeypatch.setattr(sys, "executable", python)
+    metrics = Metrics()
+    exporter = Exporter(config, metrics)
+    try:
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+        exporter._worker.process.kill()
+        wait_for(lambda: "could not be restarted: the export worker process could not be started" in caplog.text)
+        assert not exporter.running
+        monkeypatch.setattr(sys, "executable", python)  # the next attempt, after its backoff, works
+        wait_for(lambda: exporter.running)
+        assert metrics.registry.get_sample_value("softprobe_export_worker_restarts_total") == 1
+    finally:
+        exporter.close()
