@@ -8,6 +8,9 @@ it must ignore the SIGTERM and SIGINT meant for the gateway from its first instr
 are blocked while it starts; multiprocessing's resource tracker unblocks them), it exits when
 the gateway goes away (end of file on its socket), and no interpreter-exit hook joins it.
 
+Inside, the main thread receives and encodes batches and a sending thread delivers them and
+reports, in order: the next batch is encoded while the backend answers the last one.
+
 One worker is one `WorkerProcess`; nothing here assumes there is only one (the queue cuts
 batches for any number of feeders).
 """
@@ -15,17 +18,20 @@ batches for any number of feeders).
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
+from ..backend.model import MissedLookup
 from ..backend.store import StoreError
 from ..capture import Attributes, Capture, Exchange
 from ..config import Config, ConfigError
@@ -36,14 +42,27 @@ from .sinks import MAX_BACKOFF_S, SendError, Sink, StoreSink, open_sink
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0
+PIPELINE = 1  # batches encoded and waiting while one is sent
 _SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
          "from softprobe_gateway.export.worker import main; main(int(sys.argv[2]))")
 
 
+@dataclass(slots=True)
+class Outgoing:
+    """An encoded batch on its way to the sink, with the report that will say what became of it."""
+
+    report: Report
+    data: TracesData | None = None
+    count: int = 0  # spans in `data`
+    deadline: float | None = None
+    misses: list[MissedLookup] = field(default_factory=list)
+
+
 class Encoder:
-    """One batch to one OTLP request, sent with retries; reports what happened."""
+    """One batch to one OTLP request (`encode`), sent with retries (`deliver`); reports what
+    happened. Encoding touches no sink, so the next batch is encoded while one is sent."""
 
     def __init__(self, config: Config, sink: Sink) -> None:
         self.config, self.sink = config.export, sink
@@ -51,13 +70,8 @@ class Encoder:
         self.public_key = config.public_key
         self.store = sink if isinstance(sink, StoreSink) else None
 
-    def export(self, batch: Batch) -> Report:
+    def encode(self, batch: Batch) -> Outgoing:
         report = Report(batch.seq)
-        if batch.misses and self.store is not None:
-            try:
-                self.store.explain_misses(batch.misses)
-            except StoreError as e:  # a diagnostic: never at the cost of the batch's exchanges
-                log.warning("softprobe: misses not written: %s", e)
         data, scopes, count = TracesData(), {}, 0
         for exchange in batch.exchanges:
             try:
@@ -71,9 +85,18 @@ class Encoder:
                     data, exchange.service_name, self.public_key)
             fill_extract_span(scope.spans.add(), exchange, attributes)
             count += 1
-        if count:
-            self.send(data, count, batch.deadline, report)
-        return report
+        return Outgoing(report, data, count, batch.deadline, batch.misses)
+
+    def deliver(self, outgoing: Outgoing) -> Report:
+        """Write the misses (a diagnostic, never at the cost of the batch) and send the spans."""
+        if outgoing.misses and self.store is not None:
+            try:
+                self.store.explain_misses(outgoing.misses)
+            except StoreError as e:
+                log.warning("softprobe: misses not written: %s", e)
+        if outgoing.count:
+            self.send(outgoing.data, outgoing.count, outgoing.deadline, outgoing.report)
+        return outgoing.report
 
     def settle(self) -> None:
         """Work left after the batch was reported (the store's checkpoint), so a worker that dies
@@ -133,20 +156,46 @@ def main(fd: int) -> None:
         return
     reader = RingReader(start.ring)
     conn.send(Ready())
+    outbox: queue.Queue[Outgoing | None] = queue.Queue(PIPELINE)
+    sender = threading.Thread(target=_deliver_all, args=(encoder, outbox, conn),
+                              name="softprobe-export-send", daemon=True)
+    sender.start()
     try:
         while isinstance(message := conn.recv(), Batch):
             try:
                 reader.unpack(message)
-                report = encoder.export(message)
+                outgoing = encoder.encode(message)
             except Exception as e:  # never let the worker die: the batch is lost, counted
-                report = Report(message.seq, failed=True, drops=[Drop(
-                    "worker_error", len(message.exchanges), f"export worker error: {e!r}")])
-            conn.send(report)
-            encoder.settle()
+                outgoing = Outgoing(Report(message.seq, failed=True, drops=[Drop(
+                    "worker_error", len(message.exchanges), f"export worker error: {e!r}")]))
+            outbox.put(outgoing)
     except (EOFError, OSError):
-        pass  # the gateway is gone: nobody to report to
+        pass  # the gateway is gone: what is encoded is still sent, nobody counts it
     finally:
+        outbox.put(None)
+        sender.join()
         encoder.sink.close()
+
+
+def _deliver_all(encoder: Encoder, outbox: queue.Queue[Outgoing | None], conn: Connection) -> None:
+    """The sending thread: deliver each encoded batch and report on it, in order. It waits on
+    the backend with the GIL released, while the main thread encodes the next batch (with
+    1 MiB bodies the backend's answer took longer than the encoding)."""
+    reporting = True
+    while (outgoing := outbox.get()) is not None:
+        try:
+            report = encoder.deliver(outgoing)
+        except Exception as e:  # never let the worker die: the batch is lost, counted
+            report = outgoing.report
+            report.failed = True
+            _drop(report, "worker_error", outgoing.count, f"export worker error: {e!r}")
+        if reporting:
+            try:
+                conn.send(report)
+            except OSError:
+                reporting = False  # the gateway is gone
+        encoder.settle()
+
 
 
 class WorkerProcess:
