@@ -44,8 +44,7 @@ class ExportQueue:
         self.config = config
         self._exchanges: deque[Exchange] = deque()
         self._misses: deque[MissedLookup] = deque(maxlen=MAX_PENDING_MISSES)
-        self._bytes = 0  # queued and in flight
-        self._queued_size = 0  # queued only
+        self._queued_size = 0  # queued only; in flight: the batches' sizes
         self._in_flight: dict[int, _InFlight] = {}
         self._seq = itertools.count(1)
         self._cond = threading.Condition()
@@ -57,7 +56,9 @@ class ExportQueue:
 
     @property
     def bytes(self) -> int:
-        return self._bytes
+        """Bytes pinned by exchanges queued and in flight (a worker holds at most MAX_IN_FLIGHT)."""
+        with self._cond:  # re-entrant; the metrics gauge reads it from another thread
+            return self._queued_size + sum(batch.size for batch in self._in_flight.values())
 
     @property
     def closing(self) -> bool:
@@ -73,11 +74,10 @@ class ExportQueue:
         size = exchange.size
         with self._cond:
             if (self.closing or len(self._exchanges) >= self.config.queue_max_spans
-                    or self._bytes + size > self.config.queue_max_bytes):
+                    or self.bytes + size > self.config.queue_max_bytes):
                 return False
             was_full = self._full()
             self._exchanges.append(exchange)
-            self._bytes += size
             self._queued_size += size
             # Wake the feeder when there is news for it, not on every exchange: while it waits
             # for room in flight, each wake-up took the GIL from the event loop for nothing
@@ -146,19 +146,14 @@ class ExportQueue:
     def acknowledge(self, seq: int) -> None:
         """The worker reported on the batch: its bytes leave the budget."""
         with self._cond:
-            if (batch := self._in_flight.pop(seq, None)) is not None:
-                self._bytes -= batch.size
+            self._in_flight.pop(seq, None)
             self._cond.notify_all()
 
     def abandon(self, worker: int) -> int:
         """Forget the batches a dead worker held; how many exchanges they carried."""
         with self._cond:
             lost = [seq for seq, batch in self._in_flight.items() if batch.worker == worker]
-            count = 0
-            for seq in lost:
-                batch = self._in_flight.pop(seq)
-                self._bytes -= batch.size
-                count += batch.exchanges
+            count = sum(self._in_flight.pop(seq).exchanges for seq in lost)
             self._cond.notify_all()
             return count
 
@@ -175,7 +170,6 @@ class ExportQueue:
             self._exchanges.clear()
             self._misses.clear()
             self._queued_size = 0
-            self._bytes = sum(batch.size for batch in self._in_flight.values())
             return left
 
     def wake(self) -> None:
