@@ -41,6 +41,7 @@ class Outcome:
     seconds: int
     connections: int
     limits: str
+    limit_mb: float
     requests: int
     errors: int
     rps: float
@@ -53,10 +54,6 @@ class Outcome:
     exported: int
     dropped: int
     cpu_ms_per_req: float
-
-    @property
-    def limit_mb(self) -> float:
-        return float(self.limits.split()[0])
 
     def failures(self) -> list[str]:
         out = []
@@ -82,14 +79,14 @@ def upload_script(tmp: Path, body: int = BODY) -> Path:
 
 
 def run_case(case: Case, rig: Rig, tmp: Path, limits: Limits, seconds: int, connections: int = 8,
-             warmup_s: int = 3, env: dict[str, str] | None = None) -> Outcome:
+             warmup_s: int = 3) -> Outcome:
     """One case: gateway in a fresh limited group, `warmup_s` of load that fills the export
     queue, then `seconds` of load with RSS sampled; the group is removed after. The peak
     covers the warm-up too."""
     scenario = BY_NAME["blackhole" if case.blackhole else "record"]
     with Cgroup(limits) as group:
         answer = 1024 if case.direction == "upload" else BODY
-        target = start(scenario, rig, answer, tmp, launcher=group.wrap([]), env=env)
+        target = start(scenario, rig, answer, tmp, launcher=group.wrap([]))
         try:
             script = upload_script(tmp) if case.direction == "upload" else None
             wrk.run(target.url, wrk.Load(1, connections, warmup_s), script)
@@ -100,7 +97,8 @@ def run_case(case: Case, rig: Rig, tmp: Path, limits: Limits, seconds: int, conn
             alive = target.proc.process.poll() is None
             metrics = prometheus(target.admin_port) if alive else {}
             return Outcome(
-                case=case.name, seconds=seconds, connections=connections, limits=str(limits), requests=result.requests,
+                case=case.name, seconds=seconds, connections=connections, limits=str(limits),
+                limit_mb=limits.memory_bytes / 2**20, requests=result.requests,
                 errors=result.errors, rps=result.rps, p99_ms=result.p99_ms,
                 peak_mb=round(group.peak_bytes() / 2**20, 1),
                 thirds_mb=tuple(round(v, 1) for v in sampler.thirds_mb()),

@@ -92,8 +92,8 @@ class Target:
 
 
 def start(scenario: Scenario, rig: Rig, body_bytes: int, tmp: Path,
-          launcher: Sequence[str] = (), env: dict[str, str] | None = None) -> Target:
-    """Start a scenario's process (`launcher` prefixed to its command, `env` added)."""
+          launcher: Sequence[str] = ()) -> Target:
+    """Start a scenario's process (`launcher` prefixed to its command)."""
     path = f"/body/{body_bytes}"
     if scenario.kind == "direct":
         return Target(f"http://{LOOPBACK}:{rig.upstream}{path}", None)
@@ -110,7 +110,7 @@ def start(scenario: Scenario, rig: Rig, body_bytes: int, tmp: Path,
             "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
             "--set", f"confdir={tmp / 'mitmproxy'}",
             *(a.format(tmp=tmp) for a in scenario.mitm_args)]
-    admin = None
+    admin, env = None, None
     if scenario.exports:
         admin = free_port()
         config = {**scenario.config, "sp_backend_url": scenario.backend_url(rig, body_bytes),
@@ -118,7 +118,7 @@ def start(scenario: Scenario, rig: Rig, body_bytes: int, tmp: Path,
         config_path = tmp / f"gateway-{port}.yaml"
         config_path.write_text(yaml.safe_dump(config))
         argv += ["-s", str(rig.addon), "--set", f"softprobe_config={config_path}"]
-        env = {**ALLOCATOR_ENV, **(env or {})}  # as the gateway is started everywhere
+        env = ALLOCATOR_ENV  # as the gateway is started everywhere
     return Target(f"http://{LOOPBACK}:{port}{path}", Proc(scenario.name, argv, port, log, tmp, env), admin)
 
 
