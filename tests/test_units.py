@@ -17,8 +17,9 @@ from softprobe_gateway import config as cfg
 from softprobe_gateway.addon import SoftprobeAddon
 from softprobe_gateway.capture import Capture, Exchange, Message, decode_body, encode_body, is_text, join_headers
 from softprobe_gateway.lookup import Breaker
+from softprobe_gateway.metrics import Metrics
 from softprobe_gateway.otlp import BadAnswer, hit_body, hit_from_traces, key_value, make_span, traces_data
-from softprobe_gateway.rules import RecordingRules, is_static_response
+from softprobe_gateway.rules import STATIC, RecordingRules, is_static_response
 from softprobe_gateway.tracecontext import (SpanContext, new_context, parse_traceparent, parse_tracestate,
                                             propagated_headers, session_id)
 
@@ -328,3 +329,13 @@ async def drive_addon(config: str) -> None:
         assert not addon.flows
         assert addon.metrics.registry.get_sample_value("softprobe_exchanges_skipped_total", {"reason": "static"}) == 1
         await addon.done()
+
+
+def test_the_skipped_exchange_log_line_leaves_out_the_query(caplog):
+    """A presigned URL's signature is a credential: it must not reach the proxy's log."""
+    flow = tflow.tflow()
+    flow.request.path = "/logo.png?X-Amz-Signature=s3cr3t&token=t0k3n"
+    with caplog.at_level("INFO"):
+        Metrics().skip(STATIC, flow.request, "image/png")
+    assert "not recording GET http://address:22/logo.png: " in caplog.text
+    assert "s3cr3t" not in caplog.text and "t0k3n" not in caplog.text

@@ -78,7 +78,9 @@ class Metrics:
         if reason not in self._skip_logged:
             self._skip_logged.add(reason)
             why = f"{REASONS[reason]} ({content_type})" if content_type else REASONS[reason]
-            log.info(f"softprobe: not recording {request.method} {request.pretty_url}: {why}. "
+            # Without the query: it may carry a token (a presigned URL for a static file).
+            url = request.pretty_url.partition("?")[0]
+            log.info(f"softprobe: not recording {request.method} {url}: {why}. "
                      "Exchanges skipped for this reason "
                      f"are counted in softprobe_exchanges_skipped_total{{reason=\"{reason}\"}}, "
                      "not logged again (docs/protocol.md, 'What is recorded')")
