@@ -3,13 +3,14 @@ store. A sink's `send` blocks (it runs in the worker process) and raises SendErr
 
 from __future__ import annotations
 
+import http.client
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
-import httpx
 from google.protobuf.json_format import MessageToJson
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
@@ -38,39 +39,76 @@ class Sink(Protocol):
 
 
 class HttpSink:
-    """`POST {base}/v1/traces` as OTLP protobuf, with the public key header."""
+    """`POST {base}/v1/traces` as OTLP protobuf, with the public key header, over one keep-alive
+    connection.
+
+    The standard library's http.client rather than httpx: the worker's CPU is the gateway's, and
+    per POST against the bench's backend httpx cost 0.23 ms of user time where http.client costs
+    0.04, and with a 1 MiB batch 0.36 ms of system time where http.client's one sendall costs
+    0.12 (measured). http.client reads no proxy settings from the environment, so the gateway's
+    own export never loops through a proxy (itself).
+    """
 
     def __init__(self, base_url: str, public_key: str, timeout_s: float) -> None:
         self.url = base_url.rstrip("/") + "/v1/traces"
-        headers = {"content-type": "application/x-protobuf"}
+        parts = urlsplit(self.url)
+        self.path = parts.path
+        self.headers = {"content-type": "application/x-protobuf"}
         if public_key:
-            headers["x-public-key"] = public_key
-        # trust_env=False: the gateway's own export must never loop through a proxy (itself).
-        self.client = httpx.Client(headers=headers, timeout=timeout_s, trust_env=False, verify=client_context())
+            self.headers["x-public-key"] = public_key
+        host, port = parts.hostname or "", parts.port
+        if parts.scheme == "https":
+            self._new = lambda: http.client.HTTPSConnection(host, port, timeout=timeout_s, context=client_context())
+        else:
+            self._new = lambda: http.client.HTTPConnection(host, port, timeout=timeout_s)
+        self._connection: http.client.HTTPConnection | None = None
 
     def send(self, batch: TracesData) -> int:
         payload = batch.SerializeToString()
         try:
-            response = self.client.post(self.url, content=payload)
-        except httpx.HTTPError as e:
+            status, retry_after = self._post(payload)
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
             raise SendError(f"{cause(e)} posting to {self.url}", retry_after=0.0) from None
-        if response.is_success:
+        if 200 <= status < 300:
             return len(payload)
-        retry = _retry_after(response) if response.status_code in RETRY_STATUSES else None
-        raise SendError(f"{self.url} answered {response.status_code}", retry_after=retry)
+        raise SendError(f"{self.url} answered {status}",
+                        retry_after=_retry_after(retry_after) if status in RETRY_STATUSES else None)
+
+    def _post(self, payload: bytes) -> tuple[int, str]:
+        """(status, retry-after) of one POST; a kept-alive connection the server closed while
+        idle is replaced once."""
+        reused = self._connection is not None
+        while True:
+            if self._connection is None:
+                self._connection = self._new()
+            try:
+                self._connection.request("POST", self.path, body=payload, headers=self.headers)
+                response = self._connection.getresponse()
+                response.read()
+            except (ConnectionError, http.client.RemoteDisconnected):
+                self.close()
+                if not reused:
+                    raise
+                reused = False
+                continue
+            if response.will_close:
+                self.close()
+            return response.status, response.getheader("retry-after", "")
 
     def close(self) -> None:
-        self.client.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def cause(e: BaseException) -> str:
-    """`ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED] ...`, not a bare class name."""
+    """`SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED] ...`, not a bare class name."""
     detail = str(e) or str(e.__cause__ or e.__context__ or "")
     return f"{type(e).__name__}: {detail}" if detail else type(e).__name__
 
 
-def _retry_after(response: httpx.Response) -> float:
-    value = response.headers.get("retry-after", "")
+def _retry_after(value: str) -> float:
     try:
         return min(float(value), MAX_BACKOFF_S)
     except ValueError:
