@@ -82,3 +82,14 @@ def test_a_worker_process_exports_bodies_handed_over_in_the_ring_and_inline(tmp_
             attrs = {a["key"]: a["value"].get("stringValue") for a in span["attributes"]}
             assert base64.b64decode(attrs["http.response.body"]) == bodies[n]
             assert base64.b64decode(attrs["http.request.body"]) == bodies[n][::-1]
+
+
+def test_regions_released_out_of_order_are_reused_once_the_oldest_is_released():
+    ring = BodyRing(3 * BIG)
+    for seq in (1, 2, 3):
+        ring.pack(Batch(seq, [exchange(seq, b"x" * BIG)]))
+    ring.release(2)  # two batches on their way at once: the newer one reported first
+    blocked = Batch(4, [exchange(4, b"4" * BIG)])
+    assert ring.pack(blocked) is blocked       # batch 1 still holds the oldest region
+    ring.release(1)
+    assert ring.pack(Batch(5, [exchange(5, b"5" * BIG)])).shared[0].offset == 0

@@ -8,8 +8,8 @@ it must ignore the SIGTERM and SIGINT meant for the gateway from its first instr
 are blocked while it starts; multiprocessing's resource tracker unblocks them), it exits when
 the gateway goes away (end of file on its socket), and no interpreter-exit hook joins it.
 
-Inside, the main thread receives and encodes batches and a sending thread delivers them and
-reports, in order: the next batch is encoded while the backend answers the last one.
+Inside, the main thread receives and encodes batches and sending threads deliver them and
+report: the next batch is encoded while the backend answers the last one.
 
 One worker is one `WorkerProcess`; nothing here assumes there is only one (the queue cuts
 batches for any number of feeders).
@@ -157,9 +157,12 @@ def main(fd: int) -> None:
     reader = RingReader(start.ring)
     conn.send(Ready())
     outbox: queue.Queue[Outgoing | None] = queue.Queue(PIPELINE)
-    sender = threading.Thread(target=_deliver_all, args=(encoder, outbox, conn),
-                              name="softprobe-export-send", daemon=True)
-    sender.start()
+    reporter = _Reporter(conn)
+    senders = [threading.Thread(target=_deliver_all, args=(encoder, outbox, reporter),
+                                name="softprobe-export-send", daemon=True)
+               for _ in range(encoder.sink.concurrency)]
+    for sender in senders:
+        sender.start()
     try:
         while isinstance(message := conn.recv(), Batch):
             try:
@@ -172,16 +175,33 @@ def main(fd: int) -> None:
     except (EOFError, OSError):
         pass  # the gateway is gone: what is encoded is still sent, nobody counts it
     finally:
-        outbox.put(None)
-        sender.join()
+        for sender in senders:
+            outbox.put(None)
+        for sender in senders:
+            sender.join()
         encoder.sink.close()
 
 
-def _deliver_all(encoder: Encoder, outbox: queue.Queue[Outgoing | None], conn: Connection) -> None:
-    """The sending thread: deliver each encoded batch and report on it, in order. It waits on
-    the backend with the GIL released, while the main thread encodes the next batch (with
-    1 MiB bodies the backend's answer took longer than the encoding)."""
-    reporting = True
+class _Reporter:
+    """Reports from the sending threads, one at a time on the socket, until the gateway is gone."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn, self.lock, self.gone = conn, threading.Lock(), False
+
+    def send(self, report: Report) -> None:
+        with self.lock:
+            if not self.gone:
+                try:
+                    self.conn.send(report)
+                except OSError:
+                    self.gone = True
+
+
+def _deliver_all(encoder: Encoder, outbox: queue.Queue[Outgoing | None], reporter: _Reporter) -> None:
+    """A sending thread: deliver encoded batches and report on each. It waits on the backend
+    with the GIL released, while the main thread encodes the next batch (with 1 MiB bodies on a
+    busy machine the backend's answer took longer than the encoding); the sink says how many
+    may be on their way at once (`Sink.concurrency`), so reports may come out of order."""
     while (outgoing := outbox.get()) is not None:
         try:
             report = encoder.deliver(outgoing)
@@ -189,13 +209,8 @@ def _deliver_all(encoder: Encoder, outbox: queue.Queue[Outgoing | None], conn: C
             report = outgoing.report
             report.failed = True
             _drop(report, "worker_error", outgoing.count, f"export worker error: {e!r}")
-        if reporting:
-            try:
-                conn.send(report)
-            except OSError:
-                reporting = False  # the gateway is gone
+        reporter.send(report)
         encoder.settle()
-
 
 
 class WorkerProcess:
