@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from mitmproxy import io
+from mitmproxy import exceptions, io
 from mitmproxy.test import taddons, tflow
 from support import (Gateway, HttpServer, OtlpBackend, Received, Reply, free_port, run_mitmdump_config,
                      upstream_reply, wait_for)
@@ -193,3 +193,22 @@ def test_done_waits_for_a_replaced_runtime_still_flushing(tmp_path: Path) -> Non
 
         asyncio.run(drive())
     assert [span.name for _, span in old.spans()] == ["/queued"]
+
+
+def test_a_reload_rejected_after_its_worker_started_leaves_the_gauges_on_the_current_runtime(
+        tmp_path: Path) -> None:
+    """A runtime that fails after its exporter was built (lookups against a `file:` backend) is
+    rejected; `softprobe_export_worker_up` keeps showing the runtime still in force."""
+    good = gateway_yaml(tmp_path / "good.yaml", f"file:{tmp_path / 'out.jsonl'}")
+    bad = gateway_yaml(tmp_path / "bad.yaml", f"file:{tmp_path / 'out.jsonl'}", enable_inject=True)
+
+    async def drive() -> None:
+        with started_addon(good) as (addon, tctx):
+            worker_up = lambda: addon.metrics.registry.get_sample_value("softprobe_export_worker_up")
+            assert worker_up() == 1
+            with pytest.raises(exceptions.OptionsError, match="a file: backend cannot answer lookups"):
+                tctx.configure(addon, softprobe_config=str(bad))
+            assert worker_up() == 1 and addon._is_ready()
+            await addon.done()
+
+    asyncio.run(drive())

@@ -140,6 +140,7 @@ class SoftprobeAddon:
     def _install(self, runtime: Runtime) -> None:
         """Swap the whole runtime for new flows; the old one retires in the background."""
         old, self.runtime = self.runtime, runtime
+        runtime.exporter.publish()
         if ctx.options.ssl_verify_upstream_trusted_ca != runtime.upstream_trust:
             ctx.options.update(ssl_verify_upstream_trusted_ca=runtime.upstream_trust)
         self.metrics.config_loaded(self.config_file.source, self.config_file.digest)

@@ -30,9 +30,6 @@ class Exporter:
         self.queue = ExportQueue(config.export)
         self._stopping = threading.Event()
         self._worker: WorkerProcess | None = _start_worker(config)  # ConfigError: not started
-        metrics.queue_spans.set_function(lambda: self.queue.spans)
-        metrics.queue_bytes.set_function(lambda: self.queue.bytes)
-        metrics.worker_up.set_function(lambda: int(self.running))
         self._supervisor = threading.Thread(target=self._supervise, name="softprobe-export-supervisor",
                                             daemon=True)
         self._supervisor.start()
@@ -41,6 +38,13 @@ class Exporter:
     def running(self) -> bool:
         """Whether a worker process is up (readiness)."""
         return self._worker is not None
+
+    def publish(self) -> None:
+        """Show this exporter's queue and worker in the gauges: called when its runtime becomes
+        the current one, not when it is built (a runtime rejected after that never shows)."""
+        self.metrics.queue_spans.set_function(lambda: self.queue.spans)
+        self.metrics.queue_bytes.set_function(lambda: self.queue.bytes)
+        self.metrics.worker_up.set_function(lambda: int(self.running))
 
     def submit(self, exchange: Exchange) -> bool:
         """Queue an exchange for export (never blocks); drop and count it when the queue is full."""
