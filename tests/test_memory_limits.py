@@ -1,5 +1,6 @@
-"""The gateway inside the pod's own limits (a cgroup with the Deployment's memory and CPU limits)
-under 1 MiB uploads and downloads at saturation, with a healthy and a black-holed backend.
+"""Memory: the gateway inside the pod's own limits (a cgroup with the Deployment's memory and CPU
+limits) under 1 MiB uploads and downloads at saturation, with a healthy and a black-holed
+backend; the Reclaim addon that frees finished flows; the allocator settings everywhere.
 
 The short version of `make bench`'s memory mode (60 s per case there): each case runs
 `SECONDS` of wrk with 8 connections. Asserted per case: not OOM-killed, no failed client
@@ -9,13 +10,17 @@ the first third's plus `bench.memory.FLAT_MARGIN_MB`.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
+import weakref
 from pathlib import Path
 
 import pytest
-from softprobe_gateway.memory import ALLOCATOR_ENV
+from mitmproxy.test import tflow
+from softprobe_gateway.capture import BodyTee
+from softprobe_gateway.memory import ALLOCATOR_ENV, Reclaim
 
 from bench import harness, memory
 from cgroup import deployment_limits, quantity_bytes, quantity_millis, unavailable
@@ -52,6 +57,36 @@ def test_1mib_bodies_at_saturation_stay_within_the_deployments_limits(case, serv
     assert outcome.requests > SECONDS * 10, outcome  # saturation: at least 10 MiB/s went through
     assert outcome.failures() == [], outcome
     assert (outcome.exported > 0) != case.blackhole, outcome
+
+
+class Cycle:
+    """Stands for a finished flow: garbage that only the cyclic collector frees."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_finished_bodies_trigger_a_collection(streamed):
+    reclaim = Reclaim(every_bytes=3 * 2**20)
+    flow = tflow.tflow(resp=True)
+    if streamed:  # the body went through; the gateway's tee kept 2 MiB of it for the span
+        tee = BodyTee(2 * 2**20)
+        tee(b"x" * (5 * 2**20))
+        flow.response.stream, flow.response.raw_content = tee, None
+    else:
+        flow.response.raw_content = b"x" * (2 * 2**20)
+    gc.disable()  # only Reclaim collects here
+    try:
+        garbage = Cycle()
+        dead = weakref.ref(garbage)
+        del garbage
+        reclaim.response(flow)  # 2 MiB of 3: not yet
+        assert dead() is not None
+        reclaim.error(flow)  # 4 MiB: collected, and the count starts again
+        assert dead() is None and reclaim.pending == 0
+    finally:
+        gc.enable()
 
 
 def test_every_way_of_starting_the_gateway_sets_the_allocator(tmp_path):

@@ -16,6 +16,8 @@ import os
 
 from mitmproxy import http
 
+from .capture import BodyTee
+
 # glibc reads these when a process starts (setting them from inside Python is too late for
 # that process): one arena per two threads at most instead of eight per core, so memory freed
 # by one thread (a lookup encoded on a worker thread) is reused by the others rather than kept
@@ -61,9 +63,8 @@ class Reclaim:
 
 
 def held(message: http.Message) -> int:
-    """Body bytes a finished message may still pin: the body, or for a streamed one its length
-    on the wire (the gateway's tee keeps up to `capture.max_body_bytes` of it)."""
+    """Body bytes a finished message may still pin: its body, or for a streamed one what the
+    gateway's tee kept of it for the span (the chunks themselves are not kept)."""
     if message.raw_content is not None:
         return len(message.raw_content)
-    length = message.headers.get("content-length", "")
-    return int(length) if length.isdigit() else 0
+    return len(message.stream.kept) if isinstance(message.stream, BodyTee) else 0
