@@ -118,3 +118,37 @@ def test_case_files_and_regression_replay_leave_out_gateway_answers(tmp_path: Pa
         assert store.lookup(inject(path="/mocked", session="s")) is None
     suites = list(_suites([str(case)], StoreConfig(path=str(again)), None, _session))
     assert [ex.path for suite in suites for ex in suite.exchanges] == ["/recorded"]
+
+
+JSON = {"content-type": "application/json"}
+
+
+def test_an_answer_from_mitmproxys_server_playback_is_marked_never_a_recording(tmp_path: Path, upstream) -> None:
+    """mitmproxy's own server playback beside the gateway answers from a flow file: the exchange
+    is stored, marked `addon`, with its request body, and never answers a lookup."""
+    flows, db = tmp_path / "flows.mitm", tmp_path / "sp.db"
+    with Gateway(config(tmp_path / "first.db"), tmp_path, options={"save_stream_file": str(flows)}) as gw, \
+            gw.client() as client:
+        recorded = client.post(f"{upstream.url}/json", content=b'{"q": 1}', headers=JSON)
+        assert gw.stop() == 0
+    calls = len(upstream.received)
+    with Gateway(config(db), tmp_path, options={"server_replay": str(flows)}) as gw, \
+            gw.client(headers={"x-sp-session-id": "played"}) as client:
+        played = client.post(f"{upstream.url}/json", content=b'{"q": 1}', headers=JSON)
+        assert (played.status_code, played.text) == (recorded.status_code, recorded.text)
+        assert len(upstream.received) == calls  # answered by the playback, not the upstream
+        wait_for(lambda: _answered_by(db) == ["addon"])
+    lookup = inject(method="POST", host=exchange_host(upstream.url), path="/json", body='{"q": 1}',
+                    session="played", content_type="application/json")
+    with Store(StoreConfig(path=str(db))) as store:
+        (exchange,) = store.session("played")[1]
+        assert exchange.request_body == '{"q": 1}'
+        assert store.lookup(lookup) is None
+    with sqlite3.connect(db) as con:  # the same exchange unmarked would have answered it
+        con.execute("UPDATE exchanges SET answered_by = ''")
+    with Store(StoreConfig(path=str(db))) as store:
+        assert answer_of(store.lookup(lookup)) == (recorded.status_code, recorded.text)
+
+
+def exchange_host(url: str) -> str:
+    return url.split("://", 1)[1]

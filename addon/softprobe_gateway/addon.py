@@ -20,7 +20,7 @@ from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from . import options
-from .capture import HIT, MOCK, REFUSAL, BodyTee, Exchange, Message, should_stream
+from .capture import ADDON, HIT, MOCK, REFUSAL, BodyTee, Exchange, Message, should_stream
 from .config import CONFIG_ENV, Config, ConfigError, ConfigFile, MockRule
 from .interception import upstream_trust
 from .metrics import AdminServer, Metrics
@@ -246,16 +246,20 @@ class SoftprobeAddon:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         state = self.flows.get(flow)
-        if state is None or flow.response is not None:
+        if state is None:
             return
         rt, exchange, request = state.runtime, state.exchange, flow.request
         if state.request_tee is not None:
             exchange.request = state.request_tee.message(exchange.request.headers, exchange.request.pseudo)
             state.request_tee = None
+        if exchange is not None and not request.stream:
+            exchange.request.body = request.raw_content
+        if flow.response is not None:  # another addon answered before us (e.g. server playback)
+            if exchange is not None:
+                exchange.answered_by = ADDON
+            return
         if request.stream:
             return  # already on its way upstream: too late to answer it from a mock or lookup
-        if exchange is not None:
-            exchange.request.body = request.raw_content
         if mock := rt.mocks.match(request.method, request.pretty_host, request.path):
             await self._mock(flow, state, mock)
         elif exchange is not None and rt.lookup is not None:
@@ -325,6 +329,8 @@ class SoftprobeAddon:
             self.flows.pop(flow, None)
             return
         exchange, response = state.exchange, flow.response
+        if flow.is_replay == "response" and not exchange.answered_by:  # one answering after us
+            exchange.answered_by = ADDON
         content_type = response.headers.get("content-type")
         if not exchange.answered_by and is_static_response(content_type):
             del self.flows[flow]

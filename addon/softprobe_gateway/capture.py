@@ -32,7 +32,8 @@ SENSITIVE_HEADERS = frozenset({
 })
 # Who answered an exchange the gateway answered itself (`Exchange.answered_by`, span attribute
 # `sp.answered_by`): such an exchange is exported and visible, but never replayed as a recording.
-HIT, MOCK, REFUSAL = "hit", "mock", "refusal"
+# ADDON: another addon of the same mitmproxy (server playback, map local, a script).
+HIT, MOCK, REFUSAL, ADDON = "hit", "mock", "refusal", "addon"
 
 
 @dataclass(slots=True)
