@@ -43,3 +43,14 @@ def test_quick_mode_writes_the_three_outputs(tmp_path):
     assert record["seen"] - record["sent"] <= 2 * CONNECTIONS, record
     assert rows["blackhole"]["exported"] == 0
     assert {t["target"] for t in result["targets"]}, "targets are judged"
+
+
+@pytest.mark.timeout(90)
+def test_the_lookup_cost_benchmark_runs():
+    """`python -m bench.lookup_cost --quick` (the README's lookup figures come from its full run)."""
+    done = subprocess.run([sys.executable, "-m", "bench.lookup_cost", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=80)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
+    assert [row[0].strip() for row in rows] == ["1 KiB", "64 KiB", "1024 KiB"]
+    assert all(float(cell) >= 0 for row in rows for cell in row[1:]) and all(float(row[-1]) > 0 for row in rows)
