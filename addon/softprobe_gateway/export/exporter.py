@@ -47,7 +47,8 @@ class Exporter:
         self.metrics.worker_up.set_function(lambda: int(self.running))
 
     def submit(self, exchange: Exchange) -> bool:
-        """Queue an exchange for export (never blocks); drop and count it when the queue is full."""
+        """Queue an exchange for export (never blocks); drop and count it when the queue is full
+        or closed."""
         if self.queue.submit(exchange):
             return True
         if self.queue.closing:  # a flow that ended after the stop began: not the backend's fault
