@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from softprobe_gateway.config import ConfigError, RedactionConfig, load_config
-from softprobe_gateway.redaction import SALT_ENV, Redactor, luhn
+from softprobe_gateway.redaction import FOLD_AT_ONCE, SALT_ENV, Redactor, luhn
 
 MASK = "[REDACTED]"
 JSON = "application/json"
@@ -263,8 +263,9 @@ def test_a_body_the_prefilter_passes_over_is_one_redaction_would_not_change(
     if content_type == FORM:
         text = urlencode(doc if isinstance(doc, dict) else {"v": json.dumps(doc)})
     r = redactor()
-    if not r.may_redact(text.encode("utf-8", "surrogatepass")):
-        assert r.body(text, content_type) == text
+    for body in (text, text + " " * FOLD_AT_ONCE):  # small bodies are folded at once, large ones checked per byte first
+        if not r.may_redact(body.encode("utf-8", "surrogatepass")):
+            assert r.body(body, content_type) == body
 
 
 @pytest.mark.parametrize("text", [
@@ -287,6 +288,14 @@ def test_the_prefilter_passes_over_plain_large_bodies_unless_a_pattern_is_config
     assert not redactor().may_redact(big)
     assert not redactor(enabled=False).may_redact(b'{"password": "x"}')
     assert redactor(patterns=["x{5}"]).may_redact(big)
+
+
+def test_header_verdicts_are_kept_per_name_within_a_bound() -> None:
+    r = redactor()
+    assert r.header("X-Api-Key", "k1") == MASK and r.header("x-trace", "t") == "t"
+    for i in range(3000):  # names a client chose: the kept verdicts stay bounded, and right
+        assert r.header(f"x-custom-{i}", "v") == "v"
+    assert r.header("X-Api-Key", "k2") == MASK and r.header("X-Auth-Token", "t") == MASK
 
 
 # -- hashing ------------------------------------------------------------------------------
