@@ -31,9 +31,9 @@ class Reclaim:
 
     Once the proxy runs it collects, then freezes what start-up left (modules, config: never
     garbage; no longer scanned, nor counted towards that quarter), and collects again after
-    every `every_bytes` of bodies held by finished flows, streamed ones included. A collection then scans a few
-    thousand objects; most of its time is freeing the bodies, which costs the same whenever it
-    happens."""
+    every `every_bytes` of bodies held by finished flows, streamed ones included. A collection
+    then scans a few thousand objects; most of its time is freeing the bodies, which costs the
+    same whenever it happens."""
 
     def __init__(self, every_bytes: int = COLLECT_EVERY_BYTES) -> None:
         self.every_bytes = every_bytes
