@@ -171,3 +171,26 @@ def test_mitmweb_lists_the_options_and_applies_an_edit(tmp_path):
     finally:
         stop_server(process, log)
     assert "Traceback" not in log_path.read_text()
+
+
+def test_a_refused_admin_move_at_runtime_keeps_the_admin_endpoint(tmp_path):
+    """`:set softprobe_admin=` a taken port is refused and rolled back; /readyz stays where it was."""
+    asyncio.run(_refused_admin_move(tmp_path))
+
+
+async def _refused_admin_move(tmp_path) -> None:
+    config = tmp_path / "g.yaml"
+    admin = free_port()
+    config.write_text(f"sp_backend_url: 'file:{tmp_path / 'a.jsonl'}'\nadmin_listen: '{LOOPBACK}:{admin}'\n")
+    addon = SoftprobeAddon()
+    with taddons.context(addon, proxyserver.Proxyserver()) as tctx, socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        tctx.configure(addon, softprobe_config=str(config))
+        addon.running()
+        with pytest.raises(exceptions.OptionsError, match="cannot listen on"):
+            tctx.options.update(softprobe_admin=f"{LOOPBACK}:{taken.getsockname()[1]}")
+        assert tctx.options.softprobe_admin is None  # rolled back
+        answer = await asyncio.to_thread(httpx.get, f"http://{LOOPBACK}:{admin}/healthz", trust_env=False)
+        assert answer.status_code == 200
+        await addon.done()

@@ -10,6 +10,7 @@ websocket_*:     optional message events, bounded per connection; export at the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -167,14 +168,17 @@ class SoftprobeAddon:
         await old.aclose()
 
     def _serve_admin(self, listen: str) -> None:
-        current = self.admin.address if self.admin else None
-        if self.admin and (not listen or listen != f"{current[0]}:{current[1]}"):
+        current = f"{self.admin.address[0]}:{self.admin.address[1]}" if self.admin else ""
+        if self.admin and listen != current:
             self.admin.close()
             self.admin = None
         if listen and self.admin is None:
             try:
                 self.admin = AdminServer(listen, self.metrics, self._is_ready)
             except OSError as e:
+                if current:  # a refused move at runtime is rolled back: keep serving where it was
+                    with contextlib.suppress(OSError):
+                        self.admin = AdminServer(current, self.metrics, self._is_ready)
                 raise exceptions.OptionsError(
                     f"softprobe: admin_listen: cannot listen on {listen}: {e.strerror} (another "
                     "gateway running? choose another address with --set softprobe_admin=HOST:PORT)"
