@@ -4,21 +4,29 @@ the README's walkthrough as written."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from support import LOOPBACK, ROOT
+import httpx
+from support import LOOPBACK, ROOT, Gateway, HttpServer, Received, Reply, wait_for
+from test_replay_e2e import recorded_count
 
 from softprobe_gateway.backend.casefile import case_document
 from softprobe_gateway.backend.model import Exchange
+from softprobe_gateway.backend.store import Store
+from softprobe_gateway.config import StoreConfig
 from softprobe_gateway.cli import main
 from softprobe_gateway.replay import Checks, compare, request_to_send
+
+PROPAGATED = ("x-softprobe-session-id", "x-sp-session-id", "traceparent", "tracestate")
 
 
 def recorded(body: str, content_type: str = "application/json", status: int = 200, **headers: str) -> Exchange:
@@ -113,11 +121,16 @@ def test_readme_walkthrough_records_and_replays_the_travel_demo(tmp_path: Path) 
     failures = [(case.get("classname"), case.get("name"), case.find("failure").get("message"))
                 for case in report.iter("testcase") if case.find("failure") is not None]
     assert failures == [(session, "1 GET /search?from=SFO&to=JFK", "body.cheapest.departs: recorded '13:40', missing")]
-    # The replays' own answers from the strict gateway went into the same session: never into the case.
+    # Each replay ran in a session of its own (SESSION~RUN), where the strict gateway's answers
+    # went, as its own: the recorded session, and the case, hold the recording alone.
     case = json.loads((work / "travel.case.json").read_text())
     assert case["caseId"] == session and len(case["traces"]) == 3
-    assert re.search(r"travel\.case\.json: case \S+, 6 exchanges in 3 traces \(6 answered by the gateway left out\)",
-                     out), out
+    assert re.search(r"travel\.case\.json: case \S+, 6 exchanges in 3 traces\n", out), out
+    runs = re.findall(rf"^replaying {session}: 3 inbound exchanges against \S+ in session ({session}~\w+)$",
+                      out, re.MULTILINE)
+    assert len(set(runs)) == 2, out
+    with Store(StoreConfig(path=str(work / "softprobe.db")), read_only=True) as store:
+        assert [ex.answered_by for run in runs for ex in store.session(run)[1]] == ["hit"] * 6
 
     # Without the ignored path, the timestamp is the one difference of the unchanged version; and
     # the airline itself is never contacted (its recorded address is watched throughout).
@@ -138,6 +151,61 @@ def test_readme_walkthrough_records_and_replays_the_travel_demo(tmp_path: Path) 
     differences = re.findall(r"^ {10}(\S.*)$", plain.stdout, re.MULTILINE)
     assert [d.split(":", 1)[0] for d in differences] == ["body.searched_at"], plain.stdout
     assert "2 passed, 1 differed" in plain.stdout
+
+
+# -- two runs in a row against one strict gateway ------------------------------------------------
+
+
+def counting_front(counter: HttpServer, egress: list[str]) -> HttpServer:
+    """A service whose every answer holds two identical calls to `counter` (through the proxy
+    `egress[0]`), passing the session on as the travel demo's front does."""
+    def reply(got: Received) -> Reply:
+        headers = {k: v for k, v in got.headers.items() if k in PROPAGATED}
+        with httpx.Client(proxy=egress[0], trust_env=False, timeout=10) as client:
+            calls = [client.get(f"{counter.url}/next", headers=headers).text for _ in range(2)]
+        return 200, {"content-type": "application/json"}, json.dumps({"calls": calls}).encode()
+    return HttpServer(reply)
+
+
+def test_two_runs_in_a_row_against_one_strict_gateway_each_walk_the_recording(tmp_path: Path, capsys) -> None:
+    """A repeated identical call answered differently each time (a counter) replays right in
+    both runs: each run is a session of its own (`counter-1~RUN`) answered from `counter-1`."""
+    db, count = tmp_path / "sp.db", itertools.count(1)
+    record = {"store": {"path": str(db)}, "export": {"flush_interval_ms": 20}}
+    with HttpServer(lambda got: (200, {"content-type": "application/json"},
+                                 json.dumps({"n": next(count)}).encode())) as counter:
+        egress: list[str] = []
+        with counting_front(counter, egress) as front:
+            with Gateway(record, tmp_path) as outbound, \
+                    Gateway(record, tmp_path, mode=f"reverse:{front.url}") as inbound:
+                egress.append(outbound.proxy)
+                # counter-2, recorded later, holds the same requests: each run must replay counter-1's.
+                answers = [httpx.get(f"{inbound.proxy}/count", headers={"x-softprobe-session-id": session},
+                                     trust_env=False).json()["calls"] for session in ["counter-1"] * 2 + ["counter-2"]]
+                assert answers == [['{"n": 1}', '{"n": 2}'], ['{"n": 3}', '{"n": 4}'], ['{"n": 5}', '{"n": 6}']]
+                wait_for(lambda: recorded_count(db) == 9)
+            strict = {"store": {"path": str(db)}, "export": {"flush_interval_ms": 20}, "enable_inject": True,
+                      "lookup": {"on_miss": "reject", "timeout_ms": 2000}}
+            with Gateway(strict, tmp_path) as gateway:
+                egress[0] = gateway.proxy
+                replay = ["replay", "counter-1", "--db", str(db), "--target", front.url]
+                for _ in range(2):
+                    assert main(replay) == 0, capsys.readouterr().out
+                    assert "replay: 2 exchanges in 1 case: 2 passed, 0 differed" in capsys.readouterr().out
+                # The recorded id itself: a first run passes, the next one continues the walk.
+                assert main([*replay, "--no-run-id"]) == 0
+                assert main([*replay, "--no-run-id"]) == 1
+                out = capsys.readouterr().out
+                assert "body.calls[0]: recorded '{\"n\": 1}', got '{\"n\": 4}'" in out, out
+        assert next(count) == 7  # the counter was never called again
+    # What the strict gateway answered went into each run's session, marked as its own answers.
+    with Store(StoreConfig(path=str(db)), read_only=True) as store:
+        runs = wait_for(lambda: [s for s in store.sessions(size=10).sessions
+                                 if s.id.startswith("counter-1~") and s.exchanges == 4], timeout=10)
+        assert len(runs) == 2
+        assert [ex.answered_by for run in runs for ex in store.session(run.id)[1]] == ["hit"] * 8
+        # the recording, and the answers to the two runs that sent its id as it is
+        assert Counter(ex.answered_by for ex in store.session("counter-1")[1]) == {"": 6, "hit": 8}
 
 
 def test_an_unreachable_target_fails_every_exchange_and_junit_says_so(tmp_path: Path, capsys) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from support import ROOT
 
 from softprobe_gateway.backend.replay import Cue, Replays
+from softprobe_gateway.tracecontext import own_sessions, run_session
 
 
 class Recorded:
@@ -50,6 +52,33 @@ def test_session_scopes_and_the_bound_fallback() -> None:
     assert only.next("mine", "c", recorded).session == "mine" and only.next("mine", "a", recorded) is None
     assert Replays("any", 60).next("mine", "c", recorded).session == "run2"  # the latest, whoever's
     assert prefer.next("mine", "never-recorded", recorded) is None
+
+
+def test_a_replay_run_answers_from_the_recorded_session_with_positions_of_its_own() -> None:
+    """`<recorded>~<run>` (what `softprobe replay` sends): the recorded session's answers, from the
+    first one for every run, however recently another run walked them."""
+    recorded = Recorded(("s1", "a"), ("s1", "a"), ("s1", "b"), ("later", "a"), ("team~x", "c"))
+    for scope in ("prefer", "only"):
+        replays = Replays(scope, 60)
+        assert [replays.next("s1~run1", "a", recorded) for _ in range(3)] == [
+            Cue("s1", 5, 0), Cue("s1", 5, 1), Cue("s1", 5, 2)]  # the third: past the end, repeats the last
+        assert replays.next("s1~run2", "a", recorded) == Cue("s1", 5, 0)  # right after: from the first
+        assert replays.next("s1~run1", "b", recorded) == Cue("s1", 5, 0)
+        assert replays.next("s1", "a", recorded) == Cue("s1", 5, 0)  # the plain id: a walk of its own too
+        assert replays.next("team~x", "c", recorded).session == "team~x"  # an id recorded with a '~' itself
+        assert replays.next("team~x~run1", "c", recorded).session == "team~x"  # the part before the last '~'
+    prefer = Replays("prefer", 60)  # a request the recording lacks: the latest, as for any session
+    assert prefer.next("other~run1", "a", recorded).session == "later"
+    assert Replays("only", 60).next("other~run1", "a", recorded) is None
+    assert Replays("any", 60).next("s1~run1", "a", recorded).session == "later"
+
+
+def test_run_session_ids() -> None:
+    assert run_session("sp-session-1", "ab12") == "sp-session-1~ab12"
+    assert [own_sessions(s) for s in ("s~r", "a~b~r", "plain", "~r", "s~")] == [
+        ("s~r", "s"), ("a~b~r", "a~b"), ("plain",), ("~r",), ("s~",)]
+    with pytest.raises(ValueError, match="no valid session id with a run id"):
+        run_session("x" * 250, "ab12cd34")  # beyond 256 characters the gateway would cut the run id off
 
 
 def test_an_idle_lookup_session_starts_over() -> None:

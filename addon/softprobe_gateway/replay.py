@@ -1,11 +1,12 @@
 """`softprobe replay`: test a new version of a service with a recording.
 
 Every recorded inbound request of a session (from the store) or of case files is sent again, in
-recorded order, to `--target` with the session header set. A gateway in strict replay mode in
-front of the target's dependencies then answers its outbound calls from the same recording, so
-the only thing that changed is the target. Each answer is compared with the recorded one:
-status, chosen headers, and the body (JSON structurally, minus ignored paths; text and binary
-exactly). Exit status 0 when everything matched, 1 when anything differed or failed; JUnit XML
+recorded order, to `--target` with the session header set to the recorded session plus this
+run's id (`<session>~<run>`). A gateway in strict replay mode in front of the target's
+dependencies then answers its outbound calls from the same recording, repeated calls from the
+first recorded answer on every run, so the only thing that changed is the target. Each answer is
+compared with the recorded one: status, chosen headers, and the body (JSON structurally, minus
+ignored paths; text and binary exactly). Exit status 0 when everything matched, 1 when anything differed or failed; JUnit XML
 for CI with `--junit`.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import difflib
 import hashlib
 import json
+import secrets
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
@@ -32,7 +34,7 @@ from .cases import FindSession, parse_json, read_bytes
 from .config import ConfigError, StoreConfig
 from .otlp import HOP_BY_HOP, hit_body
 from .tls import client_context
-from .tracecontext import SESSION_HEADERS, SP_SESSION
+from .tracecontext import SESSION_HEADERS, SP_SESSION, run_session
 
 SESSION_HEADER = SESSION_HEADERS[0]
 # Recorded request headers not sent again: the target's own host and framing, and the original
@@ -60,7 +62,12 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                         help="set on every request sent (repeatable), e.g. a credential the "
                              "recording does not keep")
     replay.add_argument("--service", help="only the inbound exchanges of this service")
-    replay.add_argument("--session", help="the session header's value (default: the recorded session)")
+    session = replay.add_mutually_exclusive_group()
+    session.add_argument("--session", help="the session header's value, sent as it is (default: the "
+                                           "recorded session plus this run's id, SESSION~RUN)")
+    session.add_argument("--no-run-id", action="store_true",
+                         help="send the recorded session id without a run id (repeated calls then "
+                              "continue where a run less than store.sequence_reset_s ago stopped)")
     replay.add_argument("--session-header", default=SESSION_HEADER,
                         help=f"the header carrying the session (default: {SESSION_HEADER})")
     replay.add_argument("--junit", metavar="FILE", help="write JUnit XML here")
@@ -186,14 +193,16 @@ def cmd_replay(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> in
     except ValueError as e:
         raise ConfigError(str(e)) from None
     suites = list(_suites(args.sources, config, args.service, args.find_session))
+    sessions = _sessions(suites, args.session, "" if args.no_run_id else secrets.token_hex(4))
     started = time.monotonic()
     with httpx.Client(base_url=args.target, trust_env=False, verify=client_context(),
                       timeout=args.timeout) as client:
         for suite in suites:
-            print(f"replaying {suite.name}: {len(suite.exchanges)} inbound exchanges against {args.target}",
-                  file=out, flush=True)
+            sent = ", ".join(dict.fromkeys(sessions[ex.session_id] for ex in suite.exchanges))
+            print(f"replaying {suite.name}: {len(suite.exchanges)} inbound exchanges against {args.target} "
+                  f"in session {sent}", file=out, flush=True)
             for number, ex in enumerate(suite.exchanges, 1):
-                result = _replay(client, ex, number, args, checks, extra)
+                result = _replay(client, ex, number, sessions[ex.session_id], args, checks, extra)
                 suite.results.append(result)
                 _print(out, result)
     elapsed = time.monotonic() - started
@@ -238,10 +247,20 @@ def _suites(sources: list[str], config: StoreConfig, service: str | None,
         yield Suite(name, inbound)
 
 
-def _replay(client: httpx.Client, ex: Exchange, number: int, args: argparse.Namespace,
+def _sessions(suites: list[Suite], session: str | None, run_id: str) -> dict[str, str]:
+    """The session sent for each recorded one: `session` when given, else the recorded session
+    plus `run_id` (a replay run of its own, see `tracecontext.RUN_SEPARATOR`), or as it is."""
+    recorded = {ex.session_id for suite in suites for ex in suite.exchanges}
+    try:
+        return {s: session or (run_session(s, run_id) if run_id else s) for s in recorded}
+    except ValueError as e:
+        raise ConfigError(f"{e}; --no-run-id sends it as it is") from None
+
+
+def _replay(client: httpx.Client, ex: Exchange, number: int, session: str, args: argparse.Namespace,
             checks: Checks, extra: dict[str, str]) -> Result:
     result = Result(ex, number)
-    headers, body = request_to_send(ex, args.session or ex.session_id, args.session_header, extra)
+    headers, body = request_to_send(ex, session, args.session_header, extra)
     started = time.monotonic()
     try:
         answer = client.request(ex.method, ex.path, headers=headers, content=body)

@@ -21,6 +21,10 @@ SESSION_HEADERS = ("x-softprobe-session-id", "x-sp-session-id", "sp_session_id",
 MAX_SESSION_ID = 256
 # What a session id may contain: it travels inside tracestate, so no ',', '=', spaces or controls.
 _SESSION = re.compile(r"[\x21-\x2b\x2d-\x3c\x3e-\x7e]{1,%d}" % MAX_SESSION_ID)
+# A replay run's session id is `<recorded session>~<run id>`: a fresh session per run, as Softprobe
+# creates one per test run, whose lookups answer from the recorded session. `~` travels unescaped
+# in headers, tracestate and URLs; no generated session id (ours, Softprobe's `sess_...`) holds it.
+RUN_SEPARATOR = "~"
 
 HeaderGet = Callable[[str], "str | None"]
 
@@ -88,6 +92,22 @@ def session_id(header: HeaderGet, tracestate: list[tuple[str, str]]) -> str:
         if _SESSION.fullmatch(value):
             return value
     return f"sp-session-{uuid.uuid4()}"
+
+
+def own_sessions(session: str) -> tuple[str, ...]:
+    """The sessions whose recordings are a lookup session's own: itself and, for a replay run's
+    id, the recorded session it names (the part before its last `~`)."""
+    recorded, sep, run = session.rpartition(RUN_SEPARATOR)
+    return (session, recorded) if sep and recorded and run else (session,)
+
+
+def run_session(recorded: str, run_id: str) -> str:
+    """The session id of one replay run of `recorded` (`run_id` holds no `~`)."""
+    session = f"{recorded}{RUN_SEPARATOR}{run_id}"
+    if not _SESSION.fullmatch(session):
+        raise ValueError(f"session {recorded!r}: no valid session id with a run id appended "
+                         f"(at most {MAX_SESSION_ID} printable characters, no ',', '=' or spaces)")
+    return session
 
 
 def propagated_headers(ctx: SpanContext, session: str, tracestate: list[tuple[str, str]],

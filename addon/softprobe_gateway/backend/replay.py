@@ -3,7 +3,9 @@
 Each lookup session walks, per distinct request (its fingerprint), the answers one recorded
 session holds for that request, in recorded order; the store repeats the last once they run out.
 Which recorded session is chosen once per request, per `store.session_scope`: the lookup's own,
-then the one this lookup session already fell back to, then the latest that has the request.
+then the recorded session a replay run's id names (`<recorded>~<run>`, see `tracecontext`), then
+the one this lookup session already fell back to, then the latest that has the request. So each
+run of `softprobe replay` walks the recording from its first answer, however recently another ran.
 Recordings made after a walk began (the replay's own exports among them) are not part of it.
 The store answers the questions of `Recordings`; this module only keeps positions.
 """
@@ -16,6 +18,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from ..tracecontext import own_sessions
 
 MAX_REPLAYS = 10_000  # lookup sessions whose replay position is kept
 MAX_SEQUENCES = 10_000  # distinct requests per lookup session
@@ -79,12 +83,13 @@ class Replays:
             replay = self._touch(session_id)
             sequence = replay.sequences.get(fingerprint)
         if sequence is None:
-            sequence = self._start(recordings, session_id, replay.bound_session, fingerprint)
+            own = own_sessions(session_id)
+            sequence = self._start(recordings, own, replay.bound_session, fingerprint)
             if sequence is None:
                 return None
             with self._lock:
                 sequence = replay.sequences.setdefault(fingerprint, sequence)
-                if sequence.session != session_id and not replay.bound_session:
+                if sequence.session not in own and not replay.bound_session:
                     replay.bound_session = sequence.session
                 if len(replay.sequences) > self.max_sequences:
                     replay.sequences.popitem(last=False)
@@ -105,12 +110,12 @@ class Replays:
         self._replays.move_to_end(session_id)
         return replay
 
-    def _start(self, recordings: Recordings, session_id: str, bound: str,
+    def _start(self, recordings: Recordings, own: tuple[str, ...], bound: str,
                fingerprint: str) -> _Sequence | None:
-        """Pick the recorded session to replay the request from, per `session_scope`."""
+        """Pick the recorded session to replay the request from, per `session_scope`; `own` are
+        the lookup session and the recorded session it names."""
         scope = self.session_scope
-        candidates = [s for s in ((session_id if scope != "any" else ""),
-                                  (bound if scope != "only" else "")) if s]
+        candidates = [*(own if scope != "any" else ()), *((bound,) if bound and scope != "only" else ())]
         recorded = next((s for s in candidates if recordings.has(fingerprint, s)), None)
         if recorded is None and scope != "only":
             recorded = recordings.latest_session(fingerprint)

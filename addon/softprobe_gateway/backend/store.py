@@ -28,6 +28,7 @@ from pathlib import Path
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from ..config import StoreConfig
+from ..tracecontext import own_sessions
 from . import matching, spans
 from .model import Exchange, LookupRequest, Miss, MissedLookup, SessionPage, SessionSummary
 from .replay import Replays
@@ -355,7 +356,7 @@ class Store:
             for ex in map(_exchange, rows):
                 recorded = self._exchange_form(ex)
                 lines = matching.diff(recorded, form)
-                if self.config.session_scope == "only" and ex.session_id != req.session_id:
+                if self.config.session_scope == "only" and ex.session_id not in own_sessions(req.session_id):
                     lines.append(f"session: recorded {ex.session_id!r}, got {req.session_id!r} "
                                  "(store.session_scope is 'only')")
                 if best is None or len(lines) < len(best[0]):
