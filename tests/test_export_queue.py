@@ -60,7 +60,7 @@ def test_bytes_stay_counted_until_acknowledged_and_the_bound_holds():
     assert queue.bytes == 0 and queue.submit(exchange(5, 1000))
 
 
-def test_put_back_keeps_order_and_abandon_counts_a_dead_workers_batches():
+def test_put_back_keeps_order_and_abandon_names_a_dead_workers_exchanges():
     queue = ExportQueue(ExportConfig(batch_max_spans=2, flush_interval_ms=1))
     for n in range(5):
         queue.submit(exchange(n))
@@ -68,7 +68,7 @@ def test_put_back_keeps_order_and_abandon_counts_a_dead_workers_batches():
     first, second = queue.take(0, NEVER), queue.take(0, NEVER)
     assert [m.request.path for m in first.misses] == ["/m"] and second.misses == []
     queue.put_back(second)                           # never reached the worker: sent again, in order
-    assert queue.abandon(0) == 2                      # the first was in the worker when it died
+    assert queue.abandon(0) == [(e.trace_id, e.span_id) for e in first.exchanges]  # in the worker when it died
     assert paths(queue.take(0, NEVER)) == ["/2", "/3"]
     assert queue.bytes == sum(exchange(n).size for n in (2, 3, 4))
 

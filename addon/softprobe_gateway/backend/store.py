@@ -480,6 +480,13 @@ class Store:
                                    "ORDER BY id LIMIT ?", (len(prefix), prefix.lower(), limit)).fetchall()
         return ([("session", r[0]) for r in sessions] + [("exchange", r[0]) for r in exchanges])[:limit]
 
+    def count_stored(self, spans: Iterable[tuple[str, str]]) -> int:
+        """How many of these (trace id, span id) are stored: what a dead export worker committed
+        before it could report."""
+        with self._reading() as db:
+            return sum(db.execute("SELECT 1 FROM exchanges WHERE trace_id = ? AND span_id = ?",
+                                  key).fetchone() is not None for key in spans)
+
     def exchange(self, span_id: str) -> Exchange | None:
         """The latest recorded exchange with this span id."""
         with self._reading() as db:

@@ -30,10 +30,13 @@ def wire_bytes(size: int) -> int:
     return size * 4 // 3
 
 
+SpanKey = tuple[bytes, bytes]  # an exchange's (trace id, span id): what the embedded store keys it by
+
+
 @dataclass(slots=True)
 class _InFlight:
     worker: int
-    exchanges: int
+    spans: list[SpanKey]  # what a dead worker's loss is checked against (`abandon`)
     size: int
 
 
@@ -130,7 +133,7 @@ class ExportQueue:
         misses = list(self._misses)
         self._misses.clear()
         seq = next(self._seq)
-        self._in_flight[seq] = _InFlight(worker, len(exchanges), size)
+        self._in_flight[seq] = _InFlight(worker, [(ex.trace_id, ex.span_id) for ex in exchanges], size)
         return Batch(seq, exchanges, misses, self._deadline)
 
     def put_back(self, batch: Batch) -> None:
@@ -149,13 +152,14 @@ class ExportQueue:
             self._in_flight.pop(seq, None)
             self._cond.notify_all()
 
-    def abandon(self, worker: int) -> int:
-        """Forget the batches a dead worker held; how many exchanges they carried."""
+    def abandon(self, worker: int) -> list[SpanKey]:
+        """Forget the batches a dead worker held; the exchanges they carried (it may have
+        delivered some of them before it could report)."""
         with self._cond:
-            lost = [seq for seq, batch in self._in_flight.items() if batch.worker == worker]
-            count = sum(self._in_flight.pop(seq).exchanges for seq in lost)
+            held = [seq for seq, batch in self._in_flight.items() if batch.worker == worker]
+            spans = [key for seq in held for key in self._in_flight.pop(seq).spans]
             self._cond.notify_all()
-            return count
+            return spans
 
     def close(self, deadline: float) -> None:
         """Refuse new exchanges; what is queued is handed out at once, with `deadline`."""
