@@ -93,3 +93,11 @@ def test_regions_released_out_of_order_are_reused_once_the_oldest_is_released():
     assert ring.pack(blocked) is blocked       # batch 1 still holds the oldest region
     ring.release(1)
     assert ring.pack(Batch(5, [exchange(5, b"5" * BIG)])).shared[0].offset == 0
+
+
+def test_without_memfd_the_ring_is_an_unlinked_temporary_file(monkeypatch):
+    monkeypatch.delattr("os.memfd_create")  # macOS
+    ring = BodyRing(2 * BIG)
+    packed = ring.pack(Batch(1, [exchange(0, b"m" * BIG)]))
+    RingReader(ring.spec).unpack(packed)
+    assert packed.exchanges[0].request.body == b"m" * BIG

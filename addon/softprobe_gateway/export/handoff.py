@@ -8,7 +8,8 @@ memfd, inherited by the worker), and the batch carries only its place; the worke
 once. Measured with 1 MiB bodies: 0.07 ms per MiB in the proxy, 0.12 ms in the worker.
 
 Regions are reserved per batch in the order batches are sent and released when the worker
-reports on the batch, so the ring is a FIFO. A batch whose bodies find no room (the worker is
+reports on the batch; a region is reused once every older one is released (two batches may be
+sent at once, so reports can come out of order). A batch whose bodies find no room (the worker is
 behind, or a body is larger than the ring) travels through the socket as before: the ring never
 blocks and never loses anything.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import replace
@@ -39,7 +41,7 @@ class BodyRing:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.fd = os.memfd_create("softprobe-export-bodies", os.MFD_CLOEXEC)
+        self.fd = _shared_file()
         os.ftruncate(self.fd, size)
         self._map = mmap.mmap(self.fd, size)
         self._lock = threading.Lock()
@@ -106,6 +108,16 @@ class BodyRing:
         """The worker has its copy of the descriptor: ours is no longer needed (the mapping
         stays until the ring is dropped with its worker)."""
         os.close(self.fd)
+
+
+def _shared_file() -> int:
+    """A descriptor of memory no other process can open: a memfd on Linux, elsewhere (a macOS
+    laptop) a temporary file unlinked at once."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("softprobe-export-bodies", os.MFD_CLOEXEC)
+    fd, path = tempfile.mkstemp(prefix="softprobe-export-bodies-")
+    os.unlink(path)
+    return fd
 
 
 class RingReader:
