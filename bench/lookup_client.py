@@ -13,18 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import h11
 import httpx
 
 from softprobe_gateway.httpclient import PostClient
-from tests.support import LOOPBACK, free_port, start_server, stop_server
+from tests.support import LOOPBACK
+
+from .procs import backend
 
 SIZES = {1024: 3000, 64 * 1024: 1000, 1024 * 1024: 100}  # body size: lookups per round
 Post = Callable[[bytes], Awaitable[tuple[int, bytes]]]
@@ -103,20 +102,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     rounds = 1 if args.quick else args.rounds
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="softprobe-bench-") as tmp:
-        server, log = start_server([sys.executable, "-m", "bench.servers", "backend", str(port), str(free_port())],
-                                   port, Path(tmp) / "backend.log", Path.cwd())
-        try:
-            print("| client | request body | CPU ms per lookup |\n|---|---|---|")
-            for size, count in SIZES.items():
-                count = max(10, count // 30) if args.quick else count
-                url = f"http://{LOOPBACK}:{port}/hit/{size}/v1/inject"
-                for name in ("softprobe", "h11", "httpx"):
-                    cpu = statistics.median(asyncio.run(measure(name, url, size, count)) for _ in range(rounds))
-                    print(f"| {name} | {size // 1024} KiB | {cpu:.3f} |", flush=True)
-        finally:
-            stop_server(server, log)
+    with backend() as port:
+        print("| client | request body | CPU ms per lookup |\n|---|---|---|")
+        for size, count in SIZES.items():
+            count = max(10, count // 30) if args.quick else count
+            url = f"http://{LOOPBACK}:{port}/hit/{size}/v1/inject"
+            for name in ("softprobe", "h11", "httpx"):
+                cpu = statistics.median(asyncio.run(measure(name, url, size, count)) for _ in range(rounds))
+                print(f"| {name} | {size // 1024} KiB | {cpu:.3f} |", flush=True)
     return 0
 
 

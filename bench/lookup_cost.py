@@ -15,16 +15,15 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from softprobe_gateway.capture import Capture, Exchange, Message
 from softprobe_gateway.config import Config
 from softprobe_gateway.httpclient import PostClient
 from softprobe_gateway.otlp import decode_hit, inject_request
-from tests.support import LOOPBACK, free_port, start_server, stop_server
+from tests.support import LOOPBACK
 
+from .procs import backend
 from .servers import body_of
 
 SIZES = {1024: 2000, 64 * 1024: 400, 1024 * 1024: 40}  # request body size: lookups per round
@@ -76,22 +75,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     rounds = 1 if args.quick else args.rounds
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="softprobe-bench-") as tmp:
-        server, log = start_server([sys.executable, "-m", "bench.servers", "backend", str(port), str(free_port())],
-                                   port, Path(tmp) / "backend.log", Path.cwd())
-        try:
-            print(f"| request body | {' | '.join(STAGES)} | lookup that misses |")
-            print(f"|---|{'--:|' * (len(STAGES) + 1)}")
-            for size, count in SIZES.items():
-                count = max(5, count // 40) if args.quick else count
-                runs = [asyncio.run(measure(port, size, count)) for _ in range(rounds)]
-                stages = [statistics.median(run[s] for run in runs) for s in range(len(STAGES))]
-                missing = sum(stages[:3])
-                print(f"| {size // 1024} KiB | {' | '.join(f'{ms:.3f}' for ms in stages)} | {missing:.3f} |",
-                      flush=True)
-        finally:
-            stop_server(server, log)
+    with backend() as port:
+        print(f"| request body | {' | '.join(STAGES)} | lookup that misses |")
+        print(f"|---|{'--:|' * (len(STAGES) + 1)}")
+        for size, count in SIZES.items():
+            count = max(5, count // 40) if args.quick else count
+            runs = [asyncio.run(measure(port, size, count)) for _ in range(rounds)]
+            stages = [statistics.median(run[s] for run in runs) for s in range(len(STAGES))]
+            missing = sum(stages[:3])
+            print(f"| {size // 1024} KiB | {' | '.join(f'{ms:.3f}' for ms in stages)} | {missing:.3f} |",
+                  flush=True)
     return 0
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import tempfile
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import LOOPBACK, start_server, stop_server
+from tests.support import LOOPBACK, free_port, start_server, stop_server
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -90,3 +94,17 @@ def prometheus(port: int) -> dict[str, float]:
             name = name.split("{", 1)[0]
             totals[name] = totals.get(name, 0.0) + float(value)
     return totals
+
+
+@contextmanager
+def backend() -> Iterator[int]:
+    """The benchmark's backend (`bench.servers`) in its own process, for benchmarks of one
+    client: its port, the process stopped on exit."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="softprobe-bench-") as tmp:
+        server, log = start_server([sys.executable, "-m", "bench.servers", "backend", str(port), str(free_port())],
+                                   port, Path(tmp) / "backend.log", Path.cwd())
+        try:
+            yield port
+        finally:
+            stop_server(server, log)
