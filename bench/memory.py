@@ -91,7 +91,7 @@ def run_case(case: Case, rig: Rig, tmp: Path, limits: Limits, seconds: int, conn
             script = upload_script(tmp) if case.direction == "upload" else None
             wrk.run(target.url, wrk.Load(1, connections, warmup_s), script)
             cpu_before = target.proc.cpu_seconds()
-            with RssSampler(group) as sampler:
+            with RssSampler(group.rss_bytes) as sampler:
                 result = wrk.run(target.url, wrk.Load(1, connections, seconds), script)
             cpu = target.proc.cpu_seconds() - cpu_before
             alive = target.proc.process.poll() is None

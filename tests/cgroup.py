@@ -14,7 +14,8 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -138,22 +139,24 @@ class Cgroup:
         self.remove()
 
 
-@dataclass
 class RssSampler:
-    """Samples the group's RSS on a thread, every `interval` seconds, while in a `with`."""
+    """Samples resident memory (`read()`, in bytes) on a thread every `interval` seconds while in a
+    `with`, from a baseline taken at the start to a last sample taken at the end."""
 
-    group: Cgroup
-    interval: float = 0.25
-    samples: list[tuple[float, int]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self, read: Callable[[], int], interval: float = 0.25) -> None:
+        self.read, self.interval = read, interval
+        self.baseline = read()
+        self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start = time.monotonic()
+
+    def _sample(self) -> None:
+        self.samples.append((time.monotonic() - self._start, self.read()))
 
     def _run(self) -> None:
-        start = time.monotonic()
         while not self._stop.wait(self.interval):
-            self.samples.append((time.monotonic() - start, self.group.rss_bytes()))
+            self._sample()
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -162,6 +165,12 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
+
+    @property
+    def peak(self) -> int:
+        """The highest sample (bytes), the baseline included."""
+        return max([self.baseline, *(rss for _, rss in self.samples)])
 
     def thirds_mb(self) -> tuple[float, float, float]:
         """Highest RSS (MiB) in the first, middle and last third of the run."""

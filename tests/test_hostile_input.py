@@ -40,6 +40,7 @@ from softprobe_gateway.routing import SERVICE_NAME, caller_service
 from softprobe_gateway.tracecontext import (
     MAX_SESSION_ID, SESSION_HEADERS, new_context, parse_traceparent, parse_tracestate, propagated_headers, session_id,
 )
+from cgroup import RssSampler
 from support import LOOPBACK, Gateway, OtlpBackend, Received, attributes, echo_upstream, free_port, wait_for
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -415,29 +416,6 @@ def rss_growth(pid: int, before: int, limit: int, within: float) -> int:
     return grown
 
 
-class RssSampler:
-    """The gateway's resident memory, sampled every 10 ms while a scenario runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.baseline, self.peak = pid, rss_kib(pid), 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_kib(self.pid))
-            self._stop.wait(0.01)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_kib(self.pid))
-
-
 @pytest.fixture(scope="module")
 def upstream():
     with echo_upstream() as server:
@@ -584,7 +562,7 @@ def huge_hit(tmp_path_factory, upstream):
                   "lookup": {"timeout_ms": 20_000, "breaker_failures": 100}}
         with Gateway(config, tmp, mode=f"reverse:{upstream.url}") as gw:
             served(gw, "/warm-up")
-            with RssSampler(gw.process.pid) as rss:
+            with RssSampler(lambda: rss_kib(gw.process.pid) * 1024, interval=0.01) as rss:
                 started = time.perf_counter()
                 with gw.client(timeout=30) as client:
                     response = client.get("/wants-a-huge-hit")
@@ -601,10 +579,10 @@ def test_a_100_mb_hit_is_refused_and_the_request_served_upstream(huge_hit) -> No
     assert huge_hit["bad_answers"] == 1 and huge_hit["alive"] and huge_hit["served_after"] < 1.0
     rss = huge_hit["rss"]
     print(f"\n100 MB hit: payload {huge_hit['payload'] / 1e6:.0f} MB, request took "
-          f"{huge_hit['elapsed']:.2f} s, gateway RSS {rss.baseline / 1024:.0f} MiB before, "
-          f"peak {rss.peak / 1024:.0f} MiB")
+          f"{huge_hit['elapsed']:.2f} s, gateway RSS {rss.baseline / 2**20:.0f} MiB before, "
+          f"peak {rss.peak / 2**20:.0f} MiB")
 
 
 def test_a_100_mb_hit_is_refused_without_buffering_it(huge_hit) -> None:
     rss = huge_hit["rss"]
-    assert (rss.peak - rss.baseline) / 1024 < 32, f"RSS grew {(rss.peak - rss.baseline) / 1024:.0f} MiB"
+    assert (rss.peak - rss.baseline) / 2**20 < 32, f"RSS grew {(rss.peak - rss.baseline) / 2**20:.0f} MiB"
