@@ -15,11 +15,11 @@ from mitmproxy.test import taddons, tflow
 
 from softprobe_gateway import config as cfg
 from softprobe_gateway.addon import SoftprobeAddon
-from softprobe_gateway.capture import Capture, Exchange, Message, decode_body, encode_body, is_text, join_headers
+from softprobe_gateway.capture import Capture, Exchange, Message, decode_body, encode_body, is_text
 from softprobe_gateway.lookup import Breaker
 from softprobe_gateway.metrics import Metrics
 from softprobe_gateway.otlp import BadAnswer, hit_body, hit_from_traces, key_value, make_span, traces_data
-from softprobe_gateway.rules import STATIC, RecordingRules, is_static_response
+from softprobe_gateway.rules import STATIC, RecordingRules, is_static
 from softprobe_gateway.tracecontext import (SpanContext, new_context, parse_traceparent, parse_tracestate,
                                             propagated_headers, session_id)
 
@@ -44,7 +44,7 @@ def rules(**kw) -> RecordingRules:
     ("/page?_rsc=abc", {}, "framework"), ("/_next/static/x", {}, "framework"),
     ("/a", {"accept": "text/x-component"}, "framework"), ("/a", {"RSC": "1"}, "framework"),
     ("/a", {"sec-purpose": "Prefetch"}, "framework"), ("/a", {"purpose": "prefetchx"}, None),
-    ("/app.JS?v=1", {}, "static"), ("/font.woff2", {}, "static"), ("/api/js", {}, None),
+    ("/app.JS?v=1", {}, None), ("/api/js", {}, None),  # static or not depends on the answer too
 ])
 def test_skip_reasons_in_protocol_order(path, hdrs, reason):
     assert rules().skip_request("h", path, headers(hdrs)) == reason
@@ -72,7 +72,25 @@ def test_exemption_and_collection_rules():
     (None, False), ("text/plain", False),
 ])
 def test_static_response_types(ctype, static):
-    assert is_static_response(ctype) is static
+    assert is_static("GET", 200, "/a", ctype, 10) is static
+
+
+@pytest.mark.parametrize("method, status, path, ctype, size, static", [
+    ("GET", 200, "/app.JS?v=1", "application/json", 10, True),    # an asset path
+    ("GET", 200, "/font.woff2", None, 10, True),
+    ("GET", 206, "/movie.png", "image/png", 10, True),             # a range of an asset
+    ("GET", 204, "/", "text/html; charset=utf-8", 0, False),       # Flask's empty answer
+    ("GET", 200, "/", "text/html", 0, False),                      # empty
+    ("GET", 302, "/login", "text/html; charset=utf-8", 189, False),  # Flask/Django/Express redirects
+    ("GET", 304, "/app.js", None, 0, False),
+    ("GET", 404, "/missing", "text/html; charset=utf-8", 207, False),  # framework error pages
+    ("GET", 500, "/app.js", "text/html", 265, False),
+    ("POST", 200, "/form", "text/html", 50, False),                # another method's answer
+    ("HEAD", 200, "/index.html", "text/html", 0, False),
+    ("GET", 101, "/ws", None, 0, False),
+])
+def test_only_a_successful_get_of_a_page_or_asset_is_static(method, status, path, ctype, size, static):
+    assert is_static(method, status, path, ctype, size) is static
 
 
 # -- trace context -------------------------------------------------------------------------
@@ -189,8 +207,20 @@ def test_truncation_marks_both_bodies():
     assert attrs["sp.span.type"] == "extract"
 
 
-def test_join_headers_lowercases():
-    assert join_headers([(b"X-A", b"1"), (b"x-a", b"2")]) == {"x-a": "1, 2"}
+def test_repeated_fields_are_exported_joined_and_apart():
+    """The protocol's one attribute per name (joined by `, `), and each value apart, in order."""
+    cap = Capture(cfg.CaptureConfig())
+    message = Message([(b"Link", b"</a>; rel=a"), (b"X-One", b"1"), (b"link", b"</b>; rel=b"),
+                       (b"Content-Type", b"application/json"), (b"content-type", b"application/json")],
+                      b"{}", ((":status", "200"),), trailers=[(b"grpc-status", b"0"), (b"grpc-message", b"")])
+    headers, body = cap.message_attributes("response", message)
+    attrs = dict(headers)
+    assert attrs["http.response.header.link"] == "</a>; rel=a, </b>; rel=b"
+    assert attrs["http.response.header_values.link"] == ("</a>; rel=a", "</b>; rel=b")
+    assert attrs["http.response.header_values.content-type"] == ("application/json",) * 2
+    assert "http.response.header_values.x-one" not in attrs and attrs["http.response.header.x-one"] == "1"
+    assert attrs["http.response.trailer.grpc-status"] == "0" and "http.response.header.grpc-status" not in attrs
+    assert dict(body)["http.response.body"] == "{}"
 
 
 # -- lookup answers -------------------------------------------------------------------------
@@ -320,11 +350,11 @@ async def drive_addon(config: str) -> None:
         assert flow not in addon.flows and exchange.status_code == 200 and not flow.metadata
         assert addon.metrics.registry.get_sample_value("softprobe_exchanges_recorded_total") == 1
 
-        static = tflow.tflow(resp=True)
+        static = tflow.tflow()
         static.request.path = "/logo.png"
         addon.requestheaders(static)
         await addon.request(static)
-        assert addon.flows[static].exchange is None
+        static.response = tflow.tresp()  # the upstream's answer: a successful GET of an asset
         addon.response(static)
         assert not addon.flows
         assert addon.metrics.registry.get_sample_value("softprobe_exchanges_skipped_total", {"reason": "static"}) == 1

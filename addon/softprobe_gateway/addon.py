@@ -26,8 +26,8 @@ from .config import CONFIG_ENV, Config, ConfigError, ConfigFile, MockRule
 from .interception import upstream_trust
 from .metrics import AdminServer, Metrics
 from .otlp import Hit, inject_request
-from .routing import listen_addresses
-from .rules import STATIC, is_static_response
+from .routing import authority_host, listen_addresses, request_authority
+from .rules import STATIC, is_static
 from .runtime import Runtime
 from .tracecontext import new_context, parse_tracestate, propagated_headers, session_id
 
@@ -50,13 +50,17 @@ class FlowState:
     across two configs; its exchange (None when not recorded); its body tees while streaming."""
 
     runtime: Runtime
+    host: str  # where the request was addressed, without port (see `routing.request_authority`)
     exchange: Exchange | None = None
     request_tee: BodyTee | None = None
     response_tee: BodyTee | None = None
 
     def answer(self, flow: http.HTTPFlow, response: http.Response, answered_by: str) -> None:
         """Answer the client from the gateway: marked so nothing takes it for an upstream's answer
-        (mitmproxy's `is_replay`, as its server playback sets it; the exported span)."""
+        (mitmproxy's `is_replay`, as its server playback sets it; the exported span). The answer
+        to a HEAD has no body: bytes after its head would corrupt the client's connection."""
+        if flow.request.method == "HEAD":
+            response.content = b""
         flow.response = response
         flow.is_replay = "response"
         flow.metadata[ANSWERED_BY] = answered_by
@@ -215,14 +219,14 @@ class SoftprobeAddon:
             return
         request = flow.request
         self.metrics.seen.inc()
+        client_headers = request.headers.fields  # the client's, before the gateway adds or strips any
+        authority = request_authority(request, flow.client_conn.proxy_mode)
         caller = rt.router.caller(request.headers)
-        authority = request.host_header or f"{request.host}:{request.port}"
         if refusal := rt.router.route(request):
             flow.response = http.Response.make(508, f"softprobe gateway: {refusal}\n",
                                                {"content-type": "text/plain; charset=utf-8"})
             return
-        state = self.flows[flow] = FlowState(rt)
-        client_headers = request.headers.fields  # immutable snapshot, before propagation
+        state = self.flows[flow] = FlowState(rt, authority_host(authority))
         tracestate = parse_tracestate(request.headers.get("tracestate"))
         span = new_context(tracestate, request.headers.get("traceparent"))
         session = session_id(request.headers.get, tracestate)
@@ -231,7 +235,7 @@ class SoftprobeAddon:
                                               request.headers.get("x-sp-num")).items():
             request.headers[name] = value
         streamed = should_stream(request.headers, rt.config.capture.stream_threshold_bytes, response=False)
-        if skip := rt.rules.skip_request(request.pretty_host, request.path, request.headers.get):
+        if skip := rt.rules.skip_request(state.host, request.path, request.headers.get):
             self.metrics.skip(skip, request)
             request.stream = streamed
             return
@@ -264,7 +268,7 @@ class SoftprobeAddon:
             return
         if request.stream:
             return  # already on its way upstream: too late to answer it from a mock or lookup
-        if mock := rt.mocks.match(request.method, request.pretty_host, request.path):
+        if mock := rt.mocks.match(request.method, state.host, request.path):
             await self._mock(flow, state, mock)
         elif exchange is not None and rt.lookup is not None:
             await self._lookup(flow, state)
@@ -286,7 +290,8 @@ class SoftprobeAddon:
         lookup_body = build() if small else await asyncio.to_thread(build)
         outcome, hit = await rt.lookup(lookup_body)
         if hit is not None:
-            state.answer(flow, self._hit_response(hit, rt.config.lookup.debug_header), HIT)
+            state.answer(flow, self._hit_response(hit, rt.config.lookup.debug_header,
+                                                  flow.request.is_http2), HIT)
         elif rt.config.lookup.on_miss == "reject":
             state.answer(flow, http.Response.make(
                 404 if outcome == "miss" else 503,
@@ -295,13 +300,17 @@ class SoftprobeAddon:
                 {"content-type": "text/plain; charset=utf-8", "x-softprobe-lookup": outcome}), REFUSAL)
 
     @staticmethod
-    def _hit_response(hit: Hit, debug: bool) -> http.Response:
+    def _hit_response(hit: Hit, debug: bool, http2: bool) -> http.Response:
+        """The recorded answer, its fields as they were sent; its trailers to an HTTP/2 client
+        (mitmproxy 11 has no HTTP/1 trailers: an HTTP/1 client gets the answer without them)."""
         headers = [(k.encode(), v.encode()) for k, v in hit.headers if k != "content-encoding"]
         if debug:
             headers.append((DEBUG_HEADER.encode(), b"true"))
         response = http.Response.make(hit.status, b"", headers)
         response.raw_content = hit.body  # recorded bodies are decoded: send them as they are
         response.headers["content-length"] = str(len(hit.body))
+        if http2 and hit.trailers:
+            response.trailers = http.Headers([(k.encode(), v.encode()) for k, v in hit.trailers])
         return response
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
@@ -335,16 +344,19 @@ class SoftprobeAddon:
         exchange, response = state.exchange, flow.response
         if flow.is_replay == "response" and not exchange.answered_by:  # one answering after us
             exchange.answered_by = ADDON
+        pseudo = ((":status", str(response.status_code)),)
+        trailers = response.trailers.fields if response.trailers else ()
+        tee = state.response_tee
+        exchange.response = (tee.message(response.headers.fields, pseudo, trailers) if tee is not None
+                             else Message(response.headers.fields, response.raw_content, pseudo,
+                                          trailers=trailers))
         content_type = response.headers.get("content-type")
-        if not exchange.answered_by and is_static_response(content_type):
+        if not exchange.answered_by and is_static(flow.request.method, response.status_code,
+                                                  flow.request.path, content_type,
+                                                  exchange.response.size or len(exchange.response.body or b"")):
             del self.flows[flow]
             self.metrics.skip(STATIC, flow.request, content_type)
             return
-        fields = response.headers.fields + (response.trailers.fields if response.trailers else ())
-        pseudo = ((":status", str(response.status_code)),)
-        tee = state.response_tee
-        exchange.response = (tee.message(fields, pseudo) if tee is not None
-                             else Message(fields, response.raw_content, pseudo))
         exchange.status_code = response.status_code
         exchange.end_ns = int((response.timestamp_end or time.time()) * 1e9)
         if flow.websocket is None:  # a WebSocket's exchange is exported when it closes

@@ -17,7 +17,7 @@ import brotlicffi  # 1.2+: an output limit, which mitmproxy's pinned Brotli 1.1 
 import zstandard
 
 from .config import CaptureConfig, RedactionConfig
-from .otlp import Attributes, is_text
+from .otlp import Attributes, field_attributes, is_text
 from .redaction import Redactor
 
 if TYPE_CHECKING:  # the export worker process imports this module: keep mitmproxy out of it
@@ -41,12 +41,14 @@ class Message:
     """One side of an exchange as it crossed the proxy: header fields and body as on the wire.
 
     `size` is the body's full length on the wire when only its beginning was kept (streamed).
+    `trailers` are the fields that came after the body (HTTP/2, e.g. gRPC's `grpc-status`).
     """
 
     headers: HeaderFields
     body: bytes | None
     pseudo: tuple[tuple[str, str], ...] = ()
     size: int | None = None
+    trailers: HeaderFields = ()
 
 
 class BodyTee:
@@ -65,8 +67,9 @@ class BodyTee:
             self.kept += chunk[:room]
         return chunk
 
-    def message(self, headers: HeaderFields, pseudo: tuple[tuple[str, str], ...]) -> Message:
-        return Message(headers, bytes(self.kept), pseudo, self.size)
+    def message(self, headers: HeaderFields, pseudo: tuple[tuple[str, str], ...],
+                trailers: HeaderFields = ()) -> Message:
+        return Message(headers, bytes(self.kept), pseudo, self.size, trailers)
 
 
 def should_stream(headers: Mapping[str, str], threshold: int, response: bool) -> bool:
@@ -164,30 +167,29 @@ class Capture:
         ]))
 
     def message_attributes(self, side: str, message: Message) -> tuple[Attributes, Attributes]:
-        """(header, body) attributes of the `request` or `response` side."""
-        headers = join_headers(message.headers)
-        return (self._header_attributes(f"http.{side}.header.", message.pseudo, headers),
-                self._body_attributes(f"http.{side}.body", message, headers))
+        """(header and trailer, body) attributes of the `request` or `response` side."""
+        headers = decoded_fields(message.headers)
+        attrs = self._field_attributes(f"http.{side}.header.", headers, message.pseudo)
+        if message.trailers:
+            attrs += self._field_attributes(f"http.{side}.trailer.", decoded_fields(message.trailers))
+        return attrs, self._body_attributes(f"http.{side}.body", message, headers)
 
-    def _header_attributes(self, prefix: str, pseudo: tuple[tuple[str, str], ...],
-                           headers: dict[str, str]) -> Attributes:
-        """Pseudo-headers first, then each header once (repeats joined by `, `), secrets removed."""
+    def _field_attributes(self, prefix: str, fields: list[tuple[str, str]],
+                          pseudo: tuple[tuple[str, str], ...] = ()) -> Attributes:
+        """Pseudo-headers first, then the fields (each repeated one also apart), secrets removed."""
         redact = self.redactor.header
         attrs: Attributes = [(prefix + k, redact(k, v)) for k, v in pseudo]
-        for name, value in headers.items():
-            if name in self.drop:
-                continue
-            attrs.append((prefix + name, self.redactor.secret(value) if name in self.mask
-                          else redact(name, value)))
-        return attrs
+        kept = [(name, self.redactor.secret(value) if name in self.mask else redact(name, value))
+                for name, value in fields if name not in self.drop]
+        return attrs + field_attributes(prefix, kept)
 
-    def _body_attributes(self, key: str, message: Message, headers: dict[str, str]) -> Attributes:
+    def _body_attributes(self, key: str, message: Message, headers: list[tuple[str, str]]) -> Attributes:
         """The body, decoded and capped, as text or base64; marked when truncated."""
         raw = message.body
         if not raw:
             return []
-        body, complete = decode_body(raw, headers.get("content-encoding", ""), self.max_body)
-        content_type = headers.get("content-type")
+        body, complete = decode_body(raw, field_value(headers, "content-encoding") or "", self.max_body)
+        content_type = field_value(headers, "content-type")
         kept = body[: self.max_body]
         value = encode_body(kept, content_type)
         if is_text(content_type) and self.redactor.may_redact(kept):
@@ -199,14 +201,15 @@ class Capture:
         return attrs
 
 
-def join_headers(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Lower-cased names, values of repeated headers joined by `, ` in order."""
-    joined: dict[str, str] = {}
-    for raw_name, raw_value in fields:
-        name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("utf-8", "replace")
-        joined[name] = f"{joined[name]}, {value}" if name in joined else value
-    return joined
+def decoded_fields(fields: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Wire fields as text, names lower-cased, in order (a repeated field stays repeated)."""
+    return [(name.decode("latin-1").lower(), value.decode("utf-8", "replace")) for name, value in fields]
+
+
+def field_value(fields: list[tuple[str, str]], name: str) -> str | None:
+    """A field's value, a repeated field's values joined by `, ` (RFC 9110, section 5.3)."""
+    values = [value for key, value in fields if key == name]
+    return ", ".join(values) if values else None
 
 
 def encode_body(body: bytes, content_type: str | None) -> str:

@@ -21,7 +21,7 @@ from typing import TextIO
 from . import __version__, ca, cases, replay
 from .backend.casefile import CaseError
 from .backend.har import HarError, body_bytes, har, readable
-from .backend.model import Exchange, SessionSummary
+from .backend.model import Exchange, Fields, SessionSummary
 from .backend.server import loopback_only, serve
 from .backend.store import Store, StoreError
 from .config import CONFIG_ENV, PUBLIC_KEY_ENV, ConfigError, StoreConfig, load_config
@@ -289,9 +289,12 @@ def _exchange(ex: Exchange) -> str:
              f"{_time(ex.start_ns)}  {ex.method} {ex.host}{ex.path}  -> {_outcome(ex)}"]
     for (label, body, headers, original), prefix in zip(_bodies(ex), ("> ", "< ")):
         lines.append(f"{label}:")
-        lines += [f"  {prefix}{name}: {value}" for name, value in headers.items()]
+        lines += [f"  {prefix}{name}: {value}" for name, value in headers]
         if text := _body_text(body, headers, original, None):
             lines.append(f"  {text}")
+    if ex.response_trailers:
+        lines.append("trailers:")
+        lines += [f"  < {name}: {value}" for name, value in ex.response_trailers]
     return "\n".join(lines)
 
 
@@ -305,12 +308,12 @@ def _outcome(ex: Exchange) -> str:
     return f"{status}  {ex.duration_ms:.1f} ms{flags}"
 
 
-def _bodies(ex: Exchange) -> tuple[tuple[str, str, dict[str, str], int], ...]:
+def _bodies(ex: Exchange) -> tuple[tuple[str, str, Fields, int], ...]:
     return (("request", ex.request_body, ex.request_headers, ex.request_original_size),
             ("response", ex.response_body, ex.response_headers, ex.response_original_size))
 
 
-def _body_text(body: str, headers: dict[str, str], original_size: int, limit: int | None) -> str:
+def _body_text(body: str, headers: Fields, original_size: int, limit: int | None) -> str:
     """A body as text when it is text (even recorded as base64), else as its base64, cut at
     `limit` characters; marked when the gateway cut it at capture.max_body_bytes."""
     raw = body_bytes(body, headers)

@@ -12,15 +12,16 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status, TracesData
 
-AttrValue = str | int | bool
+AttrValue = str | int | bool | tuple[str, ...]  # a tuple is an array of strings
 Attributes = list[tuple[str, AttrValue]]
+HeaderPairs = Iterable[tuple[str, str]]
 
 DEFAULT_SERVICE = "default-service"  # section 1's `service.name` when unknown
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-www-form-urlencoded")
@@ -47,6 +48,10 @@ def set_value(target: AnyValue, value: AttrValue) -> None:
         target.bool_value = value
     elif isinstance(value, int):
         target.int_value = value
+    elif isinstance(value, tuple):
+        array = target.array_value.values
+        for item in value:
+            set_value(array.add(), item)
     else:
         try:
             target.string_value = value
@@ -66,6 +71,25 @@ def utf8(text: str) -> str:
     if text.isascii():
         return text
     return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def values_prefix(prefix: str) -> str:
+    """Where a field's separate values go: `http.response.header.` -> `http.response.header_values.`."""
+    return prefix[:-1] + "_values."
+
+
+def field_attributes(prefix: str, fields: HeaderPairs) -> Attributes:
+    """Header (or trailer) fields as attributes: `<prefix><name>` once per name, its values joined
+    by `, ` (section 1), and for a name that occurs more than once also `<values prefix><name>`,
+    an array of its values apart and in order (an addition), so that fields a join would corrupt
+    (`set-cookie`, `www-authenticate`, two `content-type`) come back as they were sent."""
+    grouped: dict[str, list[str]] = {}
+    for name, value in fields:
+        grouped.setdefault(name, []).append(value)
+    attrs: Attributes = [(prefix + name, ", ".join(values)) for name, values in grouped.items()]
+    apart = values_prefix(prefix)
+    attrs += [(apart + name, tuple(values)) for name, values in grouped.items() if len(values) > 1]
+    return attrs
 
 
 def fill_span(span: Span, name: str, trace_id: bytes, span_id: bytes, parent_span_id: bytes,
@@ -157,6 +181,13 @@ def add_scope_spans(data: TracesData, service_name: str, public_key: str) -> Sco
 # -- lookup answers (section 2) -----------------------------------------------------------
 
 
+REQUEST_HEADER = "http.request.header."
+RESPONSE_HEADER = "http.response.header."
+RESPONSE_TRAILER = "http.response.trailer."  # an addition: trailers recorded apart from headers
+# A gRPC answer's status: trailers, unless the answer is trailers-only (no body).
+GRPC_STATUS = frozenset({"grpc-status", "grpc-message", "grpc-status-details-bin"})
+
+
 @dataclass(frozen=True)
 class Hit:
     """The backend's answer to a lookup, ready to send to the client."""
@@ -164,6 +195,7 @@ class Hit:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    trailers: list[tuple[str, str]] = field(default_factory=list)
 
 
 class BadAnswer(ValueError):
@@ -191,7 +223,9 @@ def hit_from_traces(data: TracesData, max_body: int) -> Hit:
 
 
 def _span_hit(span: Span, max_body: int) -> Hit | None:
-    status, headers, body, usable = 200, [], None, False
+    status, body, usable = 200, None, False
+    joined: dict[str, list[tuple[str, str]]] = {RESPONSE_HEADER: [], RESPONSE_TRAILER: []}
+    apart: dict[str, list[str]] = {}  # values prefix + name -> the field's values, apart
     for kv in span.attributes:
         key, value = kv.key, kv.value
         if key == "http.response.body":
@@ -202,20 +236,37 @@ def _span_hit(span: Span, max_body: int) -> Hit | None:
                 status = value.int_value
             elif len(code) == 3 and code.isascii() and code.isdigit() and 100 <= int(code) <= 599:
                 status = int(code)
-        elif key.startswith("http.response.header."):
-            usable = True
-            name = key.removeprefix("http.response.header.").lower()
-            text = value.string_value
-            if (name and not name.startswith(":") and name not in HOP_BY_HOP and _token(name)
-                    and not _UNSAFE_VALUE.search(text)):  # CR/LF would split the client's response
-                headers.append((name, text))
+        else:
+            for prefix, fields in joined.items():
+                if key.startswith(prefix):
+                    usable |= prefix == RESPONSE_HEADER
+                    fields.append((key.removeprefix(prefix).lower(), value.string_value))
+                elif key.startswith(values_prefix(prefix)):
+                    apart[key.lower()] = [v.string_value for v in value.array_value.values]
     if not usable:
         return None
+    headers, trailers = (_sendable(fields, apart, values_prefix(prefix)) for prefix, fields in joined.items())
     content_type = next((v for k, v in headers if k == "content-type"), None)
     decoded = hit_body(body or "", content_type)
     if len(decoded) > max_body:
         raise BadAnswer(f"answer body of {len(decoded)} bytes exceeds the cap")
-    return Hit(status, headers, decoded)
+    if decoded and not trailers and (content_type or "").lower().startswith("application/grpc"):
+        # Recorded before trailers were kept apart: its status fields were stored as headers.
+        trailers = [(k, v) for k, v in headers if k in GRPC_STATUS]
+        headers = [(k, v) for k, v in headers if k not in GRPC_STATUS]
+    return Hit(status, headers, decoded, trailers)
+
+
+def _sendable(fields: list[tuple[str, str]], apart: dict[str, list[str]],
+              apart_prefix: str) -> list[tuple[str, str]]:
+    """Fields a client may be sent, each repeated field's values apart when they were recorded so:
+    no pseudo-headers, no hop-by-hop fields, no CR/LF that would split the client's response."""
+    sendable = []
+    for name, joined_value in fields:
+        if name and not name.startswith(":") and name not in HOP_BY_HOP and _token(name):
+            values = apart.get(apart_prefix + name) or [joined_value]
+            sendable += [(name, v) for v in values if not _UNSAFE_VALUE.search(v)]
+    return sendable
 
 
 def _token(name: str) -> bool:

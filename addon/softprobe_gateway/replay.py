@@ -37,10 +37,11 @@ from .tls import client_context
 from .tracecontext import SESSION_HEADERS, SP_SESSION, run_session
 
 SESSION_HEADER = SESSION_HEADERS[0]
-# Recorded request headers not sent again: the target's own host and framing, and the original
-# run's trace context and session (replaced by the replay's); bodies are recorded decoded.
+# Recorded request headers not sent again: the target's own host and framing, the original
+# run's trace context and session (replaced by the replay's), and the hops it went through (a
+# gateway's `via` would make that gateway refuse the replay as a loop); bodies are recorded decoded.
 NOT_RESENT = HOP_BY_HOP | set(SESSION_HEADERS) | {
-    "host", "content-encoding", "traceparent", "tracestate", "x-sp-num"}
+    "host", "content-encoding", "traceparent", "tracestate", "x-sp-num", "via"}
 MAX_TEXT_DIFF = 20  # lines of a text body's unified diff that are shown
 
 
@@ -149,12 +150,14 @@ def _digest(body: bytes) -> str:
 
 
 def request_to_send(ex: Exchange, session: str, session_header: str,
-                    extra: dict[str, str]) -> tuple[dict[str, str], bytes]:
-    """The recorded request's headers and body as they are sent again, in the replay's session
-    (also as a `tracestate` entry, which W3C-instrumented services pass on by themselves)."""
-    headers = {k: v for k, v in ex.request_headers.items() if not k.startswith(":") and k not in NOT_RESENT}
-    headers.update({session_header: session, "tracestate": f"{SP_SESSION}={session}", **extra})
-    return headers, hit_body(ex.request_body, ex.request_headers.get("content-type"))
+                    extra: dict[str, str]) -> tuple[list[tuple[str, str]], bytes]:
+    """The recorded request's header fields (repeats apart, in order) and body as they are sent
+    again, in the replay's session (also as a `tracestate` entry, which W3C-instrumented
+    services pass on by themselves); `extra` replaces recorded fields of the same names."""
+    added = {session_header: session, "tracestate": f"{SP_SESSION}={session}", **extra}
+    replaced = NOT_RESENT | {name.lower() for name in added}
+    headers = [(k, v) for k, v in ex.request_headers if not k.startswith(":") and k not in replaced]
+    return headers + list(added.items()), hit_body(ex.request_body, ex.request_headers.get("content-type"))
 
 
 # -- running --------------------------------------------------------------------------------

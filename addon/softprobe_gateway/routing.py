@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from mitmproxy import http
-from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.net.http import url
+from mitmproxy.proxy.mode_specs import ProxyMode, RegularMode, UpstreamMode
 
 from .config import RoutingConfig, TlsUpstream
 
@@ -45,6 +46,24 @@ def listen_addresses(modes: Sequence[str], listen_host: str, listen_port: int | 
         if port is not None:
             addresses.append((mode.listen_host(listen_host), port))
     return addresses
+
+
+def request_authority(request: http.Request, mode: ProxyMode) -> str:
+    """Where the client addressed the request (`host[:port]`), the identity it is recorded and
+    looked up under: HTTP/2's `:authority`; for HTTP/1 through the explicit proxy the request
+    target, which mitmproxy has resolved into `host` and `port` (from the absolute-form URL, else
+    from `Host`), never a `Host` that disagrees with it (RFC 9112, section 3.2.2: Node's `http`
+    sends the proxy's own address there); in the other modes the `Host` the client sent."""
+    if (request.is_http2 or request.is_http3) and request.authority:
+        return request.authority
+    if not isinstance(mode, (RegularMode, UpstreamMode)) and request.host_header:
+        return request.host_header
+    return url.hostport(request.scheme, request.host, request.port)
+
+
+def authority_host(authority: str) -> str:
+    """The host of a `host[:port]` authority (IPv6 brackets removed)."""
+    return url.parse_authority(authority, check=False)[0]
 
 
 def caller_service(peer_metadata: str) -> str | None:

@@ -24,8 +24,8 @@ EXEMPT, FRAMEWORK, STATIC, NOT_COLLECTED = "exempt", "framework", "static", "not
 REASONS = {
     EXEMPT: "it matches an exemption rule (exemptionRules; by default the OTLP paths)",
     FRAMEWORK: "it is a Next.js internal request (RSC payload, data route or prefetch)",
-    STATIC: "it is a static resource: a script, style, image, font or HTML page, by its path's "
-            "suffix or the response's content-type",
+    STATIC: "it is a static resource: a successful GET answered with a script, style, image, font "
+            "or HTML page (by its path's suffix or the answer's content-type)",
     NOT_COLLECTED: "no collection rule (collectionRules) selects it",
 }
 
@@ -66,7 +66,8 @@ class RecordingRules:
             _ClientRule(re.compile(r.host), _compile(r.paths)) for r in collection.http.client)
 
     def skip_request(self, host: str, path: str, header: HeaderGet) -> str | None:
-        """Why a request is not recorded (nor looked up), or None to record it.
+        """Why a request is not recorded (nor looked up), or None to record it. Whether it is a
+        static resource depends on its answer too (`is_static`).
 
         `host` is the upstream host without port; `path` includes the query.
         """
@@ -75,8 +76,6 @@ class RecordingRules:
             return EXEMPT
         if is_framework_internal(path, header):
             return FRAMEWORK
-        if bare_path.lower().endswith(STATIC_SUFFIXES):
-            return STATIC
         if not self._collected(host, bare_path):
             return NOT_COLLECTED
         return None
@@ -101,6 +100,13 @@ def is_framework_internal(path: str, header: HeaderGet) -> bool:
     return any((header(h) or "").strip().lower() == "prefetch" for h in ("purpose", "sec-purpose"))
 
 
-def is_static_response(content_type: str | None) -> bool:
-    """A script, style, image, font or HTML page, judged by the response's content-type."""
+def is_static(method: str, status: int, path: str, content_type: str | None, body_size: int) -> bool:
+    """A static resource: a successful GET answered with a page or an asset, by the path's suffix
+    or the answer's content-type. Never a redirect, an error page, an empty answer (a 204, which
+    Flask labels `text/html`), a `1xx`/`3xx`/`4xx`/`5xx` or an answer to another method: those
+    are what a test of the calling service needs replayed."""
+    if method != "GET" or not 200 <= status < 300 or status == 204 or body_size == 0:
+        return False
+    if path.split("?", 1)[0].lower().endswith(STATIC_SUFFIXES):
+        return True
     return bool(content_type) and content_type.strip().lower().startswith(STATIC_CONTENT_TYPES)

@@ -18,10 +18,10 @@ from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
 
-from ..otlp import add_scope_spans, fill_span
+from ..otlp import (REQUEST_HEADER, RESPONSE_HEADER, RESPONSE_TRAILER, Attributes, add_scope_spans,
+                    field_attributes, fill_span)
 from .model import Exchange
-from .spans import REQUEST_HEADER, RESPONSE_HEADER, BadTraces, extract_exchanges, traces_from_document, \
-    traces_to_document
+from .spans import BadTraces, extract_exchanges, traces_from_document, traces_to_document
 
 VERSION = "1.0.0"
 # The profile's recommended limits for v1 tooling: larger cases are written, with a warning.
@@ -60,21 +60,22 @@ def _traces(exchanges: list[Exchange]) -> TracesData:
     return data
 
 
-def span_attributes(ex: Exchange) -> list[tuple[str, str | int]]:
+def span_attributes(ex: Exchange) -> Attributes:
     """The profile's identity attributes first, then the recorded request and response."""
     route, _, query = ex.path.partition("?")
-    attrs: list[tuple[str, str | int]] = [
+    attrs: Attributes = [
         ("sp.session.id", ex.session_id), ("sp.traffic.direction", ex.direction),
         ("sp.span.type", "extract"), ("sp.service.name", ex.service),
         ("url.host", ex.host), ("url.path", route), *([("url.query", query)] if query else []),
         ("http.request.method", ex.method),
-        *((REQUEST_HEADER + k, v) for k, v in ex.request_headers.items()),
+        *field_attributes(REQUEST_HEADER, ex.request_headers),
     ]
     if ex.request_body:
         attrs.append(("http.request.body", ex.request_body))
     if ex.status:
         attrs.append(("http.response.status_code", ex.status))
-    attrs += [(RESPONSE_HEADER + k, v) for k, v in ex.response_headers.items()]
+    attrs += field_attributes(RESPONSE_HEADER, ex.response_headers)
+    attrs += field_attributes(RESPONSE_TRAILER, ex.response_trailers)
     if ex.response_body:
         attrs.append(("http.response.body", ex.response_body))
     return attrs

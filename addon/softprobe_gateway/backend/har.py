@@ -15,8 +15,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from .. import __version__, capture
 from ..capture import Capture, Message
 from ..otlp import add_scope_spans, base64_or_raw, fill_extract_span, is_text
-from ..rules import STATIC_SUFFIXES, is_framework_internal, is_static_response
-from .model import Exchange
+from ..rules import is_framework_internal, is_static
+from .model import Exchange, Fields
 
 CREATOR = {"name": "softprobe", "version": __version__}
 
@@ -60,6 +60,8 @@ def _entry(ex: Exchange) -> dict[str, Any]:
             "redirectURL": ex.response_headers.get("location", ""),
             "headersSize": -1, "bodySize": size,
             **({"_error": ex.error_message} if ex.error_message else {}),
+            # HAR has no trailers (HTTP/2's, e.g. gRPC's grpc-status): a custom field keeps them.
+            **({"_trailers": _headers(ex.response_trailers)} if ex.response_trailers else {}),
         },
         "cache": {},
         "timings": {"send": 0, "wait": ex.duration_ms, "receive": 0},
@@ -79,23 +81,24 @@ def _truncated(original_size: int, kept: int) -> dict[str, str]:
     return {"comment": f"truncated: the first {kept} of {original_size} bytes were recorded"}
 
 
-def _headers(headers: dict[str, str]) -> list[dict[str, str]]:
-    """Pseudo-headers (`:method`, `:status`...) are not HTTP/1.1 headers: devtools show them apart."""
-    return [{"name": k, "value": v} for k, v in headers.items() if not k.startswith(":")]
+def _headers(headers: Fields) -> list[dict[str, str]]:
+    """Each field as it came (repeats apart); pseudo-headers (`:method`, `:status`...) are not
+    HTTP/1.1 headers: devtools show them apart."""
+    return [{"name": k, "value": v} for k, v in headers if not k.startswith(":")]
 
 
-def body_bytes(body: str, headers: dict[str, str]) -> bytes:
+def body_bytes(body: str, headers: Fields) -> bytes:
     raw = body.encode("utf-8")
     return raw if is_text(headers.get("content-type")) or not body else base64_or_raw(raw)
 
 
-def _content(body: str, raw: bytes, headers: dict[str, str]) -> dict[str, str]:
+def _content(body: str, raw: bytes, headers: Fields) -> dict[str, str]:
     """Text as text; a binary body as HAR's base64 `encoding`, decoded when it is UTF-8 after all."""
     text = readable(body, raw, headers)
     return {"text": text} if text is not None else {"text": body, "encoding": "base64"}
 
 
-def readable(body: str, raw: bytes, headers: dict[str, str]) -> str | None:
+def readable(body: str, raw: bytes, headers: Fields) -> str | None:
     """A recorded body as text: as recorded when its content-type is textual, else its decoded
     bytes when they are UTF-8 (a mock's text without a content-type); None for binary."""
     if not body or is_text(headers.get("content-type")):
@@ -158,21 +161,23 @@ def _exchange(entry: dict, session: str, direction: str, service: str | None,
         trace_id=ids[:16], span_id=ids[16:24], parent_span_id=b"", session_id=session,
         service_name=service or url.hostname or "default-service", direction=direction, path=path,
         host=host, start_ns=start_ns, end_ns=start_ns + int(float(entry.get("time") or 0) * 1e6),
-        request=Message(_fields(request, (), post.get("mimeType")), _body(post.get("text", ""), post.get("encoding")), (
+        request=Message(_fields(request.get("headers"), (), post.get("mimeType")), _body(post.get("text", ""), post.get("encoding")), (
             (":method", request["method"].upper()), (":path", path), (":authority", host),
             (":scheme", url.scheme or "http"))),
         # A browser shows the body decoded: its content-encoding no longer applies.
-        response=Message(_fields(response, ("content-encoding",), content.get("mimeType")),
-                         _body(content.get("text", ""), content.get("encoding")), ((":status", str(status)),)),
+        response=Message(_fields(response.get("headers"), ("content-encoding",), content.get("mimeType")),
+                         _body(content.get("text", ""), content.get("encoding")), ((":status", str(status)),),
+                         trailers=_fields(response.get("_trailers"))),
         status_code=status,
     )
 
 
-def _fields(message: dict, leave_out: tuple[str, ...], mime_type: str | None = None) -> list[tuple[bytes, bytes]]:
+def _fields(headers: list | None, leave_out: tuple[str, ...] = (),
+            mime_type: str | None = None) -> list[tuple[bytes, bytes]]:
     """HTTP/1.1 header fields (HTTP/2 pseudo-headers are set from the entry itself), with the
     body's `mimeType` as content-type when the headers lack one."""
     fields = [(h["name"].encode("latin-1", "replace"), str(h["value"]).encode())
-              for h in message.get("headers") or ()
+              for h in headers or ()
               if not h["name"].startswith(":") and h["name"].lower() not in leave_out]
     if mime_type and not any(name.lower() == b"content-type" for name, _ in fields):
         fields.append((b"content-type", mime_type.encode()))
@@ -187,5 +192,6 @@ def _never_recorded(ex: capture.Exchange) -> bool:
     """Section 5's static-resource and framework rules, as the live gateway applies them."""
     headers = {k.decode().lower(): v.decode() for k, v in ex.request.headers}
     content_type = next((v.decode() for k, v in ex.response.headers if k.lower() == b"content-type"), None)
-    return (ex.path.split("?", 1)[0].lower().endswith(STATIC_SUFFIXES) or is_static_response(content_type)
+    method = dict(ex.request.pseudo).get(":method", "")
+    return (is_static(method, ex.status_code, ex.path, content_type, len(ex.response.body or b""))
             or is_framework_internal(ex.path, headers.get))

@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+
+
+class Fields(tuple):
+    """Header (or trailer) fields as recorded: (lower-cased name, value) pairs in their order, a
+    repeated field's values apart, as they are replayed. `get` joins a repeated field's values
+    by `, ` (RFC 9110, section 5.3), which is what a reader of one value wants."""
+
+    __slots__ = ()
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = [value for key, value in self if key == name]
+        return ", ".join(values) if values else default
+
+    def to_json(self) -> str:
+        return json.dumps(self, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Fields:
+        """A stored list of pairs; a store written before repeats were kept holds an object."""
+        value = json.loads(text) if text else []
+        return cls(tuple(pair) for pair in (value.items() if isinstance(value, dict) else value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +45,8 @@ class Exchange:
     error: bool
     start_ns: int
     end_ns: int
-    request_headers: dict[str, str]  # lower-cased names, pseudo-headers included
-    response_headers: dict[str, str]
+    request_headers: Fields  # pseudo-headers included
+    response_headers: Fields
     request_body: str
     response_body: str
     id: int = 0  # the store's row id, 0 before it is stored
@@ -34,6 +56,7 @@ class Exchange:
     # A body cut at capture.max_body_bytes: its size on the wire (0: kept whole).
     request_original_size: int = 0
     response_original_size: int = 0
+    response_trailers: Fields = Fields()  # fields after the body (HTTP/2: gRPC's grpc-status)
 
     @property
     def route(self) -> str:

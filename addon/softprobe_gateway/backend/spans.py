@@ -12,11 +12,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status, TracesData
 
-from ..otlp import DEFAULT_SERVICE, add_scope_spans, fill_span
-from .model import Exchange, LookupRequest
+from ..otlp import (DEFAULT_SERVICE, REQUEST_HEADER, RESPONSE_HEADER, RESPONSE_TRAILER, Attributes,
+                    add_scope_spans, field_attributes, fill_span, values_prefix)
+from .model import Exchange, Fields, LookupRequest
 
-REQUEST_HEADER = "http.request.header."
-RESPONSE_HEADER = "http.response.header."
 _KINDS = {Span.SPAN_KIND_SERVER: "server", Span.SPAN_KIND_CLIENT: "client"}
 
 
@@ -37,6 +36,10 @@ def _text(value: AnyValue) -> str:
     return ""
 
 
+# A field's values apart (`http.response.header_values.<name>`) are a tuple; everything else text.
+Attrs = dict[str, "str | tuple[str, ...]"]
+
+
 def _spans(traces: TracesData) -> Iterator[tuple[Resource, Span]]:
     for rs in traces.resource_spans:
         for ss in rs.scope_spans:
@@ -44,15 +47,25 @@ def _spans(traces: TracesData) -> Iterator[tuple[Resource, Span]]:
                 yield rs.resource, span
 
 
-def _attributes(resource: Resource, span: Span) -> dict[str, str]:
-    attrs = {kv.key: _text(kv.value) for kv in span.attributes}
+def _attributes(resource: Resource, span: Span) -> Attrs:
+    attrs: Attrs = {kv.key: tuple(map(_text, kv.value.array_value.values))
+                    if "_values." in kv.key and kv.value.HasField("array_value") else _text(kv.value)
+                    for kv in span.attributes}
     service = next((_text(kv.value) for kv in resource.attributes if kv.key == "service.name"), "")
     attrs.setdefault("sp.service.name", service or DEFAULT_SERVICE)
     return attrs
 
 
-def _headers(attrs: dict[str, str], prefix: str) -> dict[str, str]:
-    return {k.removeprefix(prefix): v for k, v in attrs.items() if k.startswith(prefix)}
+def _fields(attrs: Attrs, prefix: str) -> Fields:
+    """The fields under `prefix`, a repeated one's values apart when the span has them so."""
+    apart = values_prefix(prefix)
+    fields = []
+    for key, value in attrs.items():
+        if key.startswith(prefix) and isinstance(value, str):
+            name = key.removeprefix(prefix)
+            values = attrs.get(apart + name)
+            fields += [(name, v) for v in values] if isinstance(values, tuple) and values else [(name, value)]
+    return Fields(fields)
 
 
 def _request_target(attrs: dict[str, str]) -> tuple[str, str, str]:
@@ -90,14 +103,15 @@ def extract_exchanges(traces: TracesData, *, answered_lookups: bool = False) -> 
             kind=_KINDS.get(span.kind, "internal"), method=method, host=host, path=path,
             status=status, error=span.status.code == Status.STATUS_CODE_ERROR or status >= 500,
             start_ns=span.start_time_unix_nano, end_ns=span.end_time_unix_nano,
-            request_headers=_headers(attrs, REQUEST_HEADER),
-            response_headers=_headers(attrs, RESPONSE_HEADER),
+            request_headers=_fields(attrs, REQUEST_HEADER),
+            response_headers=_fields(attrs, RESPONSE_HEADER),
             request_body=attrs.get("http.request.body", ""),
             response_body=attrs.get("http.response.body", ""),
             answered_by=_answered_by(attrs),
             error_message=attrs.get("error.message", ""),
             request_original_size=_original_size(attrs, "http.request.body"),
             response_original_size=_original_size(attrs, "http.response.body"),
+            response_trailers=_fields(attrs, RESPONSE_TRAILER),
         ))
     return exchanges
 
@@ -134,11 +148,12 @@ def lookup_request(traces: TracesData) -> LookupRequest | None:
 
 def answer(exchange: Exchange) -> TracesData:
     """A lookup hit: one span carrying the recorded response exactly as it was recorded."""
-    attrs: list[tuple[str, str | int]] = [
+    attrs: Attributes = [
         ("sp.span.type", "extract"), ("sp.session.id", exchange.session_id),
         ("sp.service.name", exchange.service), ("sp.traffic.direction", exchange.direction),
         ("http.response.status_code", exchange.status),
-        *((RESPONSE_HEADER + name, value) for name, value in exchange.response_headers.items()),
+        *field_attributes(RESPONSE_HEADER, exchange.response_headers),
+        *field_attributes(RESPONSE_TRAILER, exchange.response_trailers),
         # Always present, empty or not: a case may record a status alone (no headers, no body),
         # and a span without any response attribute is no answer at all (protocol section 2).
         ("http.response.body", exchange.response_body),

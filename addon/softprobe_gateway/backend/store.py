@@ -30,7 +30,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from ..config import StoreConfig
 from ..tracecontext import own_sessions
 from . import matching, spans
-from .model import Exchange, LookupRequest, Miss, MissedLookup, SessionPage, SessionSummary
+from .model import Exchange, Fields, LookupRequest, Miss, MissedLookup, SessionPage, SessionSummary
 from .replay import Replays
 
 SCHEMA_VERSION = 1
@@ -75,13 +75,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _ADDED_COLUMNS = (("exchanges", "answered_by", "TEXT NOT NULL DEFAULT ''"),
                   ("exchanges", "error_message", "TEXT NOT NULL DEFAULT ''"),
                   ("exchanges", "request_original_size", "INTEGER NOT NULL DEFAULT 0"),
-                  ("exchanges", "response_original_size", "INTEGER NOT NULL DEFAULT 0"))
+                  ("exchanges", "response_original_size", "INTEGER NOT NULL DEFAULT 0"),
+                  ("exchanges", "response_trailers", "TEXT NOT NULL DEFAULT '[]'"))
 # Only recordings answer lookups and explain misses, never what the gateway answered itself.
 RECORDED = "answered_by = ''"
 _EXCHANGE_COLUMNS = ("session_id, trace_id, span_id, parent_span_id, service, direction, kind, method, "
                      "host, path, status, error, start_ns, end_ns, request_headers, response_headers, "
                      "request_body, response_body, id, answered_by, error_message, request_original_size, "
-                     "response_original_size")
+                     "response_original_size, response_trailers")
 
 
 class StoreError(Exception):
@@ -222,8 +223,8 @@ class Store:
                     "service, direction, kind, method, host, path, route, status, error, start_ns, "
                     "end_ns, ingested_ns, request_headers, response_headers, request_body, "
                     "response_body, fingerprint, answered_by, error_message, request_original_size, "
-                    "response_original_size) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,"
-                    "?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25 WHERE NOT EXISTS (SELECT 1 FROM exchanges "
+                    "response_original_size, response_trailers) SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,"
+                    "?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26 WHERE NOT EXISTS (SELECT 1 FROM exchanges "
                     "WHERE trace_id = ?2 AND span_id = ?3)", row)
                 if cursor.rowcount:
                     stored.setdefault(ex.session_id, []).append(ex)
@@ -244,10 +245,10 @@ class Store:
         form = self._exchange_form(ex)
         return ex, (ex.session_id, ex.trace_id, ex.span_id, ex.parent_span_id, ex.service,
                     ex.direction, ex.kind, ex.method, ex.host, ex.path, ex.route, ex.status,
-                    int(ex.error), ex.start_ns, ex.end_ns, now, json.dumps(ex.request_headers),
-                    json.dumps(ex.response_headers), ex.request_body, ex.response_body,
+                    int(ex.error), ex.start_ns, ex.end_ns, now, ex.request_headers.to_json(),
+                    ex.response_headers.to_json(), ex.request_body, ex.response_body,
                     form.fingerprint(), ex.answered_by, ex.error_message, ex.request_original_size,
-                    ex.response_original_size)
+                    ex.response_original_size, ex.response_trailers.to_json())
 
     def _form(self, method: str, host: str, path: str, content_type: str, body: str) -> matching.RequestForm:
         return matching.parse_request(method, host, path, content_type, body, self._ignore)
@@ -276,7 +277,7 @@ class Store:
             while rows := db.execute("SELECT id, method, host, path, request_headers, request_body "
                                      "FROM exchanges WHERE id > ? ORDER BY id LIMIT 500", (last,)).fetchall():
                 db.executemany("UPDATE exchanges SET fingerprint = ? WHERE id = ?", [
-                    (self._form(m, h, p, json.loads(hd).get("content-type", ""), b).fingerprint(), i)
+                    (self._form(m, h, p, Fields.from_json(hd).get("content-type", ""), b).fingerprint(), i)
                     for i, m, h, p, hd, b in rows])
                 last = rows[-1][0]
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('match', ?)", (signature,))
@@ -517,7 +518,7 @@ class _Recordings:
 def _exchange(row: tuple) -> Exchange:
     values = list(row)
     values[11] = bool(values[11])
-    values[14], values[15] = json.loads(values[14]), json.loads(values[15])
+    values[14], values[15], values[23] = map(Fields.from_json, (values[14], values[15], values[23]))
     return Exchange(*values)
 
 
