@@ -2,28 +2,36 @@
 
 A request is reduced to a canonical form (method, host, route, sorted query, canonical body with
 ignored fields removed) whose hash, the fingerprint, is stored with each exchange and indexed, so
-a lookup is one indexed query. JSON bodies are compared structurally; form bodies like queries.
+a lookup is one indexed query. JSON bodies are compared structurally; form bodies like queries;
+multipart/form-data bodies part by part, without the boundary every client draws at random.
 The same parsed form gives a field-level diff against the closest recording on a miss.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+CANONICAL_VERSION = 2  # bumped whenever the canonical form changes, so stored fingerprints are redone
 MAX_DIFF_LINES = 8  # lines of a miss's diff that are kept
+MAX_PARTS = 2000  # a multipart body with more parts is compared as recorded
 _MISSING = object()
+# `; key=value` or `; key="quoted"` in a header; linear, unlike email's parser on hostile input
+_PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^;]*))')
 
 
 @dataclass(frozen=True)
 class Ignore:
-    """Fields left out of matching: a plain name anywhere (JSON key, query or form parameter),
-    a dotted path from the JSON body's root (list items are transparent: `items.id`)."""
+    """Fields left out of matching: a plain name anywhere (JSON key, query or form parameter,
+    multipart part), a dotted path from the JSON body's root (list items are transparent:
+    `items.id`; a JSON part's root is its name: `meta.ts`)."""
 
     names: frozenset[str] = frozenset()
     paths: frozenset[tuple[str, ...]] = frozenset()
@@ -40,18 +48,19 @@ class Ignore:
     @property
     def signature(self) -> str:
         """Changes whenever stored fingerprints would: the store recomputes them then."""
-        return json.dumps([sorted(self.names), sorted(".".join(p) for p in self.paths)])
+        return json.dumps([CANONICAL_VERSION, sorted(self.names), sorted(".".join(p) for p in self.paths)])
 
 
 @dataclass(frozen=True)
 class RequestForm:
-    """A request parsed for matching. `body` is a JSON value, a form, or the text as recorded."""
+    """A request parsed for matching. `body` is a JSON value, a form, multipart parts (see
+    `_part`), or the text as recorded."""
 
     method: str
     host: str
     route: str
     query: tuple[tuple[str, str], ...]  # sorted, ignored names removed
-    body_kind: str  # "json", "form", "text" (text covers base64 and unparsable bodies)
+    body_kind: str  # "json", "form", "multipart", "text" (text covers base64 and unparsable bodies)
     body: Any
 
     def fingerprint(self) -> str:
@@ -81,14 +90,89 @@ def _body(content_type: str, body: str, ignore: Ignore) -> tuple[str, Any]:
     ct = content_type.lower()
     if not body:
         return "text", ""
+    if ct.startswith("multipart/form-data"):
+        parts = _multipart(content_type, body, ignore)
+        return ("text", body) if parts is None else ("multipart", parts)
     if "json" in ct or (not ct and body.lstrip()[:1] in ("{", "[")):
         try:
             return "json", strip_ignored(json.loads(body), ignore)
-        except ValueError:
+        except (ValueError, RecursionError):  # hostile nesting is compared as recorded too
             pass
     if ct.startswith("application/x-www-form-urlencoded"):
         return "form", _pairs(body, ignore)
     return "text", body
+
+
+def _multipart(content_type: str, body: str, ignore: Ignore) -> tuple[tuple[Any, ...], ...] | None:
+    """The parts of a multipart/form-data body (RFC 7578, delimiters per RFC 2046; preamble and
+    epilogue dropped), sorted by name, same-name parts in their order; None when the body is not
+    one whole (no boundary, truncated, no closing delimiter, over MAX_PARTS parts)."""
+    boundary = _params(content_type).get("boundary", "")
+    if not boundary:
+        return None
+    pieces = (b"\r\n" + _raw(body)).split(b"\r\n--" + boundary.encode("utf-8", "surrogatepass"),
+                                           MAX_PARTS + 1)
+    parts: list[tuple[Any, ...]] = []
+    for piece in pieces[1:]:
+        if piece.startswith(b"--"):
+            break
+        padding, crlf, rest = piece.partition(b"\r\n")
+        part = _part(rest, ignore) if crlf and not padding.strip(b" \t") else None
+        if part is None:
+            return None
+        parts.append(part)
+    else:
+        return None
+    return tuple(sorted((p for p in parts if not ignore.drops((p[0],))), key=lambda p: p[0]))
+
+
+def _raw(body: str) -> bytes:
+    """A body's bytes: spans carry a multipart body as base64, some sources as text."""
+    try:
+        return base64.b64decode(body, validate=True)
+    except ValueError:
+        return body.encode("utf-8", "surrogatepass")
+
+
+def _part(part: bytes, ignore: Ignore) -> tuple[Any, ...] | None:
+    """A part as (name, filename, content type, content kind, content), None if malformed.
+    Filename and content type are None when absent: `filename=""` is an empty file input."""
+    head, blank, content = (b"\r\n" + part).partition(b"\r\n\r\n")
+    if not blank:
+        return None
+    headers: dict[str, str] = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.decode("utf-8", "surrogateescape").partition(":")
+        if not colon:
+            return None
+        headers[name.strip().lower()] = value.strip()
+    disposition = _params(headers.get("content-disposition", ""))
+    name = disposition.get("name", "")
+    filename = disposition.get("filename", disposition.get("filename*"))
+    content_type = headers.get("content-type")
+    return (name, filename, content_type, *_content(content, name, filename, content_type, ignore))
+
+
+def _content(content: bytes, name: str, filename: str | None, content_type: str | None,
+             ignore: Ignore) -> tuple[str, Any]:
+    """A part's content: a JSON value, the text of a field, or else (files, binary) a digest and
+    size, which keeps uploads out of the canonical form yet says whether and how they differ."""
+    if content_type and "json" in content_type.lower():
+        try:
+            return "json", strip_ignored(json.loads(content), ignore, (name,))
+        except (ValueError, RecursionError):
+            pass
+    if filename is None:
+        try:
+            return "text", content.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return "bytes", {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+
+
+def _params(header: str) -> dict[str, str]:
+    """A header's parameters, names lowercased, values as written (quotes removed, escapes kept)."""
+    return {m[1].lower(): m[2] if m[2] is not None else m[3].strip() for m in _PARAM.finditer(header)}
 
 
 def strip_ignored(value: Any, ignore: Ignore, path: tuple[str, ...] = ()) -> Any:
@@ -115,6 +199,8 @@ def diff(recorded: RequestForm, got: RequestForm) -> list[str]:
         lines += diff_json("body", recorded.body, got.body)
     elif recorded.body_kind == got.body_kind == "form":
         lines += _diff_pairs("body", recorded.body, got.body)
+    elif recorded.body_kind == got.body_kind == "multipart":
+        lines += _diff_parts(recorded.body, got.body)
     elif (recorded.body_kind, recorded.body) != (got.body_kind, got.body):
         lines.append(f"body: recorded {_show_body(recorded)}, got {_show_body(got)}")
     return lines
@@ -136,6 +222,58 @@ def _diff_pairs(prefix: str, recorded: Iterable[tuple[str, str]],
         if va != vb:
             lines.append(f"{prefix}.{name}: {_side('recorded', va)}, {_side('got', vb)}")
     return lines
+
+
+def _diff_parts(recorded: tuple[tuple[Any, ...], ...], got: tuple[tuple[Any, ...], ...]) -> list[str]:
+    """Part by part, same-name parts by position: `body.part[name].filename: recorded X, got Y`."""
+    a, b = _by_name(recorded), _by_name(got)
+    lines = []
+    for name in sorted(a.keys() | b.keys()):
+        pa, pb = a.get(name, []), b.get(name, [])
+        count = max(len(pa), len(pb))
+        for i in range(count):
+            label = f"body.part[{name}]" + (f"[{i}]" if count > 1 else "")
+            lines += _diff_part(label, pa[i] if i < len(pa) else _MISSING, pb[i] if i < len(pb) else _MISSING)
+    return lines
+
+
+def _by_name(parts: tuple[tuple[Any, ...], ...]) -> dict[str, list[tuple[Any, ...]]]:
+    named: dict[str, list[tuple[Any, ...]]] = {}
+    for part in parts:
+        named.setdefault(part[0], []).append(part)
+    return named
+
+
+def _diff_part(label: str, a: Any, b: Any) -> list[str]:
+    if a is _MISSING or b is _MISSING:
+        return [f"{label}: " + (f"not recorded, got {_show_part(b)}" if a is _MISSING
+                                else f"recorded {_show_part(a)}, missing")]
+    (_, file_a, type_a, kind_a, content_a), (_, file_b, type_b, kind_b, content_b) = a, b
+    lines = [f"{label}.{field}: {_side('recorded', _absent(x))}, {_side('got', _absent(y))}"
+             for field, x, y in (("filename", file_a, file_b), ("content-type", type_a, type_b)) if x != y]
+    where = label if file_a is None and file_b is None else f"{label}.content"
+    if kind_a == kind_b == "json":
+        lines += diff_json(where, content_a, content_b)
+    elif (kind_a, content_a) != (kind_b, content_b):
+        lines.append(f"{where}: recorded {_show_content(kind_a, content_a)}, "
+                     f"got {_show_content(kind_b, content_b)}")
+    return lines
+
+
+def _absent(value: Any) -> Any:
+    return _MISSING if value is None else value
+
+
+def _show_part(part: tuple[Any, ...]) -> str:
+    _, filename, _, kind, content = part
+    shown = _show_content(kind, content)
+    return shown if filename is None else f"file {_show(filename)}, {shown}"
+
+
+def _show_content(kind: str, content: Any) -> str:
+    if kind == "bytes":
+        return f"{content['size']} bytes (sha256 {content['sha256'][:12]})"
+    return _show(content)
 
 
 def _multi(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
@@ -171,5 +309,7 @@ def _show(value: Any, limit: int = 60) -> str:
 def _show_body(form: RequestForm) -> str:
     if form.body_kind == "text" and not form.body:
         return "no body"
+    if form.body_kind == "multipart":
+        return f"multipart, {len(form.body)} parts"
     text = form.body if form.body_kind == "text" else json.dumps(form.body, ensure_ascii=False)
     return f"{_show(text, 40)} ({form.body_kind}, {len(text)} chars)"
