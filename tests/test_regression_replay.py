@@ -221,3 +221,23 @@ def test_an_unreachable_target_fails_every_exchange_and_junit_says_so(tmp_path: 
     report = ET.parse(tmp_path / "j.xml").getroot()
     assert (report.get("tests"), report.get("errors")) == ("2", "2")
     assert [c.get("classname") for c in report.iter("testcase")] == [str(case)] * 2
+
+
+def test_a_session_replayed_through_the_gateway_that_recorded_it_is_not_refused_as_a_loop(
+        tmp_path: Path, capsys) -> None:
+    """The recording holds the client's headers, not the gateway's own `via`, and `softprobe
+    replay` sends no `via`: a replay through the same inbound gateway reaches the service (it was
+    refused with 508 as a loop)."""
+    db = tmp_path / "sp.db"
+    record = {"store": {"path": str(db)}, "export": {"flush_interval_ms": 20}}
+    with HttpServer(lambda got: (200, {"content-type": "application/json"}, b'{"ok": true}')) as service, \
+            Gateway(record, tmp_path, mode=f"reverse:{service.url}") as inbound:
+        answer = httpx.get(f"{inbound.proxy}/orders", headers={"x-softprobe-session-id": "loop-1"}, trust_env=False)
+        assert answer.status_code == 200
+        wait_for(lambda: recorded_count(db) == 1)
+        with Store(StoreConfig(path=str(db)), read_only=True) as store:
+            recorded_headers = store.session("loop-1")[1][0].request_headers
+        assert recorded_headers.get("via") is None and recorded_headers.get("x-softprobe-session-id") == "loop-1"
+        assert main(["replay", "loop-1", "--db", str(db), "--target", inbound.proxy]) == 0, capsys.readouterr().out
+        assert "1 passed, 0 differed" in capsys.readouterr().out
+        assert len(service.received) == 2  # the recording and the replay both reached the service
