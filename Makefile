@@ -17,8 +17,8 @@ BENCH_STAMP := $(VENV)/.installed-bench
 venv: $(TEST_STAMP) $(BENCH_STAMP)
 
 # Debian packages the tests and benchmarks drive, installed when missing: wrk (the load generator),
-# iptables (the transparent-mode tests). Each package is named after its command.
-SYSTEM_PACKAGES := wrk iptables
+# iptables (the transparent-mode tests), curl (a client of the peer matrix). Each package is named after its command.
+SYSTEM_PACKAGES := wrk iptables curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$p >/dev/null || echo $$p; done); \

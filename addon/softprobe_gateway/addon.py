@@ -60,7 +60,7 @@ class FlowState:
         (mitmproxy's `is_replay`, as its server playback sets it; the exported span). The answer
         to a HEAD has no body: bytes after its head would corrupt the client's connection."""
         if flow.request.method == "HEAD":
-            response.content = b""
+            response.raw_content = b""  # its content-length stays: what a GET would get
         flow.response = response
         flow.is_replay = "response"
         flow.metadata[ANSWERED_BY] = answered_by
@@ -290,8 +290,7 @@ class SoftprobeAddon:
         lookup_body = build() if small else await asyncio.to_thread(build)
         outcome, hit = await rt.lookup(lookup_body)
         if hit is not None:
-            state.answer(flow, self._hit_response(hit, rt.config.lookup.debug_header,
-                                                  flow.request.is_http2), HIT)
+            state.answer(flow, self._hit_response(hit, rt.config.lookup.debug_header, flow.request), HIT)
         elif rt.config.lookup.on_miss == "reject":
             state.answer(flow, http.Response.make(
                 404 if outcome == "miss" else 503,
@@ -300,16 +299,19 @@ class SoftprobeAddon:
                 {"content-type": "text/plain; charset=utf-8", "x-softprobe-lookup": outcome}), REFUSAL)
 
     @staticmethod
-    def _hit_response(hit: Hit, debug: bool, http2: bool) -> http.Response:
+    def _hit_response(hit: Hit, debug: bool, request: http.Request) -> http.Response:
         """The recorded answer, its fields as they were sent; its trailers to an HTTP/2 client
-        (mitmproxy 11 has no HTTP/1 trailers: an HTTP/1 client gets the answer without them)."""
-        headers = [(k.encode(), v.encode()) for k, v in hit.headers if k != "content-encoding"]
+        (mitmproxy 11 has no HTTP/1 trailers: an HTTP/1 client gets the answer without them).
+        Recorded bodies are decoded: sent as they are, without their content-encoding, except to
+        a HEAD, which gets the recorded head whole (no body to decode, the GET's length)."""
+        head = request.method == "HEAD"
+        headers = [(k.encode(), v.encode()) for k, v in hit.headers if head or k != "content-encoding"]
         if debug:
             headers.append((DEBUG_HEADER.encode(), b"true"))
         response = http.Response.make(hit.status, b"", headers)
-        response.raw_content = hit.body  # recorded bodies are decoded: send them as they are
-        response.headers["content-length"] = str(len(hit.body))
-        if http2 and hit.trailers:
+        response.raw_content = hit.body
+        response.headers["content-length"] = (hit.content_length or "0") if head else str(len(hit.body))
+        if request.is_http2 and hit.trailers:
             response.trailers = http.Headers([(k.encode(), v.encode()) for k, v in hit.trailers])
         return response
 

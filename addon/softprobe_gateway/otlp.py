@@ -196,6 +196,8 @@ class Hit:
     headers: list[tuple[str, str]]
     body: bytes
     trailers: list[tuple[str, str]] = field(default_factory=list)
+    # The recorded content-length: an answer to a HEAD has no body to measure, and says the GET's.
+    content_length: str | None = None
 
 
 class BadAnswer(ValueError):
@@ -245,6 +247,7 @@ def _span_hit(span: Span, max_body: int) -> Hit | None:
                     apart[key.lower()] = [v.string_value for v in value.array_value.values]
     if not usable:
         return None
+    length = next((v.strip() for k, v in joined[RESPONSE_HEADER] if k == "content-length"), None)
     headers, trailers = (_sendable(fields, apart, values_prefix(prefix)) for prefix, fields in joined.items())
     content_type = next((v for k, v in headers if k == "content-type"), None)
     decoded = hit_body(body or "", content_type)
@@ -254,7 +257,7 @@ def _span_hit(span: Span, max_body: int) -> Hit | None:
         # Recorded before trailers were kept apart: its status fields were stored as headers.
         trailers = [(k, v) for k, v in headers if k in GRPC_STATUS]
         headers = [(k, v) for k, v in headers if k not in GRPC_STATUS]
-    return Hit(status, headers, decoded, trailers)
+    return Hit(status, headers, decoded, trailers, length if length and length.isdigit() else None)
 
 
 def _sendable(fields: list[tuple[str, str]], apart: dict[str, list[str]],
