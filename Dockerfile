@@ -37,7 +37,7 @@ WORKDIR /app
 USER 10001:10001
 EXPOSE 8080 9090
 ENTRYPOINT ["mitmdump", "-s", "/app/addon/softprobe_addon.py"]
-# Mesh egress by default (see README "Deployment"); Kubernetes passes its own args per mode.
+# Mesh egress by default (see docs/deployment.md, "Routing modes"); Kubernetes passes its own args per mode.
 CMD ["--mode", "regular@8080", "--set", "block_global=false", "--set", "onboarding=false", \
      "--set", "connection_strategy=lazy", "--set", "flow_detail=0", \
      "--set", "confdir=/var/lib/mitmproxy"]

@@ -47,7 +47,7 @@ def test_quick_mode_writes_the_three_outputs(tmp_path):
 
 @pytest.mark.timeout(90)
 def test_the_lookup_cost_benchmark_runs():
-    """`python -m bench.lookup_cost --quick` (the README's lookup figures come from its full run)."""
+    """`python -m bench.lookup_cost --quick` (docs/performance.md's lookup figures come from its full run)."""
     done = subprocess.run([sys.executable, "-m", "bench.lookup_cost", "--quick"], cwd=ROOT,
                           capture_output=True, text=True, timeout=80)
     assert done.returncode == 0, done.stderr

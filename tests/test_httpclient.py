@@ -260,7 +260,7 @@ def test_the_pool_is_bounded():
 
 
 def test_the_client_benchmark_runs():
-    """`python -m bench.lookup_client --quick` (the README's figures come from its full run)."""
+    """`python -m bench.lookup_client --quick` (docs/lookups-and-replay.md's figures come from its full run)."""
     done = subprocess.run([sys.executable, "-m", "bench.lookup_client", "--quick"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

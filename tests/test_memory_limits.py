@@ -90,15 +90,15 @@ def test_finished_bodies_trigger_a_collection(streamed):
 
 
 def test_every_way_of_starting_the_gateway_sets_the_allocator(tmp_path):
-    """The image, `make run` and the README's command lines carry ALLOCATOR_ENV (glibc reads it at
+    """The image, `make run` and the docs' command lines carry ALLOCATOR_ENV (glibc reads it at
     exec); a gateway started without it still starts its export worker with it."""
     settings = " ".join(f"{k}={v}" for k, v in ALLOCATOR_ENV.items())
     assert f"GATEWAY_ENV := {settings}" in (ROOT / "Makefile").read_text()
     assert "env $(GATEWAY_ENV) $(BIN)/mitmdump" in (ROOT / "Makefile").read_text()
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert all(f"    {k}={v} \\" in dockerfile for k, v in ALLOCATOR_ENV.items())
-    readme_lines = [line for line in (ROOT / "README.md").read_text().splitlines()
-                    if "mitmdump -s" in line and "`" in line]
+    readme_lines = [line for page in (ROOT / "README.md", *(ROOT / "docs").glob("*.md"))
+                    for line in page.read_text().splitlines() if "mitmdump -s" in line and "`" in line]
     assert readme_lines and all(settings in line for line in readme_lines), readme_lines
 
     port = free_port()

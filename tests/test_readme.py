@@ -1,9 +1,11 @@
-"""The README's quick start and record-then-replay walkthrough, run as written.
+"""The README's quick start and the record-then-replay walkthrough, run as written; and the
+documentation's links, commands and options, checked.
 
-The commands are read from the README (between its `quickstart` and `walkthrough` markers), so the
-two cannot drift, and typed one by one into a real bash, as a user would in a terminal, in a copy
-of the repository sharing this checkout's .venv. They use the README's fixed loopback ports (8080,
-8000, 9090): when something else holds one, the test is skipped, saying which.
+The commands are read from the pages (the README's `quickstart` markers, docs/lookups-and-replay.md's
+`walkthrough` markers), so the two cannot drift, and typed one by one into a real bash, as a user
+would in a terminal, in a copy of the repository sharing this checkout's .venv. They use the
+README's fixed loopback ports (8080, 8000, 9090): when something else holds one, the test is
+skipped, saying which.
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ PORTS = (8080, 8000, 9090)  # the gateway, the example upstream, the gateway's a
 SESSION_LIMIT = 30.0  # seconds for one command (a gateway start included)
 
 
-def sh_blocks(marker: str) -> list[list[str]]:
-    """The ```sh blocks between `<!-- marker:start -->` and `<!-- marker:end -->`, as commands."""
-    section = (ROOT / "README.md").read_text().split(f"<!-- {marker}:start -->", 1)[1]
+README = ROOT / "README.md"
+LOOKUPS = ROOT / "docs" / "lookups-and-replay.md"  # the walkthrough's page
+
+
+def sh_blocks(marker: str, page: Path = README) -> list[list[str]]:
+    """The ```sh blocks between `<!-- marker:start -->` and `<!-- marker:end -->` of `page`, as
+    commands."""
+    section = page.read_text().split(f"<!-- {marker}:start -->", 1)[1]
     section = section.split(f"<!-- {marker}:end -->", 1)[0]
     return [[line for line in block.split("```", 1)[0].splitlines() if line.strip()]
             for block in section.split("```sh\n")[1:]]
@@ -70,7 +77,7 @@ class Terminal:
             if status == 0 and check(output):
                 return output
             if time.monotonic() > deadline:
-                raise AssertionError(f"{command!r} never showed what the README says:\n{output}")
+                raise AssertionError(f"{command!r} never showed what the docs say:\n{output}")
             time.sleep(0.2)
 
     def close(self) -> None:
@@ -89,7 +96,7 @@ def checkout(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     repo.mkdir()
     for name in ("Makefile", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, repo / name)  # copy2 keeps mtimes: make sees .venv up to date
-    for name in ("addon", "config", "examples"):
+    for name in ("addon", "config", "docs", "examples"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     # This checkout's installed programs, behind a stamp newer than the copied pyproject.toml:
     # `make run` must find the venv up to date, never reinstall the package from the copy.
@@ -160,7 +167,7 @@ def _ready() -> bool:
 
 def test_record_then_replay_walkthrough_as_written(checkout) -> None:
     repo, env = checkout
-    ((*commands,),) = sh_blocks("walkthrough")
+    ((*commands,),) = sh_blocks("walkthrough", LOOKUPS)
     terminal = Terminal(repo, env)
     outputs: list[str] = []
     try:
@@ -176,7 +183,7 @@ def test_record_then_replay_walkthrough_as_written(checkout) -> None:
     finally:
         terminal.close()
     # The gateways write to the same terminal (`make run &`), curl its progress meter: look for
-    # what the README names, among the rest.
+    # what the walkthrough names, among the rest.
     transcript = "\n".join(terminal.transcript)
     assert outputs[2].splitlines()[-1] == "ready" and outputs[7].splitlines()[-1] == "ready", transcript
     recorded, replayed = (re.search(r'\{"flights": .*?\]\}', out) for out in (outputs[3], outputs[8]))
@@ -194,3 +201,113 @@ def test_record_then_replay_walkthrough_as_written(checkout) -> None:
     show = subprocess.run([".venv/bin/softprobe", "show", "flights-2"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=30)
     assert "-> 200" in show.stdout and "[answered by the gateway: hit]" in show.stdout, show.stdout
+
+
+# -- the documentation as a whole: README.md and docs/*.md ------------------------------------
+
+PAGES = (README, *sorted((ROOT / "docs").glob("*.md")))
+# Where code, manifests and configs may point a reader at a page (comments, docstrings, messages).
+REFERRING = ("addon", "bench", "config", "examples", "k8s", "Dockerfile", "Makefile")
+
+
+def outside_code(text: str) -> str:
+    """`text` without its fenced blocks and code spans (neither holds links or headings)."""
+    prose, fence = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence:
+            prose.append(line)
+    return re.sub(r"`[^`]*`", "", "\n".join(prose))
+
+
+def headings(page: Path) -> list[str]:
+    prose, fence = [], False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence and (m := re.match(r"#{1,6} (.+?)\s*$", line)):
+            prose.append(m.group(1))
+    return prose
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: the text (a link's text, no markup) in lower case, punctuation
+    dropped, spaces to '-', and '-1', '-2'... after a repeated one."""
+    out: set[str] = set()
+    repeats: dict[str, int] = {}
+    for heading in headings(page):
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+        slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+        n = repeats[slug] = repeats.get(slug, -1) + 1
+        out.add(f"{slug}-{n}" if n else slug)
+    return out
+
+
+def broken(page: Path, target: str) -> str | None:
+    """Why `target`, linked from `page`, does not resolve (None when it does)."""
+    path, _, anchor = target.partition("#")
+    file = (page.parent / path).resolve() if path else page
+    if not file.exists():
+        return f"{page.relative_to(ROOT)}: {target}: no such file"
+    if anchor and file.suffix == ".md" and anchor not in anchors(file):
+        return f"{page.relative_to(ROOT)}: {target}: no heading #{anchor} in {file.relative_to(ROOT)}"
+    return None
+
+
+def test_every_relative_link_and_anchor_in_the_docs_resolves() -> None:
+    links = {page: re.findall(r"\]\(([^)\s]+)\)", outside_code(page.read_text())) for page in PAGES}
+    assert len(links[README]) > 20 and sum(map(len, links.values())) > 80  # the pattern finds them
+    relative = [(page, t) for page, targets in links.items() for t in targets
+                if not re.match(r"[a-z]+:", t)]
+    assert [why for page, target in relative if (why := broken(page, target))] == []
+
+
+def test_every_page_is_reachable_from_the_readme() -> None:
+    linked = {(README.parent / t.partition("#")[0]).resolve()
+              for t in re.findall(r"\]\((docs/[^)#\s]+)", README.read_text())}
+    assert set(PAGES[1:]) <= linked, set(PAGES[1:]) - linked
+
+
+def test_every_page_named_in_code_and_manifests_exists_with_its_section() -> None:
+    """`docs/performance.md#lookups`, `README "Data flow"`, `docs/protocol.md, 'What is recorded'`
+    in a comment, docstring or message: the page, the anchor and the section named are there."""
+    paths = [p for name in REFERRING for p in [ROOT / name, *(ROOT / name).rglob("*")]]
+    files = [p for p in paths if p.is_file() and p.suffix not in (".png", ".pyc", ".db")
+             and not any(part == "__pycache__" or part.endswith(".egg-info") for part in p.parts)]
+    found, wrong = 0, []
+    for file in files:
+        text = file.read_text(errors="replace")
+        for m in re.finditer(r"\b(README(?:\.md)?|docs/[\w.-]+\.md)(#[\w-]+)?(?:,? [\"']([^\"'\n]+)[\"'])?", text):
+            found += 1
+            page = ROOT / (m.group(1) if m.group(1).endswith(".md") else "README.md")
+            where = f"{file.relative_to(ROOT)}: {m.group()}"
+            if m.group(2) and (why := broken(ROOT / "README.md", page.relative_to(ROOT).as_posix() + m.group(2))):
+                wrong.append(f"{where}: {why}")
+            elif not page.exists():
+                wrong.append(f"{where}: no such page")
+            elif m.group(3) and not any(m.group(3).lower() in h.lower() for h in headings(page)):
+                wrong.append(f"{where}: no section {m.group(3)!r} in {page.relative_to(ROOT)}")
+    assert found and not wrong, "\n".join(wrong)
+
+
+def test_every_documented_make_target_is_in_the_readme() -> None:
+    """The Makefile's targets with a `##` description are the commands a user meets."""
+    targets, described = [], False
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        if line.startswith("## "):
+            described = True
+        elif (m := re.match(r"([\w-]+):", line)) and described:
+            targets.append(m.group(1))
+            described = False
+        elif not line.startswith(".PHONY"):
+            described = False
+    assert {"run", "test", "bench", "demo"} <= set(targets)
+    assert [t for t in targets if f"`make {t}" not in README.read_text()] == []
+
+
+def test_the_options_table_lists_every_option_and_its_key() -> None:
+    from softprobe_gateway.options import OPTIONS
+
+    rows = re.findall(r"^\| `(softprobe_\w+)` \| `([\w.]+)` \|", README.read_text(), re.MULTILINE)
+    assert sorted(rows) == sorted((o.name, o.key) for o in OPTIONS)

@@ -1,5 +1,5 @@
 """`softprobe replay`: the comparison as pure functions, then the travel demo end to end, running
-the README's walkthrough as written."""
+the walkthrough of docs/cases-and-regression-replay.md as written."""
 
 from __future__ import annotations
 
@@ -86,11 +86,11 @@ def test_the_request_sent_again_is_in_the_replay_session() -> None:
     assert body == b"{}"
 
 
-# -- the travel demo, as the README's walkthrough runs it -------------------------------------
+# -- the travel demo, as the docs' walkthrough runs it ---------------------------------------
 
 
 def walkthrough() -> str:
-    section = (ROOT / "README.md").read_text().split("<!-- replay:start -->", 1)[1]
+    section = (ROOT / "docs" / "cases-and-regression-replay.md").read_text().split("<!-- replay:start -->", 1)[1]
     return section.split("```sh\n", 1)[1].split("```", 1)[0]
 
 

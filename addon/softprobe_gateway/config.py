@@ -128,7 +128,7 @@ class ExportConfig:
     """Batching, bounds and retries of the asynchronous export."""
 
     batch_max_spans: int = field(default=512, metadata={"min": 1})
-    # Both byte bounds measured under the Deployment's limits (README "Performance").
+    # Both byte bounds measured under the Deployment's limits (docs/performance.md, "Memory").
     batch_max_bytes: int = field(default=2 * 1024 * 1024, metadata={"min": 1024})
     flush_interval_ms: int = field(default=200, metadata={"min": 1})
     queue_max_spans: int = field(default=10_000, metadata={"min": 1})

@@ -12,8 +12,8 @@ sent, and nothing arrived unasked; one that received bytes or closed while idle 
 Why not h11 (a mitmproxy dependency) or httpx: mitmproxy 11 pins h11 <= 0.14.0, which discards the
 two bytes after each chunk without checking they are CRLF (CVE-2025-43859, fixed in h11 0.16), and
 `python -m bench.lookup_client` measures this client at less CPU per lookup than h11 over asyncio
-streams and far less than httpx (README, "Agent lookup"). Every lookup runs on the proxy's one
-event loop, where that CPU is taken from proxied requests.
+streams and far less than httpx (docs/lookups-and-replay.md, "The lookup client"). Every lookup
+runs on the proxy's one event loop, where that CPU is taken from proxied requests.
 
 One bounded pool per client: at most `max_connections` connections, idle or busy; a lookup waits
 for a free one (within its caller's timeout). A request is retried once, on a new connection,
