@@ -114,8 +114,9 @@ def test_grpc_is_recorded_with_trailers_and_base64_frames(setup):
     assert response.status_code == 200 and response.content == grpc_frame(b"\x0a\x05hello")
     (_, span), = backend.wait_spans(1)
     a = attributes(span.attributes)
-    assert a["http.response.header.grpc-status"] == "0"
-    assert a["http.response.header.grpc-message"] == "all good"
+    assert a["http.response.trailer.grpc-status"] == "0"  # trailers recorded apart from the headers
+    assert "http.response.header.grpc-status" not in a
+    assert a["http.response.trailer.grpc-message"] == "all good"
     assert base64.b64decode(a["http.request.body"]) == request
     assert base64.b64decode(a["http.response.body"]) == grpc_frame(b"\x0a\x05hello")
     assert span.name == "/grpc.test.Greeter/SayHello"

@@ -134,7 +134,7 @@ def test_explicit_proxy_captures_https_for_a_client_trusting_one_file(tmp_path: 
             exchanges = wait_for(lambda: (r := recorded()) and any(e.path == "/marker" for e in r) and r)
             assert sorted(e.path for e in exchanges) == ["/marker", "/secure"]
             secure = next(e for e in exchanges if e.path == "/secure")
-            assert (secure.host, secure.request_headers[":scheme"], secure.direction) == \
+            assert (secure.host, secure.request_headers.get(":scheme"), secure.direction) == \
                 (f"127.0.0.1:{https_port}", "https", "outbound")
     finally:
         upstream.stdin.close()

@@ -219,7 +219,7 @@ class SoftprobeAddon:
             return
         request = flow.request
         self.metrics.seen.inc()
-        client_headers = request.headers.fields  # the client's, before the gateway adds or strips any
+        client_headers = rt.router.client_fields(request.headers.fields)
         authority = request_authority(request, flow.client_conn.proxy_mode)
         caller = rt.router.caller(request.headers)
         if refusal := rt.router.route(request):

@@ -116,6 +116,7 @@ class Router:
         listen = list(listen)
         self.tls = [_compile_tls(u) for u in config.tls_upstreams]
         self.strip_prefixes = tuple(p.lower() for p in config.strip_header_prefixes)
+        self._strip_prefixes = tuple(p.encode("latin-1") for p in self.strip_prefixes)
         self.self_hosts = frozenset(_norm(h) for h in config.self_hosts)
         self.local_hosts = LOCAL_HOSTS | {_norm(hostname)} | {_norm(h) for h, _ in listen if h}
         self.listen_ports = frozenset(p for _, p in listen)
@@ -124,6 +125,11 @@ class Router:
     def caller(self, headers: Mapping[str, str]) -> str | None:
         """The calling mesh workload's service name; read it before `route` strips the header."""
         return caller_service(headers.get(PEER_METADATA_HEADER, ""))
+
+    def client_fields(self, fields: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+        """The fields the client sent, as they are recorded: taken before `route` adds the
+        gateway's `Via`, without the mesh's own (`x-envoy-*`, which the sidecar added)."""
+        return tuple(f for f in fields if not f[0].lower().startswith(self._strip_prefixes))
 
     def route(self, request: http.Request) -> str | None:
         """Prepare `request` for its upstream; return why it must be refused (a loop), else None."""
