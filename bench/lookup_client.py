@@ -1,5 +1,5 @@
 """`python -m bench.lookup_client [--quick]`: CPU per lookup of the gateway's lookup client
-(`softprobe_gateway.httpclient`), of h11 over asyncio streams and of httpx, on loopback.
+(`softprobe_gateway.backends.httpclient`), of h11 over asyncio streams and of httpx, on loopback.
 
 Each client POSTs request bodies of 1 KiB, 64 KiB and 1 MiB, one after another over one
 keep-alive connection, to the benchmark's backend (`bench.servers`, its own process), which
@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 
 import h11
 import httpx
+from softprobe_gateway.backends.httpclient import PostClient
 
-from softprobe_gateway.httpclient import PostClient
 from tests.support import LOOPBACK
 
 from .procs import backend

@@ -17,10 +17,12 @@ import statistics
 import sys
 import time
 
-from softprobe_gateway.capture import Capture, Exchange, Message
-from softprobe_gateway.config import Config
-from softprobe_gateway.httpclient import PostClient
+from softprobe_gateway.backends.httpclient import PostClient
+from softprobe_gateway.capture.encoding import Capture
+from softprobe_gateway.capture.exchange import Exchange, Message
+from softprobe_gateway.config.schema import Config
 from softprobe_gateway.otlp import decode_hit, inject_request
+
 from tests.support import LOOPBACK
 
 from .procs import backend

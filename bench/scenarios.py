@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from softprobe_gateway.proxy.memory import ALLOCATOR_ENV
 
-from softprobe_gateway.memory import ALLOCATOR_ENV
 from tests.support import ADDON, BIN, LOOPBACK, free_port
 
 from .procs import Proc

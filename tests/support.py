@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,13 +26,54 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from mitmproxy.proxy.layers import http as http_layer
+from mitmproxy.test import taddons
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
-from softprobe_gateway.memory import ALLOCATOR_ENV
+from softprobe_gateway.proxy import gateway
+from softprobe_gateway.proxy.memory import ALLOCATOR_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ADDON = ROOT / "addon" / "softprobe_addon.py"
 LOOPBACK = "127.0.0.1"
+
+
+# -- the addons in mitmproxy's test context -------------------------------------------------
+
+HOOKS = {"requestheaders": http_layer.HttpRequestHeadersHook, "request": http_layer.HttpRequestHook,
+         "responseheaders": http_layer.HttpResponseHeadersHook, "response": http_layer.HttpResponseHook,
+         "error": http_layer.HttpErrorHook}
+
+
+class Addons:
+    """The gateway's addons (`gateway.addons()`, as the entry script lists them) in mitmproxy's
+    test context; a hook is dispatched by mitmproxy's own addon manager, to each in that order."""
+
+    def __init__(self, tctx: taddons.context, addons: gateway.Addons) -> None:
+        self.tctx, self.addons = tctx, addons
+        self.lifecycle, self.flows = addons.lifecycle, addons.recorder.flows
+        self.metrics = addons.lifecycle.metrics
+
+    def configure(self, **options: Any) -> None:
+        self.tctx.configure(self.lifecycle, **options)
+
+    async def hook(self, name: str, flow: Any) -> None:
+        await self.tctx.master.addons.handle_lifecycle(HOOKS[name](flow))
+
+    async def through(self, flow: Any, *names: str) -> Any:
+        for name in names:
+            await self.hook(name, flow)
+        return flow
+
+
+@contextmanager
+def started_addons(config_path: Path | str, *others: Any) -> Iterator[Addons]:
+    """The addons configured with `config_path` and running (call within an event loop)."""
+    addons = gateway.addons()
+    with taddons.context(*addons, *others) as tctx:
+        tctx.configure(addons.lifecycle, softprobe_config=str(config_path))
+        addons.lifecycle.running()  # the runtime (export worker) starts once mitmproxy is up
+        yield Addons(tctx, addons)
 
 
 def free_port() -> int:
@@ -309,7 +351,7 @@ class Gateway:
         for entry in Path("/proc").iterdir():
             try:
                 if (entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                        == self.process.pid and b"softprobe_gateway.export.worker" in (entry / "cmdline").read_bytes()):
+                        == self.process.pid and b"softprobe_gateway.worker.process" in (entry / "cmdline").read_bytes()):
                     return int(entry.name)
             except (OSError, IndexError):
                 continue  # exited while we looked

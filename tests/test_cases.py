@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
+from softprobe_gateway.cli.main import main
+from softprobe_gateway.config.schema import StoreConfig
+from softprobe_gateway.store.store import Store
 from support import Gateway, wait_for
 from test_replay_e2e import config, flow, recorded_count, stateful_upstream
-
-from softprobe_gateway.backend.store import Store
-from softprobe_gateway.cli import main
-from softprobe_gateway.config import StoreConfig
 
 SCHEMAS = Path(__file__).parent / "schemas"
 IDENTITY = ("sp.session.id", "sp.traffic.direction", "sp.span.type", "url.host", "url.path",

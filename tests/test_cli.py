@@ -7,12 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from softprobe_gateway.cli.main import main
+from softprobe_gateway.config.schema import StoreConfig
+from softprobe_gateway.store.store import Store
 from support import BIN
 from test_store import extract_span, inject, traces
-
-from softprobe_gateway.backend.store import Store
-from softprobe_gateway.cli import main
-from softprobe_gateway.config import StoreConfig
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import BIN, LOOPBACK, Gateway, free_port, wait_for
-
 from softprobe_gateway import __version__
-from softprobe_gateway.cli import main
+from softprobe_gateway.cli.main import main
+from support import BIN, LOOPBACK, Gateway, free_port, wait_for
 
 FAST_EXPORT = {"flush_interval_ms": 20, "timeout_s": 2.0}
 

@@ -8,14 +8,14 @@ import signal
 import sys
 
 import pytest
+from softprobe_gateway.backends.select import backend_for
+from softprobe_gateway.capture.exchange import Exchange, Message
+from softprobe_gateway.config.schema import Config, ConfigError, ExportConfig, StoreConfig
+from softprobe_gateway.export.exporter import Exporter
+from softprobe_gateway.proxy.metrics import Metrics
+from softprobe_gateway.store import model
+from softprobe_gateway.store.store import Store
 from support import wait_for
-
-from softprobe_gateway.backend import model
-from softprobe_gateway.backend.store import Store
-from softprobe_gateway.capture import Exchange, Message
-from softprobe_gateway.config import Config, ConfigError, ExportConfig, StoreConfig
-from softprobe_gateway.export import Exporter
-from softprobe_gateway.metrics import Metrics
 
 
 def exchange(path: str, n: int = 0) -> Exchange:
@@ -24,13 +24,17 @@ def exchange(path: str, n: int = 0) -> Exchange:
                     request=Message((), b""))
 
 
+def exporter_for(config: Config, metrics: Metrics) -> Exporter:
+    return Exporter(config, metrics, backend_for(config))
+
+
 def dropped(metrics: Metrics, reason: str) -> float:
     return metrics.registry.get_sample_value("softprobe_export_dropped_spans_total", {"reason": reason}) or 0
 
 
 def test_an_exchange_ending_after_the_stop_is_a_shutdown_loss_not_a_full_queue(tmp_path):
     metrics = Metrics()
-    exporter = Exporter(Config(sp_backend_url=f"file:{tmp_path / 'spans.jsonl'}"), metrics)
+    exporter = exporter_for(Config(sp_backend_url=f"file:{tmp_path / 'spans.jsonl'}"), metrics)
     assert exporter.submit(exchange("/before"))
     exporter.close()
     assert not exporter.submit(exchange("/after"))
@@ -44,10 +48,10 @@ def test_a_worker_that_cannot_be_spawned_is_one_line_at_start_and_retried_when_r
     python = sys.executable
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
     with pytest.raises(ConfigError, match=r"^the export worker process could not be started: .*no-python"):
-        Exporter(config, Metrics())
+        exporter_for(config, Metrics())
     monkeypatch.setattr(sys, "executable", python)
     metrics = Metrics()
-    exporter = Exporter(config, metrics)
+    exporter = exporter_for(config, metrics)
     try:
         monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
         exporter._worker.process.kill()
@@ -67,7 +71,7 @@ def test_a_dead_worker_is_charged_only_with_what_the_store_misses(tmp_path):
     worker would have before it died; then it is killed."""
     db = tmp_path / "sp.db"
     metrics = Metrics()
-    exporter = Exporter(Config(store=StoreConfig(path=str(db)), export=ExportConfig(
+    exporter = exporter_for(Config(store=StoreConfig(path=str(db)), export=ExportConfig(
         flush_interval_ms=1, batch_max_spans=4)), metrics)
     try:
         worker = exporter._worker.pid

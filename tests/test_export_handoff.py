@@ -6,11 +6,11 @@ from __future__ import annotations
 import base64
 import json
 
-from softprobe_gateway.capture import Exchange, Message
-from softprobe_gateway.config import Config, ExportConfig
+from softprobe_gateway.capture.exchange import Exchange, Message
+from softprobe_gateway.config.schema import Config, ExportConfig
 from softprobe_gateway.export.handoff import MIN_SHARED_BYTES, BodyRing, RingReader, ring_size
+from softprobe_gateway.export.launch import WorkerProcess
 from softprobe_gateway.export.messages import Batch
-from softprobe_gateway.export.worker import WorkerProcess
 
 BIG = MIN_SHARED_BYTES
 

@@ -10,7 +10,6 @@ import time
 import httpx
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-
 from support import Gateway, OtlpBackend, attributes, free_port, run_mitmdump_config, wait_for
 
 FAST_EXPORT = {"flush_interval_ms": 20, "timeout_s": 2.0}

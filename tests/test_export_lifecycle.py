@@ -15,10 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from softprobe_gateway.backend.model import LookupRequest
-from softprobe_gateway.backend.store import Store
-from softprobe_gateway.config import StoreConfig
+from softprobe_gateway.config.schema import StoreConfig
+from softprobe_gateway.store.model import LookupRequest
+from softprobe_gateway.store.store import Store
 from support import Gateway, free_port, wait_for
 
 UPLOADS = """

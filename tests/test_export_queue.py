@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
-from softprobe_gateway.backend.model import LookupRequest, MissedLookup
-from softprobe_gateway.capture import Exchange, Message
-from softprobe_gateway.config import ExportConfig
+from softprobe_gateway.capture.exchange import Exchange, Message
+from softprobe_gateway.config.schema import ExportConfig
 from softprobe_gateway.export.queue import MAX_IN_FLIGHT, ExportQueue, wire_bytes
+from softprobe_gateway.store.model import LookupRequest, MissedLookup
 
 NEVER = threading.Event()
 

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
-
-from softprobe_gateway.export.sinks import HttpSink, SendError
+from softprobe_gateway.backends.contract import SendError
+from softprobe_gateway.backends.http import HttpSink
 from support import LOOPBACK, OtlpBackend, make_test_ca
 
 

@@ -8,22 +8,30 @@ import gc
 import json
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from mitmproxy import exceptions, io
-from mitmproxy.test import taddons, tflow
-from support import (Gateway, HttpServer, OtlpBackend, Received, Reply, free_port, run_mitmdump_config,
-                     upstream_reply, wait_for)
+from mitmproxy.test import tflow
+from softprobe_gateway.config.loader import ConfigFile
+from softprobe_gateway.config.schema import ConfigError
+from softprobe_gateway.proxy import lifecycle
+from support import (
+    Addons,
+    Gateway,
+    HttpServer,
+    OtlpBackend,
+    Received,
+    Reply,
+    free_port,
+    run_mitmdump_config,
+    started_addons,
+    upstream_reply,
+    wait_for,
+)
 from test_hardening import write_atomically
 from test_replay_e2e import config, recorded_count
-
-from softprobe_gateway import addon as addon_module
-from softprobe_gateway.addon import SoftprobeAddon
-from softprobe_gateway.config import ConfigError, ConfigFile
 
 STREAM_THRESHOLD = 1024
 
@@ -108,27 +116,17 @@ def test_duplicate_yaml_key_is_a_config_error_naming_it(tmp_path: Path) -> None:
         ConfigFile(str(nested)).load()
 
 
-@contextmanager
-def started_addon(config_path: Path) -> Iterator[tuple[SoftprobeAddon, taddons.context]]:
-    """The addon in mitmproxy's test context, configured and running (call within a loop)."""
-    addon = SoftprobeAddon()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, softprobe_config=str(config_path))
-        addon.running()
-        yield addon, tctx
-
-
 def gateway_yaml(path: Path, backend_url: str, **settings) -> Path:
     path.write_text(json.dumps({"sp_backend_url": backend_url, "admin_listen": "", **settings}))
     return path
 
 
-async def recorded(addon: SoftprobeAddon, path: str) -> tflow.HTTPFlow:
-    """A flow through the request hooks only (it stays open)."""
-    flow = tflow.tflow(resp=True)
+async def recorded(gw: Addons, path: str) -> tflow.HTTPFlow:
+    """A flow through the request hooks only (it stays open), then answered by the upstream."""
+    flow = tflow.tflow()
     flow.request.path = path
-    addon.requestheaders(flow)
-    await addon.request(flow)
+    await gw.through(flow, "requestheaders", "request")
+    flow.response = tflow.tresp()
     return flow
 
 
@@ -138,14 +136,15 @@ def test_a_flow_that_ends_without_a_final_hook_leaves_no_state(tmp_path: Path) -
     config_path = gateway_yaml(tmp_path / "g.yaml", f"file:{tmp_path / 'out.jsonl'}")
 
     async def drive() -> None:
-        with started_addon(config_path) as (addon, _):
+        with started_addons(config_path) as gw:
             flow = tflow.tflow()
-            addon.requestheaders(flow)
-            assert addon.flows[flow].exchange is not None and not flow.metadata
+            await gw.hook("requestheaders", flow)
+            runtime = gw.flows.get(flow).runtime
+            assert gw.flows.get(flow).exchange is not None and not flow.metadata
             del flow
             gc.collect()
-            assert not addon.flows
-            await addon.done()
+            assert not gw.flows and runtime._flows == 0  # its hold on the runtime went with it
+            await gw.lifecycle.done()
 
     asyncio.run(drive())
 
@@ -154,18 +153,18 @@ def test_a_flow_outliving_its_retired_runtime_is_exported_by_the_current_one(tmp
                                                                              monkeypatch) -> None:
     """A replaced runtime waits for its flows at most RETIRE_GRACE_S; a flow ending later (a long
     WebSocket or event stream) is exported by the current runtime instead of being dropped."""
-    monkeypatch.setattr(addon_module, "RETIRE_GRACE_S", 0.2)
+    monkeypatch.setattr(lifecycle, "RETIRE_GRACE_S", 0.2)
     first, second = (gateway_yaml(tmp_path / f"{name}.yaml", f"file:{tmp_path / name}.jsonl")
                      for name in ("first", "second"))
 
     async def drive() -> None:
-        with started_addon(first) as (addon, tctx):
-            short, long = await recorded(addon, "/short"), await recorded(addon, "/long")
-            tctx.configure(addon, softprobe_config=str(second))
-            addon.response(short)  # within the grace: the runtime it started with
-            await asyncio.wait(set(addon._retiring))
-            addon.response(long)
-            await addon.done()
+        with started_addons(first) as gw:
+            short, long = await recorded(gw, "/short"), await recorded(gw, "/long")
+            gw.configure(softprobe_config=str(second))
+            await gw.hook("response", short)  # within the grace: the runtime it started with
+            await asyncio.wait(set(gw.lifecycle._retiring))
+            await gw.hook("response", long)
+            await gw.lifecycle.done()
 
     asyncio.run(drive())
     assert '"/short"' in first.with_suffix(".jsonl").read_text()
@@ -184,10 +183,10 @@ def test_done_waits_for_a_replaced_runtime_still_flushing(tmp_path: Path) -> Non
         second = gateway_yaml(tmp_path / "second.yaml", new.url)
 
         async def drive() -> None:
-            with started_addon(first) as (addon, tctx):
-                addon.response(await recorded(addon, "/queued"))  # queued for a minute
-                tctx.configure(addon, softprobe_config=str(second))
-                await addon.done()
+            with started_addons(first) as gw:
+                await gw.hook("response", await recorded(gw, "/queued"))  # queued for a minute
+                gw.configure(softprobe_config=str(second))
+                await gw.lifecycle.done()
                 # not `spans()`: it would wait for the backend's lock, held while it accepts
                 assert len(old.batches) == 1
 
@@ -203,12 +202,12 @@ def test_a_reload_rejected_after_its_worker_started_leaves_the_gauges_on_the_cur
     bad = gateway_yaml(tmp_path / "bad.yaml", f"file:{tmp_path / 'out.jsonl'}", enable_inject=True)
 
     async def drive() -> None:
-        with started_addon(good) as (addon, tctx):
-            worker_up = lambda: addon.metrics.registry.get_sample_value("softprobe_export_worker_up")
+        with started_addons(good) as gw:
+            worker_up = lambda: gw.metrics.registry.get_sample_value("softprobe_export_worker_up")
             assert worker_up() == 1
             with pytest.raises(exceptions.OptionsError, match="a file: backend cannot answer lookups"):
-                tctx.configure(addon, softprobe_config=str(bad))
-            assert worker_up() == 1 and addon._is_ready()
-            await addon.done()
+                gw.configure(softprobe_config=str(bad))
+            assert worker_up() == 1 and gw.lifecycle.ready()
+            await gw.lifecycle.done()
 
     asyncio.run(drive())

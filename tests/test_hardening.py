@@ -11,10 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from support import LOOPBACK, Gateway, OtlpBackend, attributes, free_port, wait_for
 from websockets.sync.client import connect as ws_connect
 from websockets.sync.server import serve as ws_serve
-
-from support import LOOPBACK, Gateway, OtlpBackend, attributes, free_port, wait_for
 
 MIB = 1024 * 1024
 

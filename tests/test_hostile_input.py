@@ -25,22 +25,35 @@ import httpx
 import pytest
 import yaml
 import zstandard
+from cgroup import RssSampler
 from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
-
-from softprobe_gateway.capture import Capture, Exchange, Message, decode_body
-from softprobe_gateway.config import CaptureConfig, ConfigError, load_config
+from softprobe_gateway.capture.encoding import Capture, decode_body
+from softprobe_gateway.capture.exchange import Exchange, Message
+from softprobe_gateway.config.loader import load_config
+from softprobe_gateway.config.schema import CaptureConfig, ConfigError
+from softprobe_gateway.decisions.tracecontext import (
+    MAX_SESSION_ID,
+    SESSION_HEADERS,
+    new_context,
+    parse_traceparent,
+    parse_tracestate,
+    propagated_headers,
+    session_id,
+)
 from softprobe_gateway.otlp import (
-    HOP_BY_HOP, BadAnswer, decode_hit, fill_extract_span, hit_body, hit_from_traces,
-    make_span, traces_data,
+    HOP_BY_HOP,
+    BadAnswer,
+    decode_hit,
+    fill_extract_span,
+    hit_body,
+    hit_from_traces,
+    make_span,
+    traces_data,
 )
-from softprobe_gateway.routing import SERVICE_NAME, caller_service
-from softprobe_gateway.tracecontext import (
-    MAX_SESSION_ID, SESSION_HEADERS, new_context, parse_traceparent, parse_tracestate, propagated_headers, session_id,
-)
-from cgroup import RssSampler
+from softprobe_gateway.proxy.routing import SERVICE_NAME, caller_service
 from support import LOOPBACK, Gateway, OtlpBackend, Received, attributes, echo_upstream, free_port, wait_for
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

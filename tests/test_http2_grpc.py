@@ -14,7 +14,6 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
-
 from support import LOOPBACK, Gateway, OtlpBackend, attributes, make_test_ca
 
 

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
-
-from softprobe_gateway.httpclient import AnswerTooLarge, PostClient, ProtocolError
-from softprobe_gateway.lookup import LookupFailure, http_transport
 from raw_backend import MALFORMED, SMUGGLED, VALID, Answer, RawBackend, framed
+from softprobe_gateway.backends.contract import LookupFailure
+from softprobe_gateway.backends.http import HttpLookups
+from softprobe_gateway.backends.httpclient import AnswerTooLarge, PostClient, ProtocolError
 from support import LOOPBACK, ROOT, make_test_ca
 
 
@@ -131,13 +131,13 @@ def test_a_failed_lookup_names_its_cause(tmp_path):
 
     async def main():
         server, port, _ = await serve([], tls)
-        ask, client = http_transport(f"https://{LOOPBACK}:{port}", "", 1024)
+        lookups = HttpLookups(f"https://{LOOPBACK}:{port}", "", 1024)
         try:
-            await ask(TracesData())
+            await lookups.ask(TracesData())
         except LookupFailure as e:
             return e.outcome, str(e)
         finally:
-            await client.aclose()
+            await lookups.aclose()
             server.close()
 
     outcome, detail = run(main())

@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-
 from support import HttpServer, OtlpBackend, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

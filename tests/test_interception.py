@@ -12,10 +12,9 @@ from pathlib import Path
 import certifi
 import pytest
 from cryptography import x509
-
-from softprobe_gateway.backend.store import Store, StoreError
-from softprobe_gateway.config import DEFAULT_PASSTHROUGH_HOSTS, ConfigError, StoreConfig
-from softprobe_gateway.interception import BUNDLE_PREFIX, Passthrough, upstream_trust
+from softprobe_gateway.config.schema import DEFAULT_PASSTHROUGH_HOSTS, ConfigError, StoreConfig
+from softprobe_gateway.decisions.interception import BUNDLE_PREFIX, Passthrough, upstream_trust
+from softprobe_gateway.store.store import Store, StoreError
 from support import BIN, Gateway, free_port, make_test_ca, run_mitmdump_config, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

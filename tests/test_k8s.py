@@ -24,10 +24,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
-from softprobe_gateway import ca
-from softprobe_gateway.config import PUBLIC_KEY_ENV, Config, load_config
-from softprobe_gateway.routing import listen_addresses
+from softprobe_gateway.cli.main import ca
+from softprobe_gateway.config.loader import load_config
+from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, Config
+from softprobe_gateway.proxy.routing import listen_addresses
 from support import ADDON, BIN, LOOPBACK, free_port, wait_for, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent

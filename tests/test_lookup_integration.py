@@ -9,7 +9,6 @@ import time
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
-
 from softprobe_gateway.otlp import make_span, traces_data
 from support import Gateway, OtlpBackend, Received, attributes, free_port, wait_for
 

@@ -8,7 +8,6 @@ import concurrent.futures
 import ssl
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
-
 from raw_backend import MALFORMED, VALID, Answer, RawBackend, framed
 from support import LOOPBACK, Gateway, OtlpBackend, attributes, free_port, make_test_ca
 from test_lookup_integration import answer, inject_by_path, lookup_config, lookups

@@ -9,9 +9,14 @@ import os
 import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from softprobe_gateway.backend.matching import (CANONICAL_VERSION, MAX_PARTS, Ignore, diff, parse_request,
-                                                summarize)
+from softprobe_gateway.store.matching import (
+    CANONICAL_VERSION,
+    MAX_PARTS,
+    Ignore,
+    diff,
+    parse_request,
+    summarize,
+)
 
 
 def form(path: str = "/p", body: str = "", content_type: str = "application/json",

@@ -18,13 +18,13 @@ import weakref
 from pathlib import Path
 
 import pytest
+from cgroup import deployment_limits, quantity_bytes, quantity_millis, unavailable
 from mitmproxy.test import tflow
-from softprobe_gateway.capture import BodyTee
-from softprobe_gateway.memory import ALLOCATOR_ENV, Reclaim
+from softprobe_gateway.capture.exchange import BodyTee
+from softprobe_gateway.proxy.memory import ALLOCATOR_ENV, Reclaim
+from support import ADDON, BIN, LOOPBACK, ROOT, free_port, wait_for, wait_port
 
 from bench import harness, memory
-from cgroup import deployment_limits, quantity_bytes, quantity_millis, unavailable
-from support import ADDON, BIN, LOOPBACK, ROOT, free_port, wait_for, wait_port
 
 SECONDS = 10
 WARMUP_S = 2

@@ -23,9 +23,19 @@ import pytest
 import yaml
 from google.protobuf import struct_pb2
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
-
 from softprobe_gateway.otlp import make_span, traces_data
-from support import BIN, LOOPBACK, Gateway, OtlpBackend, make_test_ca, Received, attributes, free_port, wait_for, wait_port
+from support import (
+    BIN,
+    LOOPBACK,
+    Gateway,
+    OtlpBackend,
+    Received,
+    attributes,
+    free_port,
+    make_test_ca,
+    wait_for,
+    wait_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY = BIN / "envoy"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from softprobe_gateway.config import MockRule, load_config
-from softprobe_gateway.mocks import Mocks
+from softprobe_gateway.config.loader import load_config
+from softprobe_gateway.config.schema import MockRule
+from softprobe_gateway.decisions.mocks import Mocks
 
 
 def test_first_matching_rule_wins_and_patterns_are_searched() -> None:

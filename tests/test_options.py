@@ -10,12 +10,19 @@ import httpx
 import pytest
 from mitmproxy import exceptions
 from mitmproxy.addons import proxyserver
-from mitmproxy.test import taddons
-
-from support import ADDON, BIN, LOOPBACK, Gateway, attributes, free_port, start_server, stop_server, wait_for
-
-from softprobe_gateway import options
-from softprobe_gateway.addon import SoftprobeAddon
+from softprobe_gateway.proxy import options
+from support import (
+    ADDON,
+    BIN,
+    LOOPBACK,
+    Gateway,
+    attributes,
+    free_port,
+    start_server,
+    started_addons,
+    stop_server,
+    wait_for,
+)
 
 FAST_EXPORT = {"flush_interval_ms": 20, "timeout_s": 2.0}
 
@@ -117,10 +124,8 @@ def test_options_changed_at_runtime_build_a_new_runtime(tmp_path):
 async def _runtime_changes(tmp_path) -> None:
     config = tmp_path / "g.yaml"
     config.write_text(f"sp_backend_url: 'file:{tmp_path / 'a.jsonl'}'\n")
-    addon = SoftprobeAddon()
-    with taddons.context(addon, proxyserver.Proxyserver()) as tctx:
-        tctx.configure(addon, softprobe_config=str(config))
-        addon.running()
+    with started_addons(config, proxyserver.Proxyserver()) as gw:
+        tctx, addon = gw.tctx, gw.lifecycle
         first = addon.runtime
         assert first.config.local_path == str(tmp_path / "a.jsonl") and not first.config.enable_inject
 
@@ -182,12 +187,10 @@ async def _refused_admin_move(tmp_path) -> None:
     config = tmp_path / "g.yaml"
     admin = free_port()
     config.write_text(f"sp_backend_url: 'file:{tmp_path / 'a.jsonl'}'\nadmin_listen: '{LOOPBACK}:{admin}'\n")
-    addon = SoftprobeAddon()
-    with taddons.context(addon, proxyserver.Proxyserver()) as tctx, socket.socket() as taken:
+    with started_addons(config, proxyserver.Proxyserver()) as gw, socket.socket() as taken:
+        tctx, addon = gw.tctx, gw.lifecycle
         taken.bind((LOOPBACK, 0))
         taken.listen()
-        tctx.configure(addon, softprobe_config=str(config))
-        addon.running()
         with pytest.raises(exceptions.OptionsError, match="cannot listen on"):
             tctx.options.update(softprobe_admin=f"{LOOPBACK}:{taken.getsockname()[1]}")
         assert tctx.options.softprobe_admin is None  # rolled back

@@ -42,10 +42,20 @@ import httpx
 import pytest
 import requests
 from peers import flask_app, grpc_peer
-from softprobe_gateway.backend.store import Store
-from softprobe_gateway.config import StoreConfig
-from support import (BIN, LOOPBACK, Gateway, connectable, free_port, make_test_ca, start_server, stop_server,
-                     wait_for, wait_port)
+from softprobe_gateway.config.schema import StoreConfig
+from softprobe_gateway.store.store import Store
+from support import (
+    BIN,
+    LOOPBACK,
+    Gateway,
+    connectable,
+    free_port,
+    make_test_ca,
+    start_server,
+    stop_server,
+    wait_for,
+    wait_port,
+)
 
 PEERS = Path(__file__).parent / "peers"
 SESSION_HEADER = "x-softprobe-session-id"

@@ -307,7 +307,7 @@ def test_every_documented_make_target_is_in_the_readme() -> None:
 
 
 def test_the_options_table_lists_every_option_and_its_key() -> None:
-    from softprobe_gateway.options import OPTIONS
+    from softprobe_gateway.proxy.options import OPTIONS
 
     rows = re.findall(r"^\| `(softprobe_\w+)` \| `([\w.]+)` \|", README.read_text(), re.MULTILINE)
     assert sorted(rows) == sorted((o.name, o.key) for o in OPTIONS)

@@ -11,9 +11,9 @@ from urllib.parse import parse_qsl, urlencode
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from softprobe_gateway.config import ConfigError, RedactionConfig, load_config
-from softprobe_gateway.redaction import FOLD_AT_ONCE, SALT_ENV, Redactor, luhn
+from softprobe_gateway.capture.redaction import FOLD_AT_ONCE, SALT_ENV, Redactor, luhn
+from softprobe_gateway.config.loader import load_config
+from softprobe_gateway.config.schema import ConfigError, RedactionConfig
 
 MASK = "[REDACTED]"
 JSON = "application/json"

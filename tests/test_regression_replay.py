@@ -16,15 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+from softprobe_gateway.cli.main import main
+from softprobe_gateway.cli.replay import Checks, compare, request_to_send
+from softprobe_gateway.config.schema import StoreConfig
+from softprobe_gateway.formats.casefile import case_document
+from softprobe_gateway.store.model import Exchange, Fields
+from softprobe_gateway.store.store import Store
 from support import LOOPBACK, ROOT, Gateway, HttpServer, Received, Reply, wait_for
 from test_replay_e2e import recorded_count
-
-from softprobe_gateway.backend.casefile import case_document
-from softprobe_gateway.backend.model import Exchange, Fields
-from softprobe_gateway.backend.store import Store
-from softprobe_gateway.config import StoreConfig
-from softprobe_gateway.cli import main
-from softprobe_gateway.replay import Checks, compare, request_to_send
 
 PROPAGATED = ("x-softprobe-session-id", "x-sp-session-id", "traceparent", "tracestate")
 

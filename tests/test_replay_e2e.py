@@ -8,11 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from softprobe_gateway.config.schema import StoreConfig
+from softprobe_gateway.store.store import Store
 from support import Gateway, HttpServer, Received, Reply, wait_for
 from test_backend_server import Backend
-
-from softprobe_gateway.backend.store import Store
-from softprobe_gateway.config import StoreConfig
 
 FAST_EXPORT = {"flush_interval_ms": 20}
 

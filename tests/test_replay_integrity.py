@@ -9,15 +9,14 @@ from pathlib import Path
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from softprobe_gateway.cli.main import _session
+from softprobe_gateway.cli.replay import _suites
+from softprobe_gateway.config.schema import StoreConfig
+from softprobe_gateway.store.store import Store
 from support import Gateway, wait_for
 from test_cli import run
 from test_replay_e2e import config, recording  # noqa: F401 (a fixture)
 from test_store import answer_of, extract_span, inject, open_store, traces  # noqa: F401 (a fixture)
-
-from softprobe_gateway.backend.store import Store
-from softprobe_gateway.config import StoreConfig
-from softprobe_gateway.cli import _session
-from softprobe_gateway.replay import _suites
 
 
 def answered(span: Span, by: str) -> Span:

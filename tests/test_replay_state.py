@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from softprobe_gateway.decisions.tracecontext import own_sessions, run_session
+from softprobe_gateway.store.positions import Cue, Replays
 from support import ROOT
-
-from softprobe_gateway.backend.replay import Cue, Replays
-from softprobe_gateway.tracecontext import own_sessions, run_session
 
 
 class Recorded:
@@ -105,8 +104,8 @@ def test_otlp_is_a_protocol_module_and_backend_readers_need_no_capture() -> None
     decompression (and the OTLP module nothing else of the gateway)."""
     code = ("import sys; import softprobe_gateway.otlp as o; first = sorted(m for m in sys.modules "
             "if m.startswith('softprobe_gateway.')); "
-            "import softprobe_gateway.backend.store, softprobe_gateway.backend.spans; "
-            "print(first, sorted(m for m in ('softprobe_gateway.capture', 'softprobe_gateway.redaction', "
+            "import softprobe_gateway.store.store, softprobe_gateway.formats.spans; "
+            "print(first, sorted(m for m in ('softprobe_gateway.capture', 'softprobe_gateway.capture.redaction', "
             "'brotlicffi', 'zstandard') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                           cwd=ROOT, check=True)

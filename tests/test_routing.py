@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import tutils
-
-from softprobe_gateway.config import ConfigError, RoutingConfig, TlsUpstream, load_config
-from softprobe_gateway.routing import Router, caller_service, listen_addresses
+from softprobe_gateway.config.loader import load_config
+from softprobe_gateway.config.schema import ConfigError, RoutingConfig, TlsUpstream
+from softprobe_gateway.proxy.routing import Router, caller_service, listen_addresses
 
 LISTEN = [("", 8080)]
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
-
 from support import BIN, LOOPBACK, Gateway, free_port, wait_for
 from test_store import answer_of, extract_span, inject, traces
 

@@ -18,9 +18,8 @@ import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status, TracesData
-
-from softprobe_gateway.backend.store import Store, StoreError
-from softprobe_gateway.config import StoreConfig
+from softprobe_gateway.config.schema import StoreConfig
+from softprobe_gateway.store.store import Store, StoreError
 
 _ids = itertools.count(1)
 _clock = itertools.count(1_700_000_000_000_000_000, 1_000_000)

@@ -32,10 +32,9 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-
-from softprobe_gateway.backend.model import Exchange
-from softprobe_gateway.backend.store import Store, StoreError
-from softprobe_gateway.config import StoreConfig
+from softprobe_gateway.config.schema import StoreConfig
+from softprobe_gateway.store.model import Exchange
+from softprobe_gateway.store.store import Store, StoreError
 from support import ADDON, BIN, make_test_ca, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

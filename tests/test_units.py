@@ -11,17 +11,25 @@ import zlib
 import brotli
 import pytest
 import zstandard
-from mitmproxy.test import taddons, tflow
-
-from softprobe_gateway import config as cfg
-from softprobe_gateway.addon import SoftprobeAddon
-from softprobe_gateway.capture import Capture, Exchange, Message, decode_body, encode_body, is_text
-from softprobe_gateway.lookup import Breaker
-from softprobe_gateway.metrics import Metrics
+from mitmproxy import http
+from mitmproxy.test import tflow
+from softprobe_gateway.capture.encoding import Capture, decode_body, encode_body, is_text
+from softprobe_gateway.capture.exchange import Exchange, Message
+from softprobe_gateway.config import schema as cfg
+from softprobe_gateway.config.loader import load_config
+from softprobe_gateway.decisions.rules import STATIC, RecordingRules, is_static
+from softprobe_gateway.decisions.tracecontext import (
+    SpanContext,
+    new_context,
+    parse_traceparent,
+    parse_tracestate,
+    propagated_headers,
+    session_id,
+)
 from softprobe_gateway.otlp import BadAnswer, hit_body, hit_from_traces, key_value, make_span, traces_data
-from softprobe_gateway.rules import STATIC, RecordingRules, is_static
-from softprobe_gateway.tracecontext import (SpanContext, new_context, parse_traceparent, parse_tracestate,
-                                            propagated_headers, session_id)
+from softprobe_gateway.proxy.lookup import Breaker
+from softprobe_gateway.proxy.metrics import Metrics
+from support import started_addons
 
 TP = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
 
@@ -293,9 +301,9 @@ def test_breaker_opens_half_opens_and_closes():
 def test_public_key_from_env_overrides_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("public_key: from-file\n")
-    assert cfg.load_config(p, {}).public_key == "from-file"
-    assert cfg.load_config(p, {"SOFTPROBE_PUBLIC_KEY": "from-env"}).public_key == "from-env"
-    assert "from-env" not in repr(cfg.load_config(p, {"SOFTPROBE_PUBLIC_KEY": "from-env"}))
+    assert load_config(p, {}).public_key == "from-file"
+    assert load_config(p, {"SOFTPROBE_PUBLIC_KEY": "from-env"}).public_key == "from-env"
+    assert "from-env" not in repr(load_config(p, {"SOFTPROBE_PUBLIC_KEY": "from-env"}))
 
 
 @pytest.mark.parametrize("text, message", [
@@ -312,7 +320,7 @@ def test_config_errors_name_the_key(tmp_path, text, message):
     p = tmp_path / "c.yaml"
     p.write_text(text)
     with pytest.raises(cfg.ConfigError) as e:
-        cfg.load_config(p, {})
+        load_config(p, {})
     assert str(e.value).startswith(f"{p}: ") and message in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -336,29 +344,25 @@ def test_addon_hooks_record_and_propagate(tmp_path):
 
 
 async def drive_addon(config: str) -> None:
-    addon = SoftprobeAddon()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, softprobe_config=config)
-        addon.running()  # the runtime (export worker) starts once mitmproxy is up
-        flow = tflow.tflow(resp=True)
-        addon.requestheaders(flow)
-        await addon.request(flow)
-        exchange = addon.flows[flow].exchange
+    with started_addons(config) as gw:
+        flow = tflow.tflow()
+        await gw.through(flow, "requestheaders", "request")
+        exchange = gw.flows.get(flow).exchange
         assert flow.request.headers["traceparent"] == f"00-{exchange.trace_id.hex()}-{exchange.span_id.hex()}-01"
         assert flow.request.headers["x-sp-num"] == "0"
-        addon.response(flow)
-        assert flow not in addon.flows and exchange.status_code == 200 and not flow.metadata
-        assert addon.metrics.registry.get_sample_value("softprobe_exchanges_recorded_total") == 1
+        flow.response = tflow.tresp(headers=http.Headers(content_type="application/json"))
+        await gw.hook("response", flow)
+        assert flow not in gw.flows and exchange.status_code == 200 and not flow.metadata
+        assert gw.metrics.registry.get_sample_value("softprobe_exchanges_recorded_total") == 1
 
         static = tflow.tflow()
         static.request.path = "/logo.png"
-        addon.requestheaders(static)
-        await addon.request(static)
+        await gw.through(static, "requestheaders", "request")
         static.response = tflow.tresp()  # the upstream's answer: a successful GET of an asset
-        addon.response(static)
-        assert not addon.flows
-        assert addon.metrics.registry.get_sample_value("softprobe_exchanges_skipped_total", {"reason": "static"}) == 1
-        await addon.done()
+        await gw.hook("response", static)
+        assert not gw.flows
+        assert gw.metrics.registry.get_sample_value("softprobe_exchanges_skipped_total", {"reason": "static"}) == 1
+        await gw.lifecycle.done()
 
 
 def test_the_skipped_exchange_log_line_leaves_out_the_query(caplog):

@@ -7,15 +7,14 @@ import logging
 import threading
 import time
 
-from ..backend.model import MissedLookup
-from ..backend.store import StoreError
-from ..capture import Exchange
-from ..config import Config, ConfigError
-from ..metrics import Metrics, RateLimitedLog
-from .messages import Report, Stop
-from .queue import ExportQueue, SpanKey
-from .sinks import open_store
-from .worker import WorkerProcess
+from softprobe_gateway.backends.contract import Backend
+from softprobe_gateway.capture.exchange import Exchange
+from softprobe_gateway.config.schema import Config, ConfigError
+from softprobe_gateway.export.launch import WorkerProcess
+from softprobe_gateway.export.messages import Report, Stop
+from softprobe_gateway.export.queue import ExportQueue
+from softprobe_gateway.proxy.metrics import Metrics, RateLimitedLog
+from softprobe_gateway.store.model import MissedLookup
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF_S = (0.1, 10.0)  # first and longest pause before a restart
@@ -26,7 +25,8 @@ WORKER = 0  # the queue's name for this exporter's one worker
 class Exporter:
     """Exchanges in, OTLP out of a supervised worker process; every loss counted."""
 
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(self, config: Config, metrics: Metrics, backend: Backend) -> None:
+        self.backend = backend  # asked what a dead worker delivered
         self.config, self.metrics = config, metrics
         self.losses = RateLimitedLog(log)
         self.queue = ExportQueue(config.export)
@@ -84,7 +84,7 @@ class Exporter:
             started = time.monotonic()
             status = self._serve(self._worker)
             self._worker = None
-            lost = self._lost(self.queue.abandon(WORKER))
+            lost = self.backend.missing(self.queue.abandon(WORKER))
             if time.monotonic() - started > HEALTHY_AFTER_S:
                 pause = RESTART_BACKOFF_S[0]
             if self._stopping.is_set():
@@ -99,21 +99,6 @@ class Exporter:
             if self._worker is None:
                 return
             pause = min(pause * 2, RESTART_BACKOFF_S[1])
-
-    def _lost(self, spans: list[SpanKey]) -> int:
-        """How many of a dead worker's exchanges the backend misses. The worker may have
-        delivered a batch and died before its report: the embedded store is asked (its rows are
-        keyed by span id, a batch is one transaction, and the worker can commit nothing more);
-        for an HTTP backend or a file every unreported exchange counts, delivered or not."""
-        if not spans or self.config.backend_kind != "store":
-            return len(spans)
-        try:
-            with open_store(self.config, read_only=True) as store:
-                return len(spans) - store.count_stored((t.hex(), s.hex()) for t, s in spans)
-        except (ConfigError, StoreError) as e:
-            log.warning(f"softprobe: the store could not say what the dead export worker stored "
-                        f"(all {len(spans)} counted lost): {e}")
-            return len(spans)
 
     def _restart(self, pause: float) -> WorkerProcess | None:
         """A new worker after `pause` (at once when stopping, to flush); None when stopping and

@@ -6,11 +6,15 @@ finally `Stop`; the worker answers `Ready` (or `StartFailed`), then one `Report`
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 
-from ..backend.model import MissedLookup
-from ..capture import Exchange
-from ..config import Config
+from softprobe_gateway.capture.exchange import Exchange
+from softprobe_gateway.config.schema import Config
+from softprobe_gateway.store.model import MissedLookup
+
+# Meant for the gateway: blocked while the worker starts, then ignored by it (its parent stops it).
+GATEWAY_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from ..backend.model import MissedLookup
-from ..capture import Exchange
-from ..config import ExportConfig
-from .messages import Batch
+from softprobe_gateway.capture.exchange import Exchange
+from softprobe_gateway.config.schema import ExportConfig
+from softprobe_gateway.export.messages import Batch
+from softprobe_gateway.store.model import MissedLookup
 
 MAX_IN_FLIGHT = 4  # batches per worker handed over and not yet reported on, so it never idles
 MAX_PENDING_MISSES = 1000  # the store keeps no more than this many anyway

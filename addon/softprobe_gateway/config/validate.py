@@ -1,0 +1,143 @@
+"""Validation of YAML data against the schema, key by key, driven by the fields' metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import reprlib
+import types
+import typing
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, ConfigError
+
+HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+
+
+def build(cls: type, data: Any, prefix: str) -> Any:
+    """An instance of the schema class `cls` from `data`, or a ConfigError naming the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        name = f"{prefix}{key}"
+        f = fields.get(key) if isinstance(key, str) else None
+        if f is None:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"key '{name}': unknown key (known here: {known})")
+        value = _coerce(hints[f.name], raw, name)
+        _check(f.metadata, value, name)
+        values[f.name] = value
+    return cls(**values)
+
+
+def _coerce(tp: Any, raw: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, raw, f"{name}.")
+    if origin is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            raise ConfigError(f"key '{name}': expected a list, got {_kind(raw)}")
+        return tuple(_coerce(item, v, f"{name}[{i}]") for i, v in enumerate(raw))
+    if origin is dict:
+        if not isinstance(raw, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+            raise ConfigError(f"key '{name}': expected a mapping of strings to strings")
+        return dict(raw)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if raw is None and "" in allowed:
+            return ""
+        if raw not in allowed:
+            shown = ", ".join(repr(a) for a in allowed if a)
+            raise ConfigError(f"key '{name}': must be one of {shown}, got {raw!r}")
+        return raw
+    if origin in (types.UnionType, typing.Union):
+        raise TypeError(f"unsupported schema type at {name}")
+    if tp is bool:
+        if not isinstance(raw, bool):
+            raise ConfigError(f"key '{name}': expected true or false, got {_kind(raw)}")
+        return raw
+    if tp is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ConfigError(f"key '{name}': expected an integer, got {_kind(raw)}")
+        return raw
+    if tp is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise ConfigError(f"key '{name}': expected a number, got {_kind(raw)}")
+        return float(raw)
+    if tp is str:
+        if raw is None:
+            return ""
+        if not isinstance(raw, str):
+            raise ConfigError(f"key '{name}': expected a string, got {_kind(raw)}")
+        return raw
+    raise TypeError(f"unsupported schema type {tp!r} at {name}")
+
+
+def _check(meta: typing.Mapping[str, Any], value: Any, name: str) -> None:
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"key '{name}': must be at least {meta['min']}, got {value}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"key '{name}': must be at most {meta['max']}, got {value}")
+    check = meta.get("check")
+    if check == "regex":
+        for i, pattern in enumerate(value if isinstance(value, tuple) else (value,)):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                where = f"{name}[{i}]" if isinstance(value, tuple) else name
+                raise ConfigError(f"key '{where}': invalid regular expression {pattern!r}: {e}") from None
+    elif check == "host":
+        for i, host in enumerate(value):
+            if not _is_host(host):
+                raise ConfigError(f"key '{name}[{i}]': expected a host name, *.domain or an IP address, "
+                                  f"got {host!r}")
+    elif check == "backend_url" and value:
+        _check_backend_url(value, name)
+    elif check == "listen" and value:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"key '{name}': expected HOST:PORT, got {value!r}")
+
+
+def _is_host(entry: str) -> bool:
+    try:
+        ipaddress.ip_address(entry)
+        return True
+    except ValueError:
+        return bool(HOST_NAME.fullmatch(entry)) and ".." not in entry
+
+
+def _check_backend_url(value: str, name: str) -> None:
+    parts = urlsplit(value)
+    if "@" in parts.netloc:  # credentials would be logged and committed: use public_key
+        raise ConfigError(f"key '{name}': credentials do not belong in the URL "
+                          f"(use public_key or ${PUBLIC_KEY_ENV})")
+    if parts.scheme in ("http", "https"):
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise ConfigError(f"key '{name}': malformed port in URL {value!r}") from None
+        if not parts.hostname:
+            raise ConfigError(f"key '{name}': URL {value!r} has no host")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"key '{name}': URL {value!r} must not have a query or fragment")
+    elif parts.scheme in ("file", "sqlite"):
+        if not (parts.netloc + parts.path):
+            raise ConfigError(f"key '{name}': URL {value!r} names no file")
+    else:
+        raise ConfigError(
+            f"key '{name}': expected an http(s)://, sqlite: or file: URL, got {value!r}")
+
+
+def _kind(value: Any) -> str:
+    """The offending value, briefly (reprlib: a YAML alias bomb must not be expanded to print it)."""
+    return "nothing" if value is None else f"{type(value).__name__} {reprlib.repr(value)}"[:80]

@@ -1,0 +1,103 @@
+"""mitmproxy options for the settings people change from the command line.
+
+Each option overrides one YAML key (`mitmdump --set softprobe_lookups=on`, or mitmweb's options
+editor at runtime); left unset (None) the config file's value, else the built-in default, applies.
+The public key is deliberately not an option: option values are visible in process lists and in
+mitmweb; it comes from $SOFTPROBE_PUBLIC_KEY (or the file) only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from mitmproxy import exceptions
+from mitmproxy.utils import human
+
+from softprobe_gateway.config.loader import check_override
+from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, ConfigError
+
+ON_OFF = ("on", "off")
+
+
+def _on_off(value: str) -> bool:
+    if value not in ON_OFF:
+        raise ValueError(f"expected on or off, got {value!r}")
+    return value == "on"
+
+
+def _size(value: str) -> int:
+    """A size as mitmproxy spells them (`512k`, `1m`, `1048576`)."""
+    try:
+        size = human.parse_size(value)
+    except ValueError:
+        size = None
+    if size is None:
+        raise ValueError(f"expected a size such as 64k or 1m, got {value!r}")
+    return size
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    key: str  # the YAML key it overrides, dotted
+    help: str
+    convert: Callable[[str], Any] = str
+    choices: tuple[str, ...] = ()
+
+
+OPTIONS = (
+    Option("softprobe_backend_url", "sp_backend_url",
+           "Where exchanges go: sqlite:PATH (embedded store), http(s)://HOST[:PORT][/PREFIX] "
+           "(a Softprobe backend) or file:PATH (OTLP JSON lines). The public key is not an "
+           f"option (it would show in process lists): set ${PUBLIC_KEY_ENV}."),
+    Option("softprobe_service_name", "service_name",
+           "Service name on every span (default-service: the x-sp-service-name header, else the "
+           "calling mesh workload)."),
+    Option("softprobe_direction", "traffic_direction",
+           "Traffic direction: server or inbound, client or outbound, auto; empty: inbound on a "
+           "reverse listener, else outbound."),
+    Option("softprobe_lookups", "enable_inject",
+           "Agent lookups (replay): on asks the backend for a recorded answer before going upstream.",
+           _on_off, ON_OFF),
+    Option("softprobe_strict", "lookup.on_miss",
+           "Strict replay: on answers a lookup miss with a 404 from the gateway (a failed lookup "
+           "503), never the upstream.",
+           lambda v: "reject" if _on_off(v) else "forward", ON_OFF),
+    Option("softprobe_store", "store.path", "The embedded store's SQLite file."),
+    Option("softprobe_admin", "admin_listen",
+           "HOST:PORT of /healthz, /readyz and /metrics; empty: off."),
+    Option("softprobe_max_body", "capture.max_body_bytes",
+           "Per-body capture cap (e.g. 64k, 1m); longer bodies are cut and marked truncated.",
+           _size),
+)
+NAMES = frozenset(o.name for o in OPTIONS)
+
+
+def declare(loader: Any) -> None:
+    for o in OPTIONS:
+        help = f"{o.help} Overrides the YAML key '{o.key}'; unset: the config file's value."
+        loader.add_option(o.name, Optional[str], None, help, list(o.choices) or None)
+
+
+def overrides(options: Any) -> dict[str, Any]:
+    """The options that are set, as {YAML key: value}, each checked on its own so that an
+    OptionsError names the option, not the key."""
+    out: dict[str, Any] = {}
+    for o in OPTIONS:
+        raw = getattr(options, o.name)
+        if raw is None:
+            continue
+        try:
+            value = o.convert(raw.strip())
+            check_override(o.key, value)
+        except (ValueError, ConfigError) as e:
+            raise exceptions.OptionsError(f"{o.name}: {e}") from None
+        out[o.key] = value
+    return out
+
+
+def describe(values: dict[str, Any]) -> str:
+    """`key=value, ...` for the log line of a loaded config."""
+    return ", ".join(f"{k}={v!r}" for k, v in values.items())

@@ -1,0 +1,151 @@
+"""The recorder addon: the data path from a request's head to its exchange queued for export.
+
+requestheaders:  route -> propagate context -> decide -> start the exchange (stream big bodies)
+request:         the request's body into the exchange
+responseheaders: stream big or endless responses through a bounded tee
+response/error:  finish the exchange -> queue it for export (never waits on the backend)
+websocket_*:     optional message events, bounded per connection; export at the end
+
+The answerer (mocks, lookups, strict refusals) runs between `request` and the upstream.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from softprobe_gateway.capture.exchange import ADDON, BodyTee, Exchange, Message, should_stream
+from softprobe_gateway.decisions.rules import STATIC, is_static
+from softprobe_gateway.decisions.tracecontext import (
+    new_context,
+    parse_tracestate,
+    propagated_headers,
+    session_id,
+)
+from softprobe_gateway.proxy.flows import Flows, FlowState
+from softprobe_gateway.proxy.lifecycle import Lifecycle
+from softprobe_gateway.proxy.routing import authority_host, request_authority
+
+
+class Recorder:
+    def __init__(self, lifecycle: Lifecycle, flows: Flows) -> None:
+        self.lifecycle, self.flows, self.metrics = lifecycle, flows, lifecycle.metrics
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        rt = self.lifecycle.runtime
+        if rt is None:  # start-up with a bad config: about to exit, and traffic fails open
+            return
+        request = flow.request
+        self.metrics.seen.inc()
+        client_headers = rt.router.client_fields(request.headers.fields)
+        authority = request_authority(request, flow.client_conn.proxy_mode)
+        caller = rt.router.caller(request.headers)
+        if refusal := rt.router.route(request):
+            flow.response = http.Response.make(508, f"softprobe gateway: {refusal}\n",
+                                               {"content-type": "text/plain; charset=utf-8"})
+            return
+        state = self.flows.start(flow, rt, authority_host(authority))
+        tracestate = parse_tracestate(request.headers.get("tracestate"))
+        span = new_context(tracestate, request.headers.get("traceparent"))
+        session = session_id(request.headers.get, tracestate)
+        for name, value in propagated_headers(span, session, tracestate,
+                                              "traceparent" in request.headers,
+                                              request.headers.get("x-sp-num")).items():
+            request.headers[name] = value
+        streamed = should_stream(request.headers, rt.config.capture.stream_threshold_bytes, response=False)
+        if skip := rt.rules.skip_request(state.host, request.path, request.headers.get):
+            self.metrics.skip(skip, request)
+            request.stream = streamed
+            return
+        state.exchange = Exchange(
+            trace_id=span.trace_id, span_id=span.span_id, parent_span_id=span.parent_span_id,
+            session_id=session,
+            service_name=rt.service_name(request.headers.get("x-sp-service-name"), caller),
+            direction=rt.direction(isinstance(flow.client_conn.proxy_mode, ReverseMode)),
+            path=request.path, host=authority, start_ns=int(request.timestamp_start * 1e9),
+            request=Message(client_headers, None, (
+                (":method", request.method), (":path", request.path),
+                (":authority", authority), (":scheme", request.scheme))),
+        )
+        if streamed:
+            request.stream = state.request_tee = BodyTee(rt.config.capture.max_body_bytes)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        state = self.flows.get(flow)
+        if state is None or state.exchange is None:
+            return
+        exchange = state.exchange
+        if state.request_tee is not None:
+            exchange.request = state.request_tee.message(exchange.request.headers, exchange.request.pseudo)
+            state.request_tee = None
+        elif not flow.request.stream:
+            exchange.request.body = flow.request.raw_content
+        if flow.response is not None:  # another addon answered before us (e.g. server playback)
+            exchange.answered_by = ADDON
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = self.flows.get(flow)
+        if state is None or flow.response.stream:
+            return
+        capture = state.runtime.config.capture
+        if should_stream(flow.response.headers, capture.stream_threshold_bytes, response=True):
+            if state.exchange is None:
+                flow.response.stream = True
+            else:
+                flow.response.stream = state.response_tee = BodyTee(capture.max_body_bytes)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = self.flows.get(flow)
+        if state is None or state.exchange is None:
+            self.flows.end(flow)
+            return
+        exchange, response = state.exchange, flow.response
+        if flow.is_replay == "response" and not exchange.answered_by:  # one answering after us
+            exchange.answered_by = ADDON
+        pseudo = ((":status", str(response.status_code)),)
+        trailers = response.trailers.fields if response.trailers else ()
+        tee = state.response_tee
+        exchange.response = (tee.message(response.headers.fields, pseudo, trailers) if tee is not None
+                             else Message(response.headers.fields, response.raw_content, pseudo,
+                                          trailers=trailers))
+        content_type = response.headers.get("content-type")
+        if not exchange.answered_by and is_static(flow.request.method, response.status_code,
+                                                  flow.request.path, content_type,
+                                                  exchange.response.size or len(exchange.response.body or b"")):
+            self.flows.end(flow)
+            self.metrics.skip(STATIC, flow.request, content_type)
+            return
+        exchange.status_code = response.status_code
+        exchange.end_ns = int((response.timestamp_end or time.time()) * 1e9)
+        if flow.websocket is None:  # a WebSocket's exchange is exported when it closes
+            self._record(self.flows.end(flow))
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = self.flows.end(flow)
+        if state is None or state.exchange is None:
+            return
+        state.exchange.error = flow.error.msg if flow.error else "exchange failed"
+        state.exchange.end_ns = time.time_ns()
+        self._record(state)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        messages = flow.websocket.messages
+        state = self.flows.get(flow)
+        if state is not None and state.exchange is not None:
+            state.runtime.capture.websocket_event(state.exchange, messages[-1])
+        messages.clear()  # mitmproxy would keep every message for the connection's life
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        state = self.flows.end(flow)
+        if state is not None and state.exchange is not None:
+            state.exchange.end_ns = int((flow.websocket.timestamp_end or time.time()) * 1e9)
+            self._record(state)
+
+    def _record(self, state: FlowState) -> None:
+        """Queue the exchange on the exporter of the runtime the flow started with (the current
+        one when that has retired and closed)."""
+        runtime = self.lifecycle.runtime if state.runtime.closed else state.runtime
+        if runtime.exporter.submit(state.exchange):
+            self.metrics.recorded.inc()

@@ -1,0 +1,200 @@
+"""The store over HTTP, speaking the protocol's backend side, so several gateways share one store.
+
+`POST /v1/traces` (OTLP protobuf or JSON, optionally gzip), `POST /v1/inject` (protocol section 2),
+`GET /api/sessions` and `GET /api/sessions/{id}` (section 6). The standard library's threading
+server is enough: every request is a short SQLite call, and the store is thread-safe.
+
+It holds every recorded body and answers lookups, so with a key every route requires it: the
+`x-public-key` header the gateway already sends, or `authorization: Bearer KEY`, compared in
+constant time. `softprobe serve` refuses to listen beyond loopback without one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import socket
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
+
+from softprobe_gateway.formats.spans import BadTraces, traces_from_json, traces_from_protobuf
+from softprobe_gateway.store.model import SessionSummary
+from softprobe_gateway.store.store import Store, StoreError
+
+MAX_BODY = 64 * 1024 * 1024  # the OTLP exporter's own request cap
+MAX_SESSION_EXCHANGES = 10_000
+
+
+class BadRequest(ValueError):
+    """A client error, answered 4xx with this message."""
+
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def serve(store: Store, host: str, port: int, key: str = "") -> ThreadingHTTPServer:
+    """A bound server (port 0: any free one); call `serve_forever()` on it. With a `key`,
+    every request must present it."""
+    handler = type("Handler", (_Handler,), {"store": store, "key": key.encode()})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def loopback_only(host: str) -> bool:
+    """Whether every address `host` stands for is a loopback one (127.0.0.0/8, ::1): then only
+    this machine (or this network namespace) can connect. "", 0.0.0.0 and :: are every interface."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP) if host else []
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    store: Store
+    key: bytes  # empty: no key required (loopback only)
+    protocol_version = "HTTP/1.1"  # keep-alive: gateways post batches back to back
+    server_version = "softprobe-backend"
+
+    def do_POST(self) -> None:
+        self._dispatch(self._post)
+
+    def do_GET(self) -> None:
+        self._dispatch(self._get)
+
+    def _dispatch(self, handle: Callable[[SplitResult], None]) -> None:
+        if self.key and not self._authorized():
+            self.close_connection = True  # the unread body must not be taken for a request
+            self._send_json(HTTPStatus.UNAUTHORIZED,
+                            {"error": "a key is required: x-public-key or authorization: Bearer"},
+                            {"www-authenticate": "Bearer", "connection": "close"})
+            return
+        try:
+            handle(urlsplit(self.path))
+        except BadRequest as e:
+            self._send_json(e.status, {"error": str(e)})
+        except StoreError as e:
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(e)})
+
+    def _post(self, url: SplitResult) -> None:
+        if url.path not in ("/v1/traces", "/v1/inject"):
+            raise BadRequest(f"no such endpoint: POST {url.path}", HTTPStatus.NOT_FOUND)
+        body = self._body()
+        content_type = self.headers.get("content-type", "application/x-protobuf").lower()
+        try:
+            traces = (traces_from_json(body) if content_type.startswith("application/json")
+                      else traces_from_protobuf(body))
+        except BadTraces as e:
+            raise BadRequest(str(e)) from None
+        if url.path == "/v1/traces":
+            self.store.ingest(traces)
+            self._send_json(HTTPStatus.OK, {"message": "Traces ingested successfully"})
+            return
+        answer = self.store.lookup(traces)
+        if answer is None:
+            self._send(HTTPStatus.NOT_FOUND, b"", "")
+        else:
+            self._send(HTTPStatus.OK, answer.SerializeToString(), "application/x-protobuf")
+
+    def _get(self, url: SplitResult) -> None:
+        if url.path == "/api/sessions":
+            self._list_sessions(parse_qs(url.query))
+        elif url.path.startswith("/api/sessions/") and url.path.count("/") == 3:
+            self._show_session(unquote(url.path.removeprefix("/api/sessions/")))
+        else:
+            raise BadRequest(f"no such endpoint: GET {url.path}", HTTPStatus.NOT_FOUND)
+
+    def _list_sessions(self, query: dict[str, list[str]]) -> None:
+        def arg(name: str) -> str:
+            return query.get(name, [""])[0]
+        try:
+            page = self.store.sessions(
+                size=int(arg("size") or 20), service=arg("serviceName"),
+                status=int(arg("httpStatusCode") or 0), start_from_ns=_time_ns(arg("startTimeFrom")),
+                start_to_ns=_time_ns(arg("startTimeTo")), cursor=arg("cursor"))
+        except ValueError as e:
+            raise BadRequest(f"bad query: {e}") from None
+        self._send_json(HTTPStatus.OK, {"sessions": [_session_json(s) for s in page.sessions],
+                                        "nextCursor": page.next_cursor})
+
+    def _show_session(self, session_id: str) -> None:
+        summary, exchanges = self.store.session(session_id, MAX_SESSION_EXCHANGES)
+        if summary is None:
+            raise BadRequest(f"no session {session_id!r}", HTTPStatus.NOT_FOUND)
+        self._send_json(HTTPStatus.OK, {**_session_json(summary),
+                                        "exchanges": [asdict(ex) for ex in exchanges]})
+
+    def _authorized(self) -> bool:
+        """Either header carries the key; both are compared in constant time, whichever is sent."""
+        scheme, _, token = (self.headers.get("authorization") or "").partition(" ")
+        bearer = token.strip() if scheme.lower() == "bearer" else ""
+        presented = [self.headers.get("x-public-key") or "", bearer]
+        return any([hmac.compare_digest(p.encode("utf-8", "replace"), self.key) for p in presented])
+
+    def _body(self) -> bytes:
+        """The request body, gunzipped when sent with `content-encoding: gzip`, both bounded."""
+        length = self.headers.get("content-length")
+        if length is None or not length.isdigit():
+            raise BadRequest("content-length required", HTTPStatus.LENGTH_REQUIRED)
+        if int(length) > MAX_BODY:
+            self.close_connection = True
+            raise BadRequest(f"body over {MAX_BODY} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        body = self.rfile.read(int(length))
+        encoding = self.headers.get("content-encoding", "identity").lower()
+        if encoding == "identity":
+            return body
+        if encoding != "gzip":
+            raise BadRequest(f"unsupported content-encoding {encoding!r}",
+                             HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(body, MAX_BODY + 1)
+        except zlib.error as e:
+            raise BadRequest(f"bad gzip body: {e}") from None
+        if len(data) > MAX_BODY:
+            raise BadRequest(f"body over {MAX_BODY} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        return data
+
+    def _send_json(self, status: HTTPStatus, document: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(document).encode(), "application/json", headers)
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str,
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        if content_type:
+            self.send_header("content-type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: a gateway posts many batches; errors are answered, not logged per request."""
+
+
+def _time_ns(value: str) -> int:
+    """Epoch milliseconds, or an ISO 8601 time; 0 when empty."""
+    if not value:
+        return 0
+    if value.isdigit():
+        return int(value) * 1_000_000
+    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1e9)
+
+
+def _session_json(s: SessionSummary) -> dict[str, Any]:
+    return {"id": s.id, "serviceName": s.service, "startTimeUnixNano": s.first_ns,
+            "endTimeUnixNano": s.last_ns, "exchangeCount": s.exchanges, "errorCount": s.errors}
