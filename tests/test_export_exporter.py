@@ -12,7 +12,7 @@ from softprobe_gateway.backends.select import backend_for
 from softprobe_gateway.capture.exchange import Exchange, Message
 from softprobe_gateway.config.schema import Config, ConfigError, ExportConfig, StoreConfig
 from softprobe_gateway.export.exporter import Exporter
-from softprobe_gateway.proxy.metrics import Metrics
+from softprobe_gateway.metrics import Metrics
 from softprobe_gateway.store import model
 from softprobe_gateway.store.store import Store
 from support import wait_for

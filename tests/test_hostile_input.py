@@ -320,7 +320,7 @@ def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
     lines += [f"- &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
     (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
     probe = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 28, 1 << 28))\n"
-             "from softprobe_gateway.config import ConfigError, load_config\n"
+             "from softprobe_gateway.config.schema import ConfigError\nfrom softprobe_gateway.config.loader import load_config\n"
              "try: load_config(sys.argv[1], environ={})\n"
              "except ConfigError as e: print('ConfigError', e)\n")
     out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "bomb.yaml")],

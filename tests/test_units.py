@@ -26,9 +26,9 @@ from softprobe_gateway.decisions.tracecontext import (
     propagated_headers,
     session_id,
 )
+from softprobe_gateway.metrics import Metrics
 from softprobe_gateway.otlp import BadAnswer, hit_body, hit_from_traces, key_value, make_span, traces_data
 from softprobe_gateway.proxy.lookup import Breaker
-from softprobe_gateway.proxy.metrics import Metrics
 from support import started_addons
 
 TP = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"

@@ -13,7 +13,7 @@ from softprobe_gateway.config.schema import Config, ConfigError
 from softprobe_gateway.export.launch import WorkerProcess
 from softprobe_gateway.export.messages import Report, Stop
 from softprobe_gateway.export.queue import ExportQueue
-from softprobe_gateway.proxy.metrics import Metrics, RateLimitedLog
+from softprobe_gateway.metrics import Metrics, RateLimitedLog
 from softprobe_gateway.store.model import MissedLookup
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,7 @@ from collections import OrderedDict
 from dataclasses import replace
 
 from softprobe_gateway.config.schema import ExportConfig
-from softprobe_gateway.export.messages import Batch, Ring, SharedBody
-from softprobe_gateway.export.queue import MAX_IN_FLIGHT
+from softprobe_gateway.export.messages import MAX_IN_FLIGHT, Batch, Ring, SharedBody
 
 MIN_SHARED_BYTES = 16 * 1024  # smaller bodies pickle faster than they are placed
 

@@ -13,6 +13,7 @@ from softprobe_gateway.capture.exchange import Exchange
 from softprobe_gateway.config.schema import Config
 from softprobe_gateway.store.model import MissedLookup
 
+MAX_IN_FLIGHT = 4  # batches per worker handed over and not yet reported on, so it never idles
 # Meant for the gateway: blocked while the worker starts, then ignored by it (its parent stops it).
 GATEWAY_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 

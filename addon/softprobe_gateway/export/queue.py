@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 from softprobe_gateway.capture.exchange import Exchange
 from softprobe_gateway.config.schema import ExportConfig
-from softprobe_gateway.export.messages import Batch
+from softprobe_gateway.export.messages import MAX_IN_FLIGHT, Batch
 from softprobe_gateway.store.model import MissedLookup
 
-MAX_IN_FLIGHT = 4  # batches per worker handed over and not yet reported on, so it never idles
 MAX_PENDING_MISSES = 1000  # the store keeps no more than this many anyway
 
 

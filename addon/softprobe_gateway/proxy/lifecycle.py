@@ -19,8 +19,9 @@ from mitmproxy import ctx, exceptions
 from softprobe_gateway.config.loader import CONFIG_ENV, ConfigFile
 from softprobe_gateway.config.schema import Config, ConfigError
 from softprobe_gateway.decisions.interception import upstream_trust
+from softprobe_gateway.metrics import Metrics
 from softprobe_gateway.proxy import options
-from softprobe_gateway.proxy.metrics import AdminServer, Metrics
+from softprobe_gateway.proxy.admin import AdminServer
 from softprobe_gateway.proxy.routing import listen_addresses
 from softprobe_gateway.proxy.runtime import Runtime
 

@@ -17,8 +17,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from softprobe_gateway.backends.contract import BAD_ANSWER, LookupFailure, Transport
 from softprobe_gateway.config.schema import LookupConfig
+from softprobe_gateway.metrics import Metrics, RateLimitedLog
 from softprobe_gateway.otlp import Hit
-from softprobe_gateway.proxy.metrics import Metrics, RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from softprobe_gateway.decisions.interception import Passthrough
 from softprobe_gateway.decisions.mocks import Mocks
 from softprobe_gateway.decisions.rules import RecordingRules
 from softprobe_gateway.export.exporter import Exporter
+from softprobe_gateway.metrics import Metrics
 from softprobe_gateway.proxy.lookup import Lookup
-from softprobe_gateway.proxy.metrics import Metrics
 from softprobe_gateway.proxy.routing import Address, Router
 
 
