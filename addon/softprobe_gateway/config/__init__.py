@@ -1,0 +1,1 @@
+"""The YAML configuration: its schema, the loader, and the validation the schema drives."""
