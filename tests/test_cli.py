@@ -57,7 +57,7 @@ def test_show_is_a_timeline_in_recorded_order(db: Path, capsys) -> None:
 
 def test_har_is_valid_har_1_2(db: Path, tmp_path: Path, capsys) -> None:
     target = tmp_path / "checkout.har"
-    assert run(capsys, "har", "checkout-1", "--db", str(db), "-o", str(target))[0] == 0
+    assert run(capsys, "har", "export", "checkout-1", "--db", str(db), "-o", str(target))[0] == 0
     log = json.loads(target.read_text())["log"]
     assert log["version"] == "1.2" and log["creator"]["name"] == "softprobe"
     cart, pay, logo = log["entries"]

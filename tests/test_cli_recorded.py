@@ -60,7 +60,7 @@ def test_session_and_exchange_ids_by_prefix(recorded, capsys) -> None:
     code, out, _ = run(capsys, "show", span, "--db", str(recorded))
     assert code == 0 and out.startswith(f"exchange {span}") and "session demo-b" in out
     assert "  < content-type: application/json" in out and '\'{"ok": true, "items": [1, 2]}\'' in out
-    code, out, _ = run(capsys, "har", "demo-b", "--db", str(recorded))
+    code, out, _ = run(capsys, "har", "export", "demo-b", "--db", str(recorded))
     assert code == 0 and len(json.loads(out)["log"]["entries"]) == 1
 
 
@@ -85,7 +85,7 @@ def test_show_gives_failure_reasons_truncation_and_mock_text(recorded, capsys) -
 
 
 def test_har_gives_original_sizes_and_failure_reasons(recorded, capsys) -> None:
-    code, out, _ = run(capsys, "har", "demo-a", "--db", str(recorded))
+    code, out, _ = run(capsys, "har", "export", "demo-a", "--db", str(recorded))
     entries = {e["request"]["url"].rsplit("/", 1)[1]: e for e in json.loads(out)["log"]["entries"]}
     big = entries["100"]["response"]
     assert big["content"]["size"] == big["bodySize"] == 100 and big["content"]["text"] == "x" * 64
@@ -97,7 +97,7 @@ def test_har_gives_original_sizes_and_failure_reasons(recorded, capsys) -> None:
 
 def test_har_into_a_missing_directory_is_one_line(recorded, tmp_path, capsys) -> None:
     target = tmp_path / "no" / "such" / "dir" / "s.har"
-    code, out, err = run(capsys, "har", "demo-a", "--db", str(recorded), "-o", str(target))
+    code, out, err = run(capsys, "har", "export", "demo-a", "--db", str(recorded), "-o", str(target))
     assert (code, out, err) == (2, "", f"softprobe: {target}: No such file or directory\n")
 
 

@@ -652,20 +652,20 @@ def diagnosis(matrix: dict[str, Any], replayed: Phase, client: str, call: str, a
     return "\n".join(lines)
 
 def test_the_har_shows_each_exchange_as_its_client_saw_it(matrix, tmp_path: Path) -> None:
-    """`softprobe har`: the request target's host, the client's own headers (no gateway `via`),
+    """`softprobe har export`: the request target's host, the client's own headers (no gateway `via`),
     each repeated response field apart and in order, a gRPC status among the trailers."""
     flask = f"{LOOPBACK}:{matrix['peers'].http_port}"
     har_path = tmp_path / "node.har"
-    done = subprocess.run([str(BIN / "softprobe"), "har", "node", "--db", str(matrix["db"]), "-o", str(har_path)],
-                          capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run([str(BIN / "softprobe"), "har", "export", "node", "--db", str(matrix["db"]),
+                           "-o", str(har_path)], capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     entries = json.loads(har_path.read_text())["log"]["entries"]
     multi = next(e for e in entries if e["request"]["url"] == f"http://{flask}/multi")
     assert [h["value"] for h in multi["response"]["headers"] if h["name"] == "x-multi"] == ["one", "two"]
     assert all(h["name"] != "via" for e in entries for h in e["request"]["headers"])
     grpc_har = tmp_path / "grpc.har"
-    subprocess.run([str(BIN / "softprobe"), "har", "grpc", "--db", str(matrix["db"]), "-o", str(grpc_har)],
-                   capture_output=True, text=True, timeout=30, check=True)
+    subprocess.run([str(BIN / "softprobe"), "har", "export", "grpc", "--db", str(matrix["db"]),
+                    "-o", str(grpc_har)], capture_output=True, text=True, timeout=30, check=True)
     unary = next(e for e in json.loads(grpc_har.read_text())["log"]["entries"]
                  if e["request"]["url"].endswith(GRPC_CALLS["unary"][0]))
     assert {h["name"]: h["value"] for h in unary["response"]["_trailers"]}["grpc-status"] == "0"

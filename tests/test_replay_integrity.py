@@ -9,7 +9,6 @@ from pathlib import Path
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from softprobe_gateway.cli.main import _session
 from softprobe_gateway.cli.replay import _suites
 from softprobe_gateway.config.schema import StoreConfig
 from softprobe_gateway.store.store import Store
@@ -59,7 +58,7 @@ def test_show_and_har_mark_gateway_answers(tmp_path: Path, capsys) -> None:
     assert code == 0 and "answered by the gateway" not in steps[0]
     assert steps[1].endswith("[answered by the gateway: hit]")
     assert steps[2].endswith("[answered by the gateway: refusal]")
-    code, out, _ = run(capsys, "har", "s", "--db", str(db))
+    code, out, _ = run(capsys, "har", "export", "s", "--db", str(db))
     entries = json.loads(out)["log"]["entries"]
     assert [e.get("_answeredBy") for e in entries] == [None, "hit", "refusal"]
     assert "answered by the gateway (hit)" in entries[1]["comment"]
@@ -115,7 +114,7 @@ def test_case_files_and_regression_replay_leave_out_gateway_answers(tmp_path: Pa
     with Store(StoreConfig(path=str(again))) as store:
         assert [ex.path for ex in store.session("s")[1]] == ["/recorded"]
         assert store.lookup(inject(path="/mocked", session="s")) is None
-    suites = list(_suites([str(case)], StoreConfig(path=str(again)), None, _session))
+    suites = list(_suites([str(case)], StoreConfig(path=str(again)), None))
     assert [ex.path for suite in suites for ex in suite.exchanges] == ["/recorded"]
 
 

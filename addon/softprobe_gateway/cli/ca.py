@@ -69,7 +69,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     configmap.set_defaults(command=cmd_configmap)
 
 
-def cmd_create(args: argparse.Namespace, _config: object, out: TextIO) -> int:
+def cmd_create(args: argparse.Namespace, _settings: None, out: TextIO) -> int:
     directory = Path(args.dir).expanduser()
     if (directory / KEY_FILE).exists():
         raise CaError(f"{directory} already holds a CA: rotate by creating one in a new directory")
@@ -83,17 +83,17 @@ def cmd_create(args: argparse.Namespace, _config: object, out: TextIO) -> int:
     return 0
 
 
-def cmd_cert(args: argparse.Namespace, _config: object, out: TextIO) -> int:
+def cmd_cert(args: argparse.Namespace, _settings: None, out: TextIO) -> int:
     out.write(_pem(args.dirs))
     return 0
 
 
-def cmd_bundle(args: argparse.Namespace, _config: object, out: TextIO) -> int:
+def cmd_bundle(args: argparse.Namespace, _settings: None, out: TextIO) -> int:
     out.write(_bundle(args.roots, args.dirs))
     return 0
 
 
-def cmd_secret(args: argparse.Namespace, _config: object, out: TextIO) -> int:
+def cmd_secret(args: argparse.Namespace, _settings: None, out: TextIO) -> int:
     directory = Path(args.dir).expanduser()
     _certificates(directory)  # a directory without a CA fails here, not in the pod
     dhparam = directory / DHPARAM_FILE
@@ -105,7 +105,7 @@ def cmd_secret(args: argparse.Namespace, _config: object, out: TextIO) -> int:
     return 0
 
 
-def cmd_configmap(args: argparse.Namespace, _config: object, out: TextIO) -> int:
+def cmd_configmap(args: argparse.Namespace, _settings: None, out: TextIO) -> int:
     _manifest(out, "ConfigMap", args.name, args.namespace,
               data={CERT_KEY: _pem(args.dirs), BUNDLE_KEY: _bundle(args.roots, args.dirs)})
     return 0

@@ -6,8 +6,8 @@ run's id (`<session>~<run>`). A gateway in strict replay mode in front of the ta
 dependencies then answers its outbound calls from the same recording, repeated calls from the
 first recorded answer on every run, so the only thing that changed is the target. Each answer is
 compared with the recorded one: status, chosen headers, and the body (JSON structurally, minus
-ignored paths; text and binary exactly). Exit status 0 when everything matched, 1 when anything differed or failed; JUnit XML
-for CI with `--junit`.
+ignored paths; text and binary exactly). Exit status 0 when everything matched, 1 when anything
+differed or failed; JUnit XML for CI with `--junit`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from softprobe_gateway.cli.cases import FindSession, parse_json, read_bytes
+from softprobe_gateway.cli.common import Settings, find_session, read_case
 from softprobe_gateway.config.schema import ConfigError, StoreConfig
 from softprobe_gateway.decisions.tracecontext import SESSION_HEADERS, SP_SESSION, run_session
-from softprobe_gateway.formats.casefile import CaseError, case_exchanges
+from softprobe_gateway.formats.casefile import CaseError
 from softprobe_gateway.otlp import HOP_BY_HOP, hit_body
 from softprobe_gateway.store import matching
 from softprobe_gateway.store.model import Exchange
@@ -45,10 +45,9 @@ NOT_RESENT = HOP_BY_HOP | set(SESSION_HEADERS) | {
 MAX_TEXT_DIFF = 20  # lines of a text body's unified diff that are shown
 
 
-def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser,
-             find_session: FindSession) -> None:
+def register(commands: argparse._SubParsersAction, store_options: argparse.ArgumentParser) -> None:
     replay = commands.add_parser(
-        "replay", parents=[common], help="send recorded inbound requests to a new version and compare",
+        "replay", parents=[store_options], help="send recorded inbound requests to a new version and compare",
         description=__doc__.split("\n\n")[1].replace("\n", " "))
     replay.add_argument("sources", nargs="+", metavar="SESSION_ID|CASE_FILE",
                         help="a session in the store, or *.case.json files")
@@ -73,7 +72,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                         help=f"the header carrying the session (default: {SESSION_HEADER})")
     replay.add_argument("--junit", metavar="FILE", help="write JUnit XML here")
     replay.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
-    replay.set_defaults(command=cmd_replay, find_session=find_session)
+    replay.set_defaults(command=cmd_replay)
 
 
 # -- comparing (pure) -----------------------------------------------------------------------
@@ -186,7 +185,7 @@ class Suite:
     results: list[Result] = field(default_factory=list)
 
 
-def cmd_replay(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> int:
+def cmd_replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     target = urlsplit(args.target)
     if target.scheme not in ("http", "https") or not target.netloc:
         raise ConfigError(f"--target: expected http(s)://HOST[:PORT][/PATH], got {args.target!r}")
@@ -195,7 +194,7 @@ def cmd_replay(args: argparse.Namespace, config: StoreConfig, out: TextIO) -> in
         extra = dict(_header(h) for h in args.header)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    suites = list(_suites(args.sources, config, args.service, args.find_session))
+    suites = list(_suites(args.sources, settings.store, args.service))
     sessions = _sessions(suites, args.session, "" if args.no_run_id else secrets.token_hex(4))
     started = time.monotonic()
     with httpx.Client(base_url=args.target, trust_env=False, verify=client_context(),
@@ -227,17 +226,13 @@ def _header(text: str) -> tuple[str, str]:
     return name.strip().lower(), value.strip()
 
 
-def _suites(sources: list[str], config: StoreConfig, service: str | None,
-            find_session: FindSession) -> Iterator[Suite]:
+def _suites(sources: list[str], config: StoreConfig, service: str | None) -> Iterator[Suite]:
     """Each source's inbound exchanges in recorded order: a file is a case, anything else a
     session in the store (by id or id prefix)."""
     for source in sources:
         name = source
         if Path(source).is_file():
-            try:
-                exchanges = case_exchanges(parse_json(read_bytes(source, CaseError), CaseError))
-            except CaseError as e:
-                raise CaseError(f"{source}: {e}") from None
+            exchanges = read_case(source)
             exchanges.sort(key=lambda ex: ex.start_ns)
         else:
             summary, exchanges = find_session(config, source)

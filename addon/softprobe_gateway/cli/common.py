@@ -1,0 +1,102 @@
+"""What the commands share: the config loaded once per command, the store it names, a session
+found by the start of its id, and reading or writing the files named on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from softprobe_gateway.config.loader import CONFIG_ENV, load_config
+from softprobe_gateway.config.schema import Config, StoreConfig
+from softprobe_gateway.formats.casefile import CaseError, case_exchanges
+from softprobe_gateway.store.model import Exchange, SessionSummary
+from softprobe_gateway.store.store import Store, StoreError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The gateway's config as a command sees it: `store` is the store it records into (the
+    backend URL's file, else `store.path`), or `--db` when given."""
+
+    config: Config
+    store: StoreConfig
+
+
+def store_options() -> argparse.ArgumentParser:
+    """`--db` and `--config`, a parent of every command that reads the gateway's config."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--db", help="the SQLite store (default: store.path of the config)")
+    options.add_argument("--config", help=f"gateway config YAML (default: ${CONFIG_ENV})")
+    return options
+
+
+def load(args: argparse.Namespace) -> Settings:
+    """The config of `--config`, else $SOFTPROBE_CONFIG, else all defaults: read once, here."""
+    config = load_config(args.config or os.environ.get(CONFIG_ENV) or None)
+    store = config.store_config if config.backend_kind == "store" else config.store
+    return Settings(config, dataclasses.replace(store, path=args.db) if args.db else store)
+
+
+def browse(config: StoreConfig) -> Store:
+    """The store opened read-only: a running gateway may be writing to it."""
+    return Store(config, read_only=True)
+
+
+def resolve(store: Store, prefix: str, kinds: tuple[str, ...]) -> tuple[str, str]:
+    """The one session or exchange an id, or the start of one, names; StoreError otherwise."""
+    found = [(kind, id) for kind, id in store.find(prefix) if kind in kinds]
+    if not found:
+        raise StoreError(f"no {' or '.join(kinds)} {prefix!r} in {store.path}")
+    if len(found) > 1:
+        names = ", ".join(f"{kind} {id}" for kind, id in found)
+        raise StoreError(f"{prefix!r} is ambiguous: it starts {names}; give more of the id")
+    return found[0]
+
+
+def find_session(config: StoreConfig, prefix: str) -> tuple[SessionSummary, list[Exchange]]:
+    """One recorded session (by id or id prefix) and its exchanges; StoreError when there is none."""
+    with browse(config) as store:
+        _, session_id = resolve(store, prefix, ("session",))
+        summary, exchanges = store.session(session_id)
+        if summary is None:  # pruned since `find` named it
+            raise StoreError(f"no session {prefix!r} in {store.path}")
+    return summary, exchanges
+
+
+def write_json(document: Any, output: str | None, out: TextIO) -> None:
+    """A document as indented JSON into the file `-o` names, else onto `out`."""
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text, file=out)
+
+
+def read_json(path: str, error: type[ValueError]) -> tuple[bytes, Any]:
+    """A file's bytes and its JSON; `error` (one line, no traceback) when either fails."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise error(e.strerror or str(e)) from None
+    try:
+        return raw, json.loads(raw)
+    except ValueError as e:
+        raise error(f"not JSON: {e}") from None
+
+
+def read_case(path: str) -> list[Exchange]:
+    """A Softprobe case file's exchanges; CaseError naming the file when it is not one."""
+    try:
+        return case_exchanges(read_json(path, CaseError)[1])
+    except CaseError as e:
+        raise CaseError(f"{path}: {e}") from None
+
+
+def already(total: int, added: int) -> str:
+    """How many of an import's exchanges the store held before (importing twice stores once)."""
+    return f" ({total - added} were already there)" if total > added else ""
