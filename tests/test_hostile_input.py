@@ -85,7 +85,7 @@ def hex_ids() -> st.SearchStrategy[tuple[str, str]]:
 def test_traceparent_parses_to_non_zero_ids_or_to_nothing(value: str) -> None:
     parsed = parse_traceparent(value)
     if parsed is not None:
-        trace_id, span_id = parsed
+        trace_id, span_id, _ = parsed
         assert len(trace_id) == 16 and len(span_id) == 8 and any(trace_id) and any(span_id)
         assert value.strip().lower() == value.strip() and value.strip().startswith("00-")
 
@@ -105,7 +105,7 @@ def test_new_context_is_always_a_valid_w3c_child(tracestate: str, traceparent: s
     assert W3C.fullmatch(ctx.traceparent) and any(ctx.trace_id) and any(ctx.span_id)
     parent = parse_traceparent(traceparent)
     if parent is not None and "x-sp-traceparent" not in tracestate:
-        assert (ctx.trace_id, ctx.parent_span_id) == parent
+        assert (ctx.trace_id, ctx.parent_span_id, ctx.parent_sampled) == parent
 
 
 @FAST

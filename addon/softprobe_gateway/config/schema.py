@@ -153,6 +153,26 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class SamplingRule:
+    """A route's own rate: the first rule whose host and path patterns match (empty: any) decides."""
+
+    host: str = field(default="", metadata=_regex())
+    path: str = field(default="", metadata=_regex())
+    rate: float = field(default=1.0, metadata={"min": 0, "max": 1})
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Which sessions are recorded (`decisions/sampling.py`): everything by default."""
+
+    rate: float = field(default=1.0, metadata={"min": 0, "max": 1})
+    parent_based: bool = True
+    rules: tuple[SamplingRule, ...] = ()
+    max_exchanges_per_s: float = field(default=0.0, metadata={"min": 0})  # 0: no budget
+    max_bytes_per_s: int = field(default=0, metadata={"min": 0})  # bodies included; 0: no budget
+
+
+@dataclass(frozen=True)
 class MockRule:
     """A static answer from config, matched before any lookup."""
 
@@ -214,6 +234,7 @@ class Config:
     exemption_rules: tuple[ExemptionRule, ...] = field(
         default=DEFAULT_EXEMPTIONS, metadata=_key("exemptionRules"))
     capture: CaptureConfig = CaptureConfig()
+    sampling: SamplingConfig = SamplingConfig()
     redaction: RedactionConfig = RedactionConfig()
     export: ExportConfig = ExportConfig()
     lookup: LookupConfig = LookupConfig()

@@ -27,6 +27,9 @@ REASONS = {
     STATIC: "it is a static resource: a successful GET answered with a script, style, image, font "
             "or HTML page (by its path's suffix or the answer's content-type)",
     NOT_COLLECTED: "no collection rule (collectionRules) selects it",
+    "sampled_out": "its session is not sampled (sampling.rate or sampling.rules, or its "
+                   "traceparent's sampled flag with sampling.parent_based)",
+    "over_budget": "the recording budget is spent (sampling.max_exchanges_per_s or max_bytes_per_s)",
 }
 
 HeaderGet = Callable[[str], "str | None"]

@@ -31,25 +31,29 @@ HeaderGet = Callable[[str], "str | None"]
 
 @dataclass(frozen=True)
 class SpanContext:
-    """The exchange's own span and its (possibly absent) remote parent."""
+    """The exchange's own span and its (possibly absent) remote parent, whose sampled flag is
+    `parent_sampled` (None without a parent); `sampled` is this hop's decision, passed on."""
 
     trace_id: bytes
     span_id: bytes
     parent_span_id: bytes = b""
+    parent_sampled: bool | None = None
+    sampled: bool = True
 
     @property
     def traceparent(self) -> str:
-        return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-01"
+        return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-{'01' if self.sampled else '00'}"
 
 
-def parse_traceparent(value: str | None) -> tuple[bytes, bytes] | None:
-    """(trace id, span id) of a W3C version-00 traceparent, or None (all-zero ids are invalid)."""
+def parse_traceparent(value: str | None) -> tuple[bytes, bytes, bool] | None:
+    """(trace id, span id, sampled) of a W3C version-00 traceparent, or None (all-zero ids are
+    invalid)."""
     if not value:
         return None
     m = _TRACEPARENT.fullmatch(value.strip())
     if not m or m[1] == "0" * 32 or m[2] == "0" * 16:
         return None
-    return bytes.fromhex(m[1]), bytes.fromhex(m[2])
+    return bytes.fromhex(m[1]), bytes.fromhex(m[2]), bool(int(m[3], 16) & 1)
 
 
 def parse_tracestate(value: str | None) -> list[tuple[str, str]]:
@@ -68,7 +72,7 @@ def new_context(tracestate: list[tuple[str, str]], traceparent: str | None) -> S
     parent = parse_traceparent(sp) or parse_traceparent(traceparent)
     span_id = _random_id(8)
     if parent:
-        return SpanContext(parent[0], span_id, parent[1])
+        return SpanContext(parent[0], span_id, parent[1], parent_sampled=parent[2])
     return SpanContext(_random_id(16), span_id)
 
 
@@ -80,18 +84,29 @@ def _random_id(n: int) -> bytes:
 
 
 def session_id(header: HeaderGet, tracestate: list[tuple[str, str]]) -> str:
-    """First valid of the session headers, the tracestate entry, else a new session.
+    """First valid of the session headers, the tracestate entry, else a new session."""
+    return session(header, tracestate)[0]
+
+
+def session(header: HeaderGet, tracestate: list[tuple[str, str]]) -> tuple[str, bool]:
+    """The session id, and whether a session header of the request's own named it (a test or a
+    debugging session opting in; sampling always records those).
 
     A value that could not travel intact in `tracestate` (a ',' or '=', a space, a control
     character) is treated as absent, so every hop reads back the session this one recorded.
     """
-    candidates = [(header(name) or "") for name in SESSION_HEADERS]
-    candidates += [v for k, v in tracestate if k == SP_SESSION]
-    for value in candidates:
-        value = value.strip()[:MAX_SESSION_ID]
-        if _SESSION.fullmatch(value):
-            return value
-    return f"sp-session-{uuid.uuid4()}"
+    for name in SESSION_HEADERS:
+        if value := _valid(header(name)):
+            return value, True
+    for key, value in tracestate:
+        if key == SP_SESSION and (value := _valid(value)):
+            return value, False
+    return f"sp-session-{uuid.uuid4()}", False
+
+
+def _valid(value: str | None) -> str | None:
+    value = (value or "").strip()[:MAX_SESSION_ID]
+    return value if _SESSION.fullmatch(value) else None
 
 
 def own_sessions(session: str) -> tuple[str, ...]:

@@ -38,6 +38,16 @@ def _size(value: str) -> int:
     return size
 
 
+def _fraction(value: str) -> float:
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"expected a number from 0 to 1, got {value!r}")
+    return fraction
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -71,6 +81,10 @@ OPTIONS = (
     Option("softprobe_max_body", "capture.max_body_bytes",
            "Per-body capture cap (e.g. 64k, 1m); longer bodies are cut and marked truncated.",
            _size),
+    Option("softprobe_sampling_rate", "sampling.rate",
+           "The fraction of sessions recorded, 0 to 1 (1: all); decided per session, the same in "
+           "every gateway. A request with a session header of its own is always recorded.",
+           _fraction),
 )
 NAMES = frozenset(o.name for o in OPTIONS)
 

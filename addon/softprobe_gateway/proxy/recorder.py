@@ -1,6 +1,6 @@
 """The recorder addon: the data path from a request's head to its exchange queued for export.
 
-requestheaders:  route -> propagate context -> decide -> start the exchange (stream big bodies)
+requestheaders:  route -> sample -> propagate context -> decide -> start the exchange
 request:         the request's body into the exchange
 responseheaders: stream big or endless responses through a bounded tee
 response/error:  finish the exchange -> queue it for export (never waits on the backend)
@@ -12,18 +12,16 @@ The answerer (mocks, lookups, strict refusals) runs between `request` and the up
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from softprobe_gateway.capture.exchange import ADDON, BodyTee, Exchange, Message, should_stream
 from softprobe_gateway.decisions.rules import STATIC, is_static
-from softprobe_gateway.decisions.tracecontext import (
-    new_context,
-    parse_tracestate,
-    propagated_headers,
-    session_id,
-)
+from softprobe_gateway.decisions.sampling import OVER_BUDGET, SAMPLED_OUT
+from softprobe_gateway.decisions.tracecontext import new_context, parse_tracestate, propagated_headers
+from softprobe_gateway.decisions.tracecontext import session as session_of
 from softprobe_gateway.proxy.flows import Flows, FlowState
 from softprobe_gateway.proxy.lifecycle import Lifecycle
 from softprobe_gateway.proxy.routing import authority_host, request_authority
@@ -49,13 +47,20 @@ class Recorder:
         state = self.flows.start(flow, rt, authority_host(authority))
         tracestate = parse_tracestate(request.headers.get("tracestate"))
         span = new_context(tracestate, request.headers.get("traceparent"))
-        session = session_id(request.headers.get, tracestate)
+        session, explicit = session_of(request.headers.get, tracestate)
+        sampled = rt.sampler.sampled(state.host, request.path, session, explicit, span.parent_sampled)
+        span = replace(span, sampled=sampled)  # passed on: the next gateway decides the same
         for name, value in propagated_headers(span, session, tracestate,
                                               "traceparent" in request.headers,
                                               request.headers.get("x-sp-num")).items():
             request.headers[name] = value
         streamed = should_stream(request.headers, rt.config.capture.stream_threshold_bytes, response=False)
-        if skip := rt.rules.skip_request(state.host, request.path, request.headers.get):
+        skip = rt.rules.skip_request(state.host, request.path, request.headers.get)
+        if skip is None and not sampled:
+            skip = SAMPLED_OUT
+        elif skip is None and not rt.sampler.admit():
+            skip = OVER_BUDGET
+        if skip:
             self.metrics.skip(skip, request)
             request.stream = streamed
             return
@@ -116,6 +121,10 @@ class Recorder:
                                                   exchange.response.size or len(exchange.response.body or b"")):
             self.flows.end(flow)
             self.metrics.skip(STATIC, flow.request, content_type)
+            return
+        if not exchange.answered_by and not state.runtime.sampler.admit_bytes(exchange.size):
+            self.flows.end(flow)
+            self.metrics.skip(OVER_BUDGET, flow.request)
             return
         exchange.status_code = response.status_code
         exchange.end_ns = int((response.timestamp_end or time.time()) * 1e9)

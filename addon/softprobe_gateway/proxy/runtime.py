@@ -17,6 +17,7 @@ from softprobe_gateway.config.schema import DEFAULT_SERVICE, Config, ConfigError
 from softprobe_gateway.decisions.interception import Passthrough
 from softprobe_gateway.decisions.mocks import Mocks
 from softprobe_gateway.decisions.rules import RecordingRules
+from softprobe_gateway.decisions.sampling import Sampler
 from softprobe_gateway.export.exporter import Exporter
 from softprobe_gateway.metrics import Metrics
 from softprobe_gateway.proxy.lookup import Lookup
@@ -30,6 +31,7 @@ class Runtime:
         self.passthrough = Passthrough(config.tls.passthrough_hosts)
         self.upstream_trust = upstream_trust  # mitmproxy's ssl_verify_upstream_trusted_ca
         self.rules = RecordingRules(config.exemption_rules, config.collection_rules)
+        self.sampler = Sampler(config.sampling)
         self.capture = Capture(config.capture, config.redaction)
         self.mocks = Mocks(config.mocks)
         self.router = Router(config.routing, listen)
