@@ -21,7 +21,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 FROM python:3.11.11-slim-bookworm
-# MALLOC_ARENA_MAX: glibc reads it at exec (softprobe_gateway/memory.py says why).
+# MALLOC_ARENA_MAX: glibc reads it at exec (softprobe_gateway/proxy/memory.py says why).
 ENV PATH=/opt/softprobe/bin:$PATH \
     MALLOC_ARENA_MAX=2 \
     PYTHONDONTWRITEBYTECODE=1 \

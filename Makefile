@@ -39,7 +39,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@
 
-# The allocator settings every gateway starts with (softprobe_gateway.memory.ALLOCATOR_ENV; the image sets the same).
+# The allocator settings every gateway starts with (softprobe_gateway.proxy.memory.ALLOCATOR_ENV; the image sets the same).
 GATEWAY_ENV := MALLOC_ARENA_MAX=2
 
 ## Start the gateway as an explicit proxy on 127.0.0.1:$(PORT): curl -x http://127.0.0.1:$(PORT) http://...

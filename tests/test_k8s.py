@@ -24,7 +24,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from softprobe_gateway.cli.main import ca
+from softprobe_gateway.cli import ca
 from softprobe_gateway.config.loader import load_config
 from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, Config
 from softprobe_gateway.proxy.routing import listen_addresses
