@@ -1,0 +1,84 @@
+"""Browsing what was recorded, for the CLI and `softprobe serve`: sessions a page at a time,
+one session, what an id (or the start of one) names, one exchange."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from collections.abc import Iterable
+
+from softprobe_gateway.store import schema
+from softprobe_gateway.store.model import Exchange, SessionPage, SessionSummary
+
+MAX_PAGE = 100  # sessions per page of a listing
+_SESSION = "SELECT id, service, first_ns, last_ns, exchanges, errors FROM sessions"
+
+
+def sessions(db: sqlite3.Connection, size: int, service: str, status: int, start_from_ns: int,
+             start_to_ns: int, cursor: str) -> SessionPage:
+    """Keyset pagination on (last_ns, id): a page holds however many sessions were added since."""
+    clauses, args = ["1"], []
+    if service:
+        clauses.append("(service = ? OR EXISTS (SELECT 1 FROM exchanges e "
+                       "WHERE e.session_id = s.id AND e.service = ?))")
+        args += [service, service]
+    if status:
+        clauses.append("EXISTS (SELECT 1 FROM exchanges e WHERE e.session_id = s.id AND e.status = ?)")
+        args.append(status)
+    if start_from_ns:
+        clauses.append("first_ns >= ?")
+        args.append(start_from_ns)
+    if start_to_ns:
+        clauses.append("first_ns <= ?")
+        args.append(start_to_ns)
+    if cursor:
+        clauses.append("(last_ns, id) < (?, ?)")
+        args += _decode_cursor(cursor)
+    size = max(1, min(size, MAX_PAGE))
+    rows = db.execute(f"{_SESSION} s WHERE {' AND '.join(clauses)} ORDER BY last_ns DESC, id DESC LIMIT ?",
+                      (*args, size + 1)).fetchall()
+    page = [SessionSummary(*r) for r in rows[:size]]
+    more = len(rows) > size
+    return SessionPage(page, _encode_cursor(page[-1]) if more else "")
+
+
+def session(db: sqlite3.Connection, session_id: str, limit: int) -> tuple[SessionSummary | None, list[Exchange]]:
+    row = db.execute(f"{_SESSION} WHERE id = ?", (session_id,)).fetchone()
+    rows = db.execute(f"SELECT {schema.SELECT} FROM exchanges WHERE session_id = ? "
+                      "ORDER BY start_ns, id LIMIT ?", (session_id, limit)).fetchall()
+    return (SessionSummary(*row) if row else None), [schema.exchange(r) for r in rows]
+
+
+def find(db: sqlite3.Connection, prefix: str, limit: int) -> list[tuple[str, str]]:
+    if db.execute("SELECT 1 FROM sessions WHERE id = ?", (prefix,)).fetchone():
+        return [("session", prefix)]
+    # A range on the primary key, not LIKE: ids may hold % and _.
+    sessions = db.execute("SELECT id FROM sessions WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                          (prefix, prefix + "\U0010ffff", limit)).fetchall()
+    exchanges = db.execute("SELECT span_id FROM exchanges WHERE substr(span_id, 1, ?) = ? "
+                           "ORDER BY id LIMIT ?", (len(prefix), prefix.lower(), limit)).fetchall()
+    return ([("session", r[0]) for r in sessions] + [("exchange", r[0]) for r in exchanges])[:limit]
+
+
+def count_stored(db: sqlite3.Connection, spans: Iterable[tuple[str, str]]) -> int:
+    return sum(db.execute("SELECT 1 FROM exchanges WHERE trace_id = ? AND span_id = ?", key).fetchone()
+               is not None for key in spans)
+
+
+def exchange(db: sqlite3.Connection, span_id: str) -> Exchange | None:
+    row = db.execute(f"SELECT {schema.SELECT} FROM exchanges WHERE span_id = ? "
+                     "ORDER BY id DESC LIMIT 1", (span_id,)).fetchone()
+    return schema.exchange(row) if row else None
+
+
+def _encode_cursor(last: SessionSummary) -> str:
+    return base64.urlsafe_b64encode(json.dumps([last.last_ns, last.id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> list:
+    try:
+        last_ns, session_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return [int(last_ns), str(session_id)]
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"invalid cursor {cursor[:40]!r}") from e

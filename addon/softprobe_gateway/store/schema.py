@@ -1,0 +1,141 @@
+"""The store file's tables. The exchanges table is one list of columns, `COLUMNS`: its CREATE
+TABLE, the SELECT list, the INSERT and the conversion between a row and an `Exchange` are all
+derived from it, by name, so a column is added in one place (with the schema version that adds
+it: `migrations` applies it to existing files). The other tables are few and plain SQL.
+
+An exchange the gateway answered itself (`answered_by`: a lookup hit, a mock, a strict replay's
+refusal) is stored and shown like any other, but it is no recording: queries that answer a
+lookup or explain a miss select `RECORDED` rows only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from softprobe_gateway.store.model import Exchange, Fields
+
+RECORDED = "answered_by = ''"  # a WHERE clause
+
+
+class Source(Enum):
+    """Where a column's value comes from."""
+
+    FIELD = "the Exchange field of the column's name: written, and read back"
+    ROW_ID = "SQLite, the row id: read back into `Exchange.id`, never written"
+    DERIVED = "the insert, for queries (route, fingerprint, when stored): written, never read back"
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """How an Exchange field's value is written to its column, and read back."""
+
+    write: Callable[[Any], Any]
+    read: Callable[[Any], Any]
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+AS_IS = Codec(_as_is, _as_is)
+FLAG = Codec(int, bool)  # SQLite has no booleans
+HEADER_FIELDS = Codec(Fields.to_json, Fields.from_json)  # a JSON list of (name, value) pairs
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of the exchanges table; a FIELD column is named after its Exchange field."""
+
+    name: str
+    sql: str  # type, constraints and default
+    since: int = 1  # the schema version that added it; added later, it needs a default
+    source: Source = Source.FIELD
+    codec: Codec = AS_IS
+
+
+# In the order of the columns in a file (an added column comes last).
+COLUMNS: tuple[Column, ...] = (
+    Column("id", "INTEGER PRIMARY KEY AUTOINCREMENT", source=Source.ROW_ID),
+    Column("session_id", "TEXT NOT NULL"),
+    Column("trace_id", "TEXT NOT NULL"),
+    Column("span_id", "TEXT NOT NULL"),
+    Column("parent_span_id", "TEXT NOT NULL"),
+    Column("service", "TEXT NOT NULL"),
+    Column("direction", "TEXT NOT NULL"),
+    Column("kind", "TEXT NOT NULL"),
+    Column("method", "TEXT NOT NULL"),
+    Column("host", "TEXT NOT NULL"),
+    Column("path", "TEXT NOT NULL"),
+    Column("route", "TEXT NOT NULL", source=Source.DERIVED),  # the path without its query
+    Column("status", "INTEGER NOT NULL"),
+    Column("error", "INTEGER NOT NULL", codec=FLAG),
+    Column("start_ns", "INTEGER NOT NULL"),
+    Column("end_ns", "INTEGER NOT NULL"),
+    # When it was stored: retention's clock (span clocks are other machines').
+    Column("ingested_ns", "INTEGER NOT NULL", source=Source.DERIVED),
+    Column("request_headers", "TEXT NOT NULL", codec=HEADER_FIELDS),
+    Column("response_headers", "TEXT NOT NULL", codec=HEADER_FIELDS),
+    Column("request_body", "TEXT NOT NULL"),
+    Column("response_body", "TEXT NOT NULL"),
+    Column("fingerprint", "TEXT NOT NULL", source=Source.DERIVED),  # the request's, see `matching`
+    Column("answered_by", "TEXT NOT NULL DEFAULT ''", since=2),
+    Column("error_message", "TEXT NOT NULL DEFAULT ''", since=3),
+    Column("request_original_size", "INTEGER NOT NULL DEFAULT 0", since=3),
+    Column("response_original_size", "INTEGER NOT NULL DEFAULT 0", since=3),
+    Column("response_trailers", "TEXT NOT NULL DEFAULT '[]'", since=4, codec=HEADER_FIELDS),
+)
+_READ = tuple(c for c in COLUMNS if c.source is not Source.DERIVED)
+_WRITTEN = tuple(c for c in COLUMNS if c.source is not Source.ROW_ID)
+# (name, codec function) pairs, looked up once: every exchange stored or read goes through them.
+_WRITERS = tuple((c.name, c.codec.write) for c in _WRITTEN if c.source is Source.FIELD)
+_READERS = tuple((c.name, c.codec.read) for c in _READ)
+
+# The columns of an exchange: `SELECT {SELECT} FROM exchanges ...`, each row read by `exchange`.
+SELECT = ", ".join(c.name for c in _READ)
+# One exchange, unless its span is stored already (an export retry). Not INSERT OR IGNORE: an
+# ignored row would still use up a row id (see `ingest.apply_retention`). Parameters from `row`.
+INSERT = (f"INSERT INTO exchanges ({', '.join(c.name for c in _WRITTEN)}) "
+          f"SELECT {', '.join(f':{c.name}' for c in _WRITTEN)} "
+          "WHERE NOT EXISTS (SELECT 1 FROM exchanges WHERE trace_id = :trace_id AND span_id = :span_id)")
+
+# The other tables and the indexes, as the first version created them.
+TABLES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS exchanges_span ON exchanges (trace_id, span_id)",
+    "CREATE INDEX IF NOT EXISTS exchanges_replay ON exchanges (fingerprint, session_id, start_ns, id)",
+    "CREATE INDEX IF NOT EXISTS exchanges_request ON exchanges (method, host, route)",
+    "CREATE INDEX IF NOT EXISTS exchanges_session ON exchanges (session_id, start_ns)",
+    "CREATE INDEX IF NOT EXISTS exchanges_age ON exchanges (ingested_ns)",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY, service TEXT NOT NULL, first_ns INTEGER NOT NULL,
+        last_ns INTEGER NOT NULL, exchanges INTEGER NOT NULL, errors INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS sessions_recent ON sessions (last_ns, id)",
+    """CREATE TABLE IF NOT EXISTS misses (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at_ns INTEGER NOT NULL, session_id TEXT NOT NULL,
+        method TEXT NOT NULL, host TEXT NOT NULL, path TEXT NOT NULL, closest TEXT NOT NULL,
+        diff TEXT NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+def create_exchanges() -> str:
+    """The exchanges table as the first version created it; `added_in` gives the rest."""
+    columns = ", ".join(f"{c.name} {c.sql}" for c in added_in(1))
+    return f"CREATE TABLE IF NOT EXISTS exchanges ({columns})"
+
+
+def added_in(version: int) -> tuple[Column, ...]:
+    return tuple(c for c in COLUMNS if c.since == version)
+
+
+def row(ex: Exchange, **derived: Any) -> dict[str, Any]:
+    """The INSERT's parameters for `ex`; `derived` has the values of the DERIVED columns (SQLite
+    names any left out)."""
+    return {**{name: write(getattr(ex, name)) for name, write in _WRITERS}, **derived}
+
+
+def exchange(values: Sequence[Any]) -> Exchange:
+    """The exchange in a row of `SELECT {SELECT}`."""
+    return Exchange(**{name: read(value) for (name, read), value in zip(_READERS, values, strict=True)})
