@@ -68,6 +68,9 @@ SCENARIOS = [
     Scenario("mitmdump", "bare mitmdump", "mitmdump"),
     Scenario("mitmdump-w", "mitmdump -w (own capture)", "mitmdump", mitm_args=("-w", "{tmp}/flows.mitm")),
     Scenario("record", "gateway: record + export", "gateway", backend_path="/record", config=SHUTDOWN),
+    # wrk sends no session header: every request is a session of its own, 1 in 100 recorded.
+    Scenario("sampled", "gateway: sampled at 1%", "gateway", backend_path="/record",
+             config={**SHUTDOWN, "sampling": {"rate": 0.01}}),
     Scenario("lookup-miss", "gateway: lookups missing", "gateway", backend_path="/miss",
              config={**LOOKUPS, **SHUTDOWN}),
     Scenario("lookup-hit", "gateway: lookups hitting", "gateway", backend_path="/hit/{body}",

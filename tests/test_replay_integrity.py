@@ -70,6 +70,7 @@ def test_a_store_from_before_the_marking_is_upgraded_in_place(tmp_path: Path) ->
         store.ingest(traces(extract_span(path="/kept", answer="kept")))
     with sqlite3.connect(db) as con:
         con.execute("ALTER TABLE exchanges DROP COLUMN answered_by")
+        con.execute("PRAGMA user_version = 1")  # as every store before versioned migrations
     with Store(StoreConfig(path=str(db))) as store:
         assert answer_of(store.lookup(inject(path="/kept"))) == (200, "kept")
         store.ingest(traces(answered(extract_span(path="/later"), "mock")))
