@@ -48,9 +48,14 @@ run: $(STAMP)
 	env $(GATEWAY_ENV) $(BIN)/mitmdump -s addon/softprobe_addon.py --listen-host 127.0.0.1 --listen-port $(PORT) \
 		--set softprobe_config=$(CONFIG) $(foreach option,$(SET),--set $(option))
 
-## Run the whole test suite.
+## Run the whole test suite (every tier: unit, addon, integration, system; what CI runs).
 test: $(TEST_STAMP) $(BENCH_STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+## The inner loop: the unit and addon tiers, no process of their own beyond the export worker (about 20 s).
+.PHONY: test-fast
+test-fast: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q tests/unit tests/addon
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info addon/*.egg-info

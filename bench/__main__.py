@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests import cgroup
+from testkit import cgroup
 
 from . import harness, memory, report, wrk
 from .scenarios import BY_NAME, SCENARIOS

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.support import free_port, wait_for
+from testkit.support import free_port, wait_for
 
 from . import wrk
 from .procs import Proc, get, prometheus

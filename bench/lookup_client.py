@@ -21,7 +21,7 @@ import h11
 import httpx
 from softprobe_gateway.backends.httpclient import PostClient
 
-from tests.support import LOOPBACK
+from testkit.support import LOOPBACK
 
 from .procs import backend
 

@@ -23,7 +23,7 @@ from softprobe_gateway.capture.exchange import Exchange, Message
 from softprobe_gateway.config.schema import Config
 from softprobe_gateway.otlp import decode_hit, inject_request
 
-from tests.support import LOOPBACK
+from testkit.support import LOOPBACK
 
 from .procs import backend
 from .servers import body_of

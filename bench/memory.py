@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.cgroup import Cgroup, Limits, RssSampler
+from testkit.cgroup import Cgroup, Limits, RssSampler
 
 from . import wrk
 from .procs import prometheus

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import LOOPBACK, free_port, start_server, stop_server
+from testkit.support import LOOPBACK, free_port, start_server, stop_server
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

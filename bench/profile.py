@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import BIN
+from testkit.support import BIN
 
 from . import wrk
 from .harness import Servers

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from softprobe_gateway.proxy.memory import ALLOCATOR_ENV
 
-from tests.support import ADDON, BIN, LOOPBACK, free_port
+from testkit.support import ADDON, BIN, LOOPBACK, free_port
 
 from .procs import Proc
 

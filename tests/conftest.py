@@ -1,12 +1,10 @@
-import sys
-from pathlib import Path
+"""Fixtures every tier shares; the helpers themselves live in the test kit (`testkit/`)."""
 
 import pytest
 
-# The tests share `support.py` (real servers and the mitmdump process) as a plain module.
-sys.path.insert(0, str(Path(__file__).parent))
-
-from support import OtlpBackend, echo_upstream  # noqa: E402
+from testkit.recording import recording  # noqa: F401 (a fixture)
+from testkit.spans import open_store  # noqa: F401 (a fixture)
+from testkit.support import OtlpBackend, echo_upstream
 
 
 @pytest.fixture

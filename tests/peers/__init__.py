@@ -1,1 +1,0 @@
-"""Real peers for tests/test_peer_matrix.py: a Flask app, a grpcio server, a Node client."""
