@@ -142,17 +142,30 @@ def _original_size(attrs: dict[str, str], body: str) -> int:
 
 def lookup_request(traces: TracesData) -> LookupRequest | None:
     """The request half of the first inject span (or untyped span); None when there is none."""
+    attrs = inject_attributes(traces)
+    return None if attrs is None else request_of(attrs)
+
+
+def inject_attributes(traces: TracesData) -> Attrs | None:
+    """The attributes of the first inject span (or untyped span), `sp.service.name` filled in."""
     for resource, span in _spans(traces):
         attrs = _attributes(resource, span)
-        if attrs.get("sp.span.type", "inject") != "inject":
-            continue
-        method, host, path = _request_target(attrs)
-        return LookupRequest(
-            session_id=attrs.get("sp.session.id", ""),
-            method=method, host=host, path=path,
-            content_type=attrs.get(REQUEST_HEADER + "content-type", ""),
-            body=attrs.get("http.request.body", ""))
+        if attrs.get("sp.span.type", "inject") == "inject":
+            return attrs
     return None
+
+
+def request_of(attrs: Attrs) -> LookupRequest:
+    """The request half of an inject span's attributes."""
+    method, host, path = _request_target(attrs)
+    return LookupRequest(session_id=attrs.get("sp.session.id", ""), method=method, host=host, path=path,
+                         content_type=attrs.get(REQUEST_HEADER + "content-type", ""),
+                         body=attrs.get("http.request.body", ""))
+
+
+def request_headers(attrs: Attrs) -> Fields:
+    """The request's header fields of an inject span's attributes."""
+    return _fields(attrs, REQUEST_HEADER)
 
 
 def answer(exchange: Exchange) -> TracesData:

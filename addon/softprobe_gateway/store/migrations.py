@@ -39,12 +39,17 @@ def _add_columns(version: int) -> Step:
     return step
 
 
+def _create_control_sessions(db: sqlite3.Connection) -> None:
+    db.execute(schema.CONTROL_SESSIONS)
+
+
 # STEPS[n] takes a file from version n to n + 1.
 STEPS: tuple[Step, ...] = (
     _create_tables,  # 1: the tables as first released
     _add_columns(2),  # 2: answered_by (what the gateway answered itself)
     _add_columns(3),  # 3: error_message, request_original_size, response_original_size
     _add_columns(4),  # 4: response_trailers
+    _create_control_sessions,  # 5: the control API's sessions
 )
 VERSION = len(STEPS)
 

@@ -120,6 +120,15 @@ TABLES = (
 )
 
 
+# Version 5: the control API's sessions (see `control`), kept so several gateways and a
+# restarted `softprobe serve` see the same ones. Documents are JSON text.
+CONTROL_SESSIONS = """CREATE TABLE IF NOT EXISTS control_sessions (
+    id TEXT PRIMARY KEY, mode TEXT NOT NULL, revision INTEGER NOT NULL, closed INTEGER NOT NULL,
+    policy TEXT NOT NULL, rules TEXT NOT NULL, case_document TEXT NOT NULL, fixtures TEXT NOT NULL,
+    injected INTEGER NOT NULL, extracted INTEGER NOT NULL, strict_misses INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL)"""
+
+
 def create_exchanges() -> str:
     """The exchanges table as the first version created it; `added_in` gives the rest."""
     columns = ", ".join(f"{c.name} {c.sql}" for c in added_in(1))

@@ -1,12 +1,16 @@
 """The store over HTTP, speaking the protocol's backend side, so several gateways share one store.
 
 `POST /v1/traces` (OTLP protobuf or JSON, optionally gzip), `POST /v1/inject` (protocol section 2),
-`GET /api/sessions` and `GET /api/sessions/{id}` (section 6). The standard library's threading
+`GET /api/sessions` and `GET /api/sessions/{id}` (section 6), and Softprobe's test control API
+(`GET /health`, `/v1/meta`, `/v1/sessions...`: `control_api`), whose sessions' rules, cases and
+policy answer lookups made under them first (`session_answers`). The standard library's threading
 server is enough: every request is a short SQLite call, and the store is thread-safe.
 
-It holds every recorded body and answers lookups, so with a key every route requires it: the
-`x-public-key` header the gateway already sends, or `authorization: Bearer KEY`, compared in
-constant time. `softprobe serve` refuses to listen beyond loopback without one.
+It holds every recorded body and answers lookups, so with a key every route but `/health`
+requires it: the `x-public-key` header the gateway already sends, or `authorization: Bearer KEY`,
+compared in constant time. `softprobe serve` refuses to listen beyond loopback without one. The
+control routes answer as Softprobe's runtime does: 401 `missing_bearer_token` without a key,
+403 `invalid_bearer_token` with a wrong one.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
-from softprobe_gateway.formats.spans import BadTraces, traces_from_json, traces_from_protobuf
+from softprobe_gateway.formats.spans import BadTraces, extract_exchanges, traces_from_json, traces_from_protobuf
+from softprobe_gateway.store.control import Sessions
+from softprobe_gateway.store.control_api import ControlApi, error, health
 from softprobe_gateway.store.model import SessionSummary
+from softprobe_gateway.store.session_answers import STRICT_MISS_HEADER, STRICT_MISS_STATUS, SessionAnswers
 from softprobe_gateway.store.store import Store, StoreError
 
 MAX_BODY = 64 * 1024 * 1024  # the OTLP exporter's own request cap
@@ -43,7 +50,10 @@ class BadRequest(ValueError):
 def serve(store: Store, host: str, port: int, key: str = "") -> ThreadingHTTPServer:
     """A bound server (port 0: any free one); call `serve_forever()` on it. With a `key`,
     every request must present it."""
-    handler = type("Handler", (_Handler,), {"store": store, "key": key.encode()})
+    sessions = Sessions(store)
+    answers = SessionAnswers(store, sessions)
+    handler = type("Handler", (_Handler,), {"store": store, "key": key.encode(), "sessions": sessions,
+                                            "answers": answers, "control": ControlApi(sessions, answers.forget)})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
@@ -66,6 +76,9 @@ def loopback_only(host: str) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     store: Store
     key: bytes  # empty: no key required (loopback only)
+    sessions: Sessions
+    answers: SessionAnswers
+    control: ControlApi
     protocol_version = "HTTP/1.1"  # keep-alive: gateways post batches back to back
     server_version = "softprobe-backend"
 
@@ -75,7 +88,25 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._dispatch(self._get)
 
+    def do_PUT(self) -> None:
+        self._dispatch(self._post)
+
+    do_DELETE = do_PATCH = do_PUT
+
     def _dispatch(self, handle: Callable[[SplitResult], None]) -> None:
+        url = urlsplit(self.path)
+        if url.path == "/health":
+            self._send_json(*((HTTPStatus.OK, health()) if self.command == "GET" else
+                              (HTTPStatus.METHOD_NOT_ALLOWED, error("method_not_allowed", "GET only"))))
+            return
+        if url.path == "/v1/meta" or url.path == "/v1/sessions" or url.path.startswith("/v1/sessions/"):
+            self._control(url)
+            return
+        if self.command not in ("GET", "POST"):
+            self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{self.command} not allowed"},
+                            {"connection": "close"})
+            self.close_connection = True
+            return
         if self.key and not self._authorized():
             self.close_connection = True  # the unread body must not be taken for a request
             self._send_json(HTTPStatus.UNAUTHORIZED,
@@ -83,7 +114,7 @@ class _Handler(BaseHTTPRequestHandler):
                             {"www-authenticate": "Bearer", "connection": "close"})
             return
         try:
-            handle(urlsplit(self.path))
+            handle(url)
         except BadRequest as e:
             self._send_json(e.status, {"error": str(e)})
         except StoreError as e:
@@ -100,10 +131,17 @@ class _Handler(BaseHTTPRequestHandler):
         except BadTraces as e:
             raise BadRequest(str(e)) from None
         if url.path == "/v1/traces":
-            self.store.ingest(traces)
+            exchanges = extract_exchanges(traces)
+            self.store.add(exchanges)
+            for session_id in {ex.session_id for ex in exchanges}:
+                self.sessions.count(session_id, "extracted", sum(ex.session_id == session_id for ex in exchanges))
             self._send_json(HTTPStatus.OK, {"message": "Traces ingested successfully"})
             return
-        answer = self.store.lookup(traces)
+        session_answer = self.answers.answer(traces)
+        if session_answer is not None and session_answer.strict_miss:
+            self._send_json(STRICT_MISS_STATUS, {"error": session_answer.strict_miss}, {STRICT_MISS_HEADER: "1"})
+            return
+        answer = self.store.lookup(traces) if session_answer is None else session_answer.traces
         if answer is None:
             self._send(HTTPStatus.NOT_FOUND, b"", "")
         else:
@@ -137,6 +175,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(HTTPStatus.OK, {**_session_json(summary),
                                         "exchanges": [asdict(ex) for ex in exchanges]})
 
+    def _control(self, url: SplitResult) -> None:
+        """A control API route: its own errors (the spec's envelope and codes)."""
+        scheme, _, token = (self.headers.get("authorization") or "").partition(" ")
+        presented = token.strip() if scheme.lower() == "bearer" else self.headers.get("x-public-key")
+        status, document = HTTPStatus.OK, {}
+        if self.key and not presented:
+            status, document = HTTPStatus.UNAUTHORIZED, error("missing_bearer_token", "authorization: Bearer required")
+        elif self.key and not hmac.compare_digest((presented or "").encode("utf-8", "replace"), self.key):
+            status, document = HTTPStatus.FORBIDDEN, error("invalid_bearer_token", "the bearer token is not valid")
+        if status != HTTPStatus.OK:
+            self.close_connection = True  # the unread body must not be taken for a request
+            self._send_json(status, document, {"www-authenticate": "Bearer", "connection": "close"})
+            return
+        try:
+            body = self._body() if self.headers.get("content-length") else b""
+        except BadRequest as e:
+            self._send_json(e.status, error("invalid_request", str(e)))
+            return
+        try:
+            status, document = self.control.handle(self.command, url.path, body)
+        except StoreError as e:
+            status, document = HTTPStatus.INTERNAL_SERVER_ERROR, error("internal", str(e))
+        self._send_json(status, document)
+
     def _authorized(self) -> bool:
         """Either header carries the key; both are compared in constant time, whichever is sent."""
         scheme, _, token = (self.headers.get("authorization") or "").partition(" ")
@@ -168,10 +230,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise BadRequest(f"body over {MAX_BODY} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         return data
 
-    def _send_json(self, status: HTTPStatus, document: Any, headers: dict[str, str] | None = None) -> None:
+    def _send_json(self, status: int, document: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(document).encode(), "application/json", headers)
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str,
+    def _send(self, status: int, body: bytes, content_type: str,
               headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         if content_type:

@@ -140,6 +140,18 @@ class Store:
         with self._guard("cannot write"), transaction(self._writer) as db:
             yield db
 
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the writer connection, for other tables' modules (`control`)."""
+        with self._write_lock, self._writing() as db:
+            yield db
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A pooled reader connection, for other tables' modules."""
+        with self._reading() as db:
+            yield db
+
     def __enter__(self) -> Store:
         return self
 
