@@ -18,13 +18,14 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from softprobe_gateway.capture.exchange import ADDON, BodyTee, Exchange, Message, should_stream
+from softprobe_gateway.decisions.head import header_map
 from softprobe_gateway.decisions.rules import STATIC, is_static
 from softprobe_gateway.decisions.sampling import OVER_BUDGET, SAMPLED_OUT
 from softprobe_gateway.decisions.tracecontext import new_context, parse_tracestate, propagated_headers
 from softprobe_gateway.decisions.tracecontext import session as session_of
 from softprobe_gateway.proxy.flows import Flows, FlowState
 from softprobe_gateway.proxy.lifecycle import Lifecycle
-from softprobe_gateway.proxy.routing import authority_host, request_authority
+from softprobe_gateway.proxy.routing import authority_host, replace_fields, request_authority
 
 
 class Recorder:
@@ -38,6 +39,7 @@ class Recorder:
         request = flow.request
         self.metrics.seen.inc()
         client_headers = rt.router.client_fields(request.headers.fields)
+        head = header_map(client_headers)  # what every decision below reads, in one pass
         authority = request_authority(request, flow.client_conn.proxy_mode)
         caller = rt.router.caller(request.headers)
         if refusal := rt.router.route(request):
@@ -45,17 +47,15 @@ class Recorder:
                                                {"content-type": "text/plain; charset=utf-8"})
             return
         state = self.flows.start(flow, rt, authority_host(authority))
-        tracestate = parse_tracestate(request.headers.get("tracestate"))
-        span = new_context(tracestate, request.headers.get("traceparent"))
-        session, explicit = session_of(request.headers.get, tracestate)
+        tracestate = parse_tracestate(head.get("tracestate"))
+        span = new_context(tracestate, head.get("traceparent"))
+        session, explicit = session_of(head.get, tracestate)
         sampled = rt.sampler.sampled(state.host, request.path, session, explicit, span.parent_sampled)
         span = replace(span, sampled=sampled)  # passed on: the next gateway decides the same
-        for name, value in propagated_headers(span, session, tracestate,
-                                              "traceparent" in request.headers,
-                                              request.headers.get("x-sp-num")).items():
-            request.headers[name] = value
-        streamed = should_stream(request.headers, rt.config.capture.stream_threshold_bytes, response=False)
-        skip = rt.rules.skip_request(state.host, request.path, request.headers.get)
+        replace_fields(request.headers, propagated_headers(span, session, tracestate, "traceparent" in head,
+                                                           head.get("x-sp-num")))
+        streamed = should_stream(head, rt.config.capture.stream_threshold_bytes, response=False)
+        skip = rt.rules.skip_request(state.host, request.path, head.get)
         if skip is None and not sampled:
             skip = SAMPLED_OUT
         elif skip is None and not rt.sampler.admit():
@@ -67,7 +67,7 @@ class Recorder:
         state.exchange = Exchange(
             trace_id=span.trace_id, span_id=span.span_id, parent_span_id=span.parent_span_id,
             session_id=session,
-            service_name=rt.service_name(request.headers.get("x-sp-service-name"), caller),
+            service_name=rt.service_name(head.get("x-sp-service-name"), caller),
             direction=rt.direction(isinstance(flow.client_conn.proxy_mode, ReverseMode)),
             path=request.path, host=authority, start_ns=int(request.timestamp_start * 1e9),
             request=Message(client_headers, None, (

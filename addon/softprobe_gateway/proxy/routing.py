@@ -61,6 +61,14 @@ def request_authority(request: http.Request, mode: ProxyMode) -> str:
     return url.hostport(request.scheme, request.host, request.port)
 
 
+def replace_fields(headers: http.Headers, values: Mapping[str, str]) -> None:
+    """Set each of `values` (lower-case names), replacing the fields of that name, in one write:
+    each `headers[name] = value` would rebuild every field of the request."""
+    names = {name.encode() for name in values}
+    headers.fields = tuple(f for f in headers.fields if f[0].lower() not in names) + tuple(
+        (name.encode(), value.encode("utf-8", "surrogateescape")) for name, value in values.items())
+
+
 def authority_host(authority: str) -> str:
     """The host of a `host[:port]` authority (IPv6 brackets removed)."""
     return url.parse_authority(authority, check=False)[0]
