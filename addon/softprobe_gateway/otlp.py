@@ -198,6 +198,15 @@ class Hit:
     trailers: list[tuple[str, str]] = field(default_factory=list)
     # The recorded content-length: an answer to a HEAD has no body to measure, and says the GET's.
     content_length: str | None = None
+    delay_ms: int = 0  # a rule's latency (`DELAY_ATTRIBUTE`): waited before answering
+    refusal: bool = False  # a strict miss the backend answered (`STRICT_MISS_HEADER`), not a recording
+
+
+# A control-API session's answers (the runtime, `softprobe serve`): a rule's latency on a hit span,
+# and the header of a strict miss's `599`, which the client gets instead of the upstream.
+DELAY_ATTRIBUTE = "sp.answer.delay_ms"
+STRICT_MISS_STATUS, STRICT_MISS_HEADER = 599, "x-softprobe-strict-miss"
+MAX_DELAY_MS = 60_000
 
 
 class BadAnswer(ValueError):
@@ -225,13 +234,15 @@ def hit_from_traces(data: TracesData, max_body: int) -> Hit:
 
 
 def _span_hit(span: Span, max_body: int) -> Hit | None:
-    status, body, usable = 200, None, False
+    status, body, usable, delay = 200, None, False, 0
     joined: dict[str, list[tuple[str, str]]] = {RESPONSE_HEADER: [], RESPONSE_TRAILER: []}
     apart: dict[str, list[str]] = {}  # values prefix + name -> the field's values, apart
     for kv in span.attributes:
         key, value = kv.key, kv.value
         if key == "http.response.body":
             body, usable = value.string_value, True
+        elif key == DELAY_ATTRIBUTE:
+            delay = min(max(value.int_value, 0), MAX_DELAY_MS)
         elif key == "http.response.status_code":
             code = value.string_value
             if value.HasField("int_value") and 100 <= value.int_value <= 599:
@@ -257,7 +268,7 @@ def _span_hit(span: Span, max_body: int) -> Hit | None:
         # Recorded before trailers were kept apart: its status fields were stored as headers.
         trailers = [(k, v) for k, v in headers if k in GRPC_STATUS]
         headers = [(k, v) for k, v in headers if k not in GRPC_STATUS]
-    return Hit(status, headers, decoded, trailers, length if length and length.isdigit() else None)
+    return Hit(status, headers, decoded, trailers, length if length and length.isdigit() else None, delay)
 
 
 def _sendable(fields: list[tuple[str, str]], apart: dict[str, list[str]],

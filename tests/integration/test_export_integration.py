@@ -111,7 +111,8 @@ def test_trace_context_reaches_upstream(tmp_path, upstream, backend):
     assert first.headers["traceparent"] == parent          # kept when the client sent one
     session = attrs_a["sp.session.id"]
     assert re.fullmatch(r"sp-session-[0-9a-f-]{36}", session)
-    assert first.headers["tracestate"] == f"x-sp-traceparent={own},x-sp-session-id={session},vendor=1"
+    assert first.headers["tracestate"] == \
+        f"x-sp-traceparent={own},x-softprobe-session-id={session},x-sp-session-id={session},vendor=1"
     assert first.headers["x-sp-num"] == "5"
     _, span_b, _ = spans["/b"]
     assert second.headers["traceparent"] == f"00-{span_b.trace_id.hex()}-{span_b.span_id.hex()}-01"

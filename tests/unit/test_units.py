@@ -135,11 +135,12 @@ def test_propagated_headers_rewrite_tracestate_and_count_hops():
     ctx = SpanContext(bytes.fromhex("a" * 32), bytes.fromhex("b" * 16))
     state = parse_tracestate("k1=v1,x-sp-traceparent=old,k2=v2")
     out = propagated_headers(ctx, "s1", state, has_traceparent=False, sp_num="7")
-    assert out["tracestate"] == f"x-sp-traceparent={ctx.traceparent},x-sp-session-id=s1,k1=v1,k2=v2"
+    both = "x-softprobe-session-id=s1,x-sp-session-id=s1"  # both kinds of proxy find it
+    assert out["tracestate"] == f"x-sp-traceparent={ctx.traceparent},{both},k1=v1,k2=v2"
     assert out["traceparent"] == ctx.traceparent and out["x-sp-num"] == "8"
     state = parse_tracestate("x-sp-session-id=keep")
     out = propagated_headers(ctx, "keep", state, has_traceparent=True, sp_num="nan")
-    assert out["tracestate"] == f"x-sp-traceparent={ctx.traceparent},x-sp-session-id=keep"
+    assert out["tracestate"] == f"x-sp-traceparent={ctx.traceparent},x-softprobe-session-id=keep,x-sp-session-id=keep"
     assert "traceparent" not in out and out["x-sp-num"] == "0"
 
 

@@ -24,7 +24,7 @@ from softprobe_gateway.backends.contract import (
 )
 from softprobe_gateway.backends.httpclient import AnswerTooLarge, PostClient, ProtocolError
 from softprobe_gateway.config.schema import Config
-from softprobe_gateway.otlp import BadAnswer, Hit, decode_hit
+from softprobe_gateway.otlp import STRICT_MISS_HEADER, STRICT_MISS_STATUS, BadAnswer, Hit, decode_hit
 from softprobe_gateway.store.model import MissedLookup
 from softprobe_gateway.tls import client_context
 
@@ -72,8 +72,9 @@ class HttpSink:
         parts = urlsplit(self.url)
         self.path = parts.path
         self.headers = {"content-type": "application/x-protobuf"}
-        if public_key:
+        if public_key:  # both: Softprobe's runtime reads the bearer token, its backends the header
             self.headers["x-public-key"] = public_key
+            self.headers["authorization"] = f"Bearer {public_key}"
         host, port = parts.hostname or "", parts.port
         if parts.scheme == "https":
             self._new = lambda: http.client.HTTPSConnection(host, port, timeout=timeout_s, context=client_context())
@@ -158,18 +159,21 @@ class HttpLookups:
         headers = {"content-type": "application/x-protobuf", "accept-encoding": "identity"}
         if public_key:
             headers["x-public-key"] = public_key
+            headers["authorization"] = f"Bearer {public_key}"
         self.client = PostClient(self.url, headers)
 
     async def ask(self, request: TracesData) -> Hit | None:
         url = self.url
         try:
-            status, payload = await self.client.post(request.SerializeToString(), self.limit)
+            status, payload, headers = await self.client.post_answer(request.SerializeToString(), self.limit)
         except OSError as e:  # the cause in the log line: refused, reset, certificate not trusted...
             raise LookupFailure(CONNECT_ERROR, f"{url}: {type(e).__name__}: {e}") from None
         except (ProtocolError, AnswerTooLarge) as e:
             raise LookupFailure(BAD_ANSWER, f"{url}: {e}") from None
         if status == 404:
             return None
+        if status == STRICT_MISS_STATUS and headers.get(STRICT_MISS_HEADER.encode()) == [b"1"]:
+            return _strict_miss(payload, headers)
         if status != 200:
             raise LookupFailure(BAD_STATUS, f"{url} answered {status}")
         if not payload:
@@ -183,3 +187,10 @@ class HttpLookups:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _strict_miss(payload: bytes, headers: dict[bytes, list[bytes]]) -> Hit:
+    """A strict miss, answered to the client as the runtime sent it: the upstream is never asked."""
+    content_type = (headers.get(b"content-type") or [b"text/plain; charset=utf-8"])[0]
+    return Hit(STRICT_MISS_STATUS, [("content-type", content_type.decode("latin-1")), (STRICT_MISS_HEADER, "1")],
+               payload, refusal=True)

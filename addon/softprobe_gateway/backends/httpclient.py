@@ -36,6 +36,8 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n\x00]*)?")
 _HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n\x00]*?)[ \t]*")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n\x00]*)?")
 
+HeaderFields = dict[bytes, list[bytes]]  # by lower-case name
+
 
 class AnswerTooLarge(Exception):
     """The answer's body exceeds the caller's limit."""
@@ -159,6 +161,11 @@ class PostClient:
 
     async def post(self, body: bytes, limit: int) -> tuple[int, bytes]:
         """(status, body) of one POST; raises OSError, ProtocolError or AnswerTooLarge."""
+        status, answer, _ = await self.post_answer(body, limit)
+        return status, answer
+
+    async def post_answer(self, body: bytes, limit: int) -> tuple[int, bytes, HeaderFields]:
+        """(status, body, header fields) of one POST, as `post`."""
         async with self.slots:
             while self.idle:
                 connection = self.idle.pop()
@@ -178,14 +185,14 @@ class PostClient:
             server_hostname=self.host if self.tls else None)
         return connection
 
-    async def _exchange(self, connection: _Connection, body: bytes, limit: int) -> tuple[int, bytes]:
+    async def _exchange(self, connection: _Connection, body: bytes, limit: int) -> tuple[int, bytes, HeaderFields]:
         keep = False
         connection.busy, connection.received = True, 0
         try:
             assert connection.transport is not None
             connection.transport.write(self.head + b"content-length: %d\r\n\r\n" % len(body) + body)
-            status, answer, keep = await _read_answer(connection, limit)
-            return status, answer
+            status, answer, keep, headers = await _read_answer(connection, limit)
+            return status, answer, headers
         finally:  # also on cancellation (the lookup timeout): a half-read connection is closed
             connection.busy = False
             if keep and connection.reusable:
@@ -202,8 +209,8 @@ class PostClient:
         self._drop_idle()
 
 
-async def _read_answer(connection: _Connection, limit: int) -> tuple[int, bytes, bool]:
-    """(status, body, keep-alive) of the final answer, interim `1xx` answers skipped."""
+async def _read_answer(connection: _Connection, limit: int) -> tuple[int, bytes, bool, HeaderFields]:
+    """(status, body, keep-alive, header fields) of the final answer, interim `1xx` answers skipped."""
     head_budget = MAX_HEAD
     while True:
         head = await connection.until(b"\r\n\r\n", head_budget, "answer head")
@@ -225,13 +232,13 @@ async def _read_answer(connection: _Connection, limit: int) -> tuple[int, bytes,
     lengths = {v.strip() for value in headers.get(b"content-length", []) for v in value.split(b",")}
     codings = headers.get(b"transfer-encoding")
     if status in (204, 304):
-        return status, b"", keep_alive
+        return status, b"", keep_alive, headers
     if codings is not None:
         if lengths:
             raise ProtocolError("both transfer-encoding and content-length")
         if minor == b"0" or b",".join(codings).strip().lower() != b"chunked":
             raise ProtocolError(f"unsupported transfer-encoding {b','.join(codings)[:40]!r}")
-        return status, await _read_chunked(connection, limit, head_budget), keep_alive
+        return status, await _read_chunked(connection, limit, head_budget), keep_alive, headers
     if lengths:
         if len(lengths) > 1:
             raise ProtocolError(f"conflicting content-length values {sorted(lengths)[:4]!r}")
@@ -240,13 +247,13 @@ async def _read_answer(connection: _Connection, limit: int) -> tuple[int, bytes,
             raise ProtocolError(f"bad content-length {length[:20]!r}")
         if int(length) > limit:
             raise AnswerTooLarge(f"answer of {int(length)} bytes, over the {limit}-byte cap")
-        return status, await connection.exactly(int(length)), keep_alive
-    return status, await connection.to_close(limit), False  # delimited by the connection's end
+        return status, await connection.exactly(int(length)), keep_alive, headers
+    return status, await connection.to_close(limit), False, headers  # delimited by the connection's end
 
 
-def _parse_fields(lines: list[bytes]) -> dict[bytes, list[bytes]]:
+def _parse_fields(lines: list[bytes]) -> HeaderFields:
     """Header (or trailer) fields by lower-case name; obs-fold and malformed lines refused."""
-    fields: dict[bytes, list[bytes]] = {}
+    fields: HeaderFields = {}
     for line in lines:
         match = _HEADER_LINE.fullmatch(line)
         if match is None:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 SP_TRACEPARENT = "x-sp-traceparent"
 SP_SESSION = "x-sp-session-id"
+# The session's tracestate keys: Softprobe's current proxy's, then the original agent's. Both are
+# read, and both written, so either kind of proxy downstream finds the session.
+TRACESTATE_SESSIONS = ("x-softprobe-session-id", SP_SESSION)
 # In order of precedence: Softprobe's current header (spec/protocol/session-headers.md in
 # softprobe/hybrid), then the original agent's three.
 SESSION_HEADERS = ("x-softprobe-session-id", "x-sp-session-id", "sp_session_id", "x-session-id")
@@ -98,9 +101,10 @@ def session(header: HeaderGet, tracestate: list[tuple[str, str]]) -> tuple[str, 
     for name in SESSION_HEADERS:
         if value := _valid(header(name)):
             return value, True
-    for key, value in tracestate:
-        if key == SP_SESSION and (value := _valid(value)):
-            return value, False
+    for name in TRACESTATE_SESSIONS:
+        for key, value in tracestate:
+            if key == name and (value := _valid(value)):
+                return value, False
     return f"sp-session-{uuid.uuid4()}", False
 
 
@@ -129,8 +133,9 @@ def propagated_headers(ctx: SpanContext, session: str, tracestate: list[tuple[st
                        has_traceparent: bool, sp_num: str | None) -> dict[str, str]:
     """The headers to set on the request forwarded upstream (each replaces any existing one)."""
     entries = [f"{SP_TRACEPARENT}={ctx.traceparent}"]
-    if not any(k == SP_SESSION for k, _ in tracestate):
-        entries.append(f"{SP_SESSION}={session}")
+    present = {k: v for k, v in tracestate if k in TRACESTATE_SESSIONS}
+    value = next((present[k] for k in TRACESTATE_SESSIONS if k in present), session)
+    entries += [f"{k}={value}" for k in TRACESTATE_SESSIONS if k not in present]
     entries += [f"{k}={v}" for k, v in tracestate if k != SP_TRACEPARENT]
     headers = {"tracestate": ",".join(entries), "x-sp-num": str(_next_num(sp_num))}
     if not has_traceparent:

@@ -1,6 +1,8 @@
 """The answerer addon: a request the gateway answers itself, never the upstream: a mock, a
-lookup hit, or a strict replay's refusal. It runs after the recorder's `request` hook, once the
-request's body is in its exchange; anything it answers is marked (`FlowState.answer`)."""
+lookup hit (a control session's rule's, after its latency), or a strict replay's refusal (the
+gateway's own, or a control session's strict miss the backend answered). It runs after the
+recorder's `request` hook, once the request's body is in its exchange; anything it answers is
+marked (`FlowState.answer`)."""
 
 from __future__ import annotations
 
@@ -51,7 +53,10 @@ class Answerer:
         lookup_body = build() if small else await asyncio.to_thread(build)
         outcome, hit = await rt.lookup(lookup_body)
         if hit is not None:
-            state.answer(flow, self._hit_response(hit, rt.config.lookup.debug_header, flow.request), HIT)
+            if hit.delay_ms:
+                await asyncio.sleep(hit.delay_ms / 1000)
+            response = self._hit_response(hit, rt.config.lookup.debug_header, flow.request)
+            state.answer(flow, response, REFUSAL if hit.refusal else HIT)
         elif rt.config.lookup.on_miss == "reject":
             state.answer(flow, http.Response.make(
                 404 if outcome == "miss" else 503,

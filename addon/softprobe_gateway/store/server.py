@@ -28,11 +28,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
-from softprobe_gateway.formats.spans import BadTraces, extract_exchanges, traces_from_json, traces_from_protobuf
+from softprobe_gateway.formats.spans import (
+    BadTraces,
+    extract_exchanges,
+    traces_from_json,
+    traces_from_protobuf,
+)
+from softprobe_gateway.otlp import STRICT_MISS_HEADER, STRICT_MISS_STATUS
 from softprobe_gateway.store.control import Sessions
 from softprobe_gateway.store.control_api import ControlApi, error, health
 from softprobe_gateway.store.model import SessionSummary
-from softprobe_gateway.store.session_answers import STRICT_MISS_HEADER, STRICT_MISS_STATUS, SessionAnswers
+from softprobe_gateway.store.session_answers import SessionAnswers
 from softprobe_gateway.store.store import Store, StoreError
 
 MAX_BODY = 64 * 1024 * 1024  # the OTLP exporter's own request cap
@@ -80,6 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
     answers: SessionAnswers
     control: ControlApi
     protocol_version = "HTTP/1.1"  # keep-alive: gateways post batches back to back
+    disable_nagle_algorithm = True  # else head and body, two writes, wait 40 ms for a delayed ACK
     server_version = "softprobe-backend"
 
     def do_POST(self) -> None:

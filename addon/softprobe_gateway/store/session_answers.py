@@ -17,16 +17,18 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
 
 from softprobe_gateway.decisions import session_rules
 from softprobe_gateway.formats import casefile, spans
-from softprobe_gateway.otlp import RESPONSE_HEADER, add_scope_spans, field_attributes, fill_span
+from softprobe_gateway.otlp import (
+    DELAY_ATTRIBUTE,
+    RESPONSE_HEADER,
+    add_scope_spans,
+    field_attributes,
+    fill_span,
+)
 from softprobe_gateway.store import matching
 from softprobe_gateway.store.control import ControlSession, Sessions
 from softprobe_gateway.store.forms import Forms
 from softprobe_gateway.store.model import Exchange, LookupRequest
 from softprobe_gateway.store.store import Store
-
-STRICT_MISS_STATUS = 599
-STRICT_MISS_HEADER = "x-softprobe-strict-miss"
-DELAY_ATTRIBUTE = "sp.answer.delay_ms"
 
 
 @dataclass(frozen=True, slots=True)
