@@ -1,4 +1,5 @@
-"""`softprobe`: browse what the gateway recorded, export it, and serve the store over HTTP.
+"""`softprobe`: browse what the gateway recorded, export it, serve the store over HTTP, and drive
+test sessions on a runtime's control API.
 
 The store is `--db`, else `store.path` of the config file (`--config`, else $SOFTPROBE_CONFIG),
 else ./softprobe.db: the same file the gateway records into with the same config.
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from softprobe_gateway import __version__
-from softprobe_gateway.cli import browse, ca, case, common, har, replay, serve
+from softprobe_gateway.cli import browse, ca, case, common, har, replay, serve, session
 from softprobe_gateway.config.schema import ConfigError
 from softprobe_gateway.formats.casefile import CaseError
 from softprobe_gateway.formats.har import HarError
@@ -27,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StoreError, CaseError, HarError) as e:
         print(f"softprobe: {e}", file=sys.stderr)
         return 2
+    except session.SessionError as e:
+        print(f"softprobe: {e}", file=sys.stderr)
+        return e.exit_code
     except OSError as e:  # a file named on the command line (`-o`)
         print(f"softprobe: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
@@ -41,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     for group in (browse, har, case, replay, serve):
         group.register(commands, store_options)
     ca.register(commands)
+    session.register(commands)
     return top
 
 

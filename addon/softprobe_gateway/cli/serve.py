@@ -20,7 +20,8 @@ def register(commands: argparse._SubParsersAction, store_options: argparse.Argum
     server = commands.add_parser("serve", parents=[store_options], help="serve the store over HTTP")
     server.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT")
     server.add_argument("--key-file", metavar="FILE",
-                        help=f"the key every request must present (default: ${PUBLIC_KEY_ENV}); "
+                        help=f"the key every request must present (default: ${PUBLIC_KEY_ENV}, else "
+                             f"${API_TOKEN_ENV}); "
                              "required beyond loopback")
     server.set_defaults(command=cmd_serve)
 
@@ -64,11 +65,14 @@ def _key(key_file: str | None) -> str:
             raise ConfigError(f"--key-file: cannot read {key_file}: {e.strerror or e}") from None
         if not key:
             raise ConfigError(f"--key-file: {key_file} is empty")
-    else:
-        key = os.environ.get(PUBLIC_KEY_ENV, "").strip()
+    else:  # Softprobe's runtime reads its token from SOFTPROBE_API_TOKEN, which the CLI sends
+        key = (os.environ.get(PUBLIC_KEY_ENV) or os.environ.get(API_TOKEN_ENV, "")).strip()
     if key and not (key.isascii() and key.isprintable()):
         raise ConfigError("the serve key must be printable ASCII (it travels in an HTTP header)")
     return key
+
+
+API_TOKEN_ENV = "SOFTPROBE_API_TOKEN"
 
 
 def _interrupt(signum: int, frame: object) -> None:

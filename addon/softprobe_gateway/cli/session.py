@@ -1,0 +1,162 @@
+"""`softprobe session start|load-case|rules apply|policy set|stats|close`: Softprobe's CLI's
+session commands, named and flagged as its CLI reference names them, against a runtime's control
+API (`softprobe serve`, or Softprobe's own runtime), so a script written for either reads the same.
+
+The runtime is `--runtime-url`, else $SOFTPROBE_RUNTIME_URL, else http://127.0.0.1:8080; the token
+$SOFTPROBE_API_TOKEN (sent as `Authorization: Bearer`). Exit codes are Softprobe's: 3 runtime
+unreachable, 4 session not found, 5 rejected as invalid, 1 any other failure (2, as for every
+command, a bad argument).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import yaml
+
+from softprobe_gateway.config.schema import ConfigError
+
+DEFAULT_RUNTIME = "http://127.0.0.1:8080"
+EXIT_FAILED, EXIT_UNREACHABLE, EXIT_NO_SESSION, EXIT_INVALID = 1, 3, 4, 5
+_EXITS = {"unknown_session": EXIT_NO_SESSION, "invalid_request": EXIT_INVALID}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `softprobe session ...` to the CLI."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--runtime-url", default=os.environ.get("SOFTPROBE_RUNTIME_URL", DEFAULT_RUNTIME),
+                        help="the runtime (default: $SOFTPROBE_RUNTIME_URL, else %(default)s)")
+    common.add_argument("--json", action="store_true", help="print the runtime's JSON answer")
+    sessions = commands.add_parser("session", help="drive a test session on a runtime's control API")
+    actions = sessions.add_subparsers(required=True, metavar="ACTION")
+
+    def action(name: str, run: Any, help: str, parent: argparse._SubParsersAction = actions,
+               file: bool = False) -> argparse.ArgumentParser:
+        parser = parent.add_parser(name, parents=[common], help=help)
+        if name != "start":
+            parser.add_argument("--session", default=os.environ.get("SOFTPROBE_SESSION_ID"),
+                                required="SOFTPROBE_SESSION_ID" not in os.environ,
+                                help="the session id (default: $SOFTPROBE_SESSION_ID)")
+        if file:
+            parser.add_argument("--file", required=name != "set", help="a JSON or YAML document")
+        parser.set_defaults(command=run)
+        return parser
+
+    start = action("start", cmd_start, "create a session; prints its id")
+    start.add_argument("--mode", required=True, choices=("capture", "replay", "generate"))
+    start.add_argument("--shell", action="store_true", help="print `export SOFTPROBE_SESSION_ID=...`")
+    start.add_argument("--policy", metavar="FILE", help="a policy to apply at once")
+    start.add_argument("--case", metavar="FILE", help="a case file to load at once")
+    action("load-case", cmd_load_case, "load a case file into the session", file=True)
+    rules = actions.add_parser("rules", help="the session's rules").add_subparsers(required=True, metavar="ACTION")
+    action("apply", cmd_rules_apply, "replace the session's rules with a file's", rules, file=True)
+    policy = actions.add_parser("policy", help="the session's policy").add_subparsers(required=True, metavar="ACTION")
+    action("set", cmd_policy_set, "replace the session's policy", policy, file=True).add_argument(
+        "--strict", action="store_true", help="externalHttp: strict, defaultOnMiss: error")
+    action("stats", cmd_stats, "the session's counters")
+    action("close", cmd_close, "close the session")
+
+
+class Runtime:
+    """The control API of one runtime over HTTP (no proxy from the environment)."""
+
+    def __init__(self, url: str) -> None:
+        token = os.environ.get("SOFTPROBE_API_TOKEN", "")
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self.client = httpx.Client(base_url=self.url, headers=headers, trust_env=False, timeout=30)
+
+    def call(self, method: str, path: str, document: Any = None) -> dict[str, Any]:
+        try:
+            reply = self.client.request(method, path, json=document)
+        except httpx.HTTPError as e:
+            raise SessionError(f"runtime {self.url} unreachable: {e}", EXIT_UNREACHABLE) from None
+        try:
+            body = reply.json()
+        except ValueError:
+            body = {}
+        if reply.status_code != 200:
+            problem = body.get("error") if isinstance(body, dict) else None
+            code = problem.get("code", "") if isinstance(problem, dict) else ""
+            message = problem.get("message", reply.text) if isinstance(problem, dict) else reply.text
+            raise SessionError(f"{method} {path}: {reply.status_code} {code}: {message}".replace(" : ", ": "),
+                               _EXITS.get(code, EXIT_FAILED))
+        return body
+
+
+class SessionError(Exception):
+    """The runtime refused or could not be reached; `exit_code` says which, as Softprobe's CLI does."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _document(path: str) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise SessionError(f"{path}: not JSON or YAML: {e}", EXIT_INVALID) from None
+
+
+def _run(args: argparse.Namespace, out: TextIO, method: str, route: str, document: Any = None) -> int:
+    _print(args, out, Runtime(args.runtime_url).call(method, route, document))
+    return 0
+
+
+def _print(args: argparse.Namespace, out: TextIO, reply: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(reply, sort_keys=True), file=out)
+    else:
+        print("  ".join(f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in reply.items()), file=out)
+
+
+def cmd_start(args: argparse.Namespace, settings: object, out: TextIO) -> int:
+    runtime = Runtime(args.runtime_url)
+    reply = runtime.call("POST", "/v1/sessions", {"mode": args.mode})
+    sid = reply["sessionId"]
+    if args.policy:
+        reply = runtime.call("POST", f"/v1/sessions/{sid}/policy", _document(args.policy))
+    if args.case:
+        reply = runtime.call("POST", f"/v1/sessions/{sid}/load-case", _document(args.case))
+    if args.shell:
+        print(f"export SOFTPROBE_SESSION_ID={sid}", file=out)
+    elif args.json:
+        _print(args, out, reply)
+    else:
+        print(sid, file=out)
+    return 0
+
+
+def cmd_load_case(args: argparse.Namespace, settings: object, out: TextIO) -> int:
+    return _run(args, out, "POST", f"/v1/sessions/{args.session}/load-case", _document(args.file))
+
+
+def cmd_rules_apply(args: argparse.Namespace, settings: object, out: TextIO) -> int:
+    return _run(args, out, "POST", f"/v1/sessions/{args.session}/rules", _document(args.file))
+
+
+def cmd_policy_set(args: argparse.Namespace, settings: object, out: TextIO) -> int:
+    policy = _document(args.file) if args.file else {}
+    if args.strict:
+        policy = {**(policy or {}), "externalHttp": "strict", "defaultOnMiss": "error"}
+    if not policy:
+        raise ConfigError("session policy set: --strict or --file required")
+    return _run(args, out, "POST", f"/v1/sessions/{args.session}/policy", policy)
+
+
+def cmd_stats(args: argparse.Namespace, settings: object, out: TextIO) -> int:
+    """The counters beside the session's id, revision and mode, flat, as Softprobe's CLI prints them."""
+    reply = Runtime(args.runtime_url).call("GET", f"/v1/sessions/{args.session}/stats")
+    stats = reply.pop("stats", {})
+    _print(args, out, {**reply, **(stats if isinstance(stats, dict) else {})})
+    return 0
+
+
+def cmd_close(args: argparse.Namespace, settings: object, out: TextIO) -> int:
+    return _run(args, out, "POST", f"/v1/sessions/{args.session}/close")
