@@ -276,14 +276,7 @@ def requests_client(target: Target, calls: list[str]) -> dict[str, Seen]:
             s.trust_env = False
             s.proxies = {"http": target.proxy, "https": target.proxy}
             kwargs: dict[str, Any] = {"headers": {SESSION_HEADER: "requests"}, "timeout": 15,
-                                      "allow_redirects": call.follow}
-            if call.json is not None:
-                kwargs["json"] = call.json
-            if call.form is not None:
-                kwargs["data"] = call.form
-            if call.upload:
-                kwargs["data"] = UPLOAD_FIELDS
-                kwargs["files"] = {UPLOAD_FILE[0]: UPLOAD_FILE[1:]}
+                                      "allow_redirects": call.follow, **payload(call)}
             try:
                 r = s.request(call.method, target.http_base + call.path, **kwargs)
                 out[call_name] = Seen(status=r.status_code, body=r.content, http_version=f"HTTP/{r.raw.version / 10}",
@@ -293,18 +286,21 @@ def requests_client(target: Target, calls: list[str]) -> dict[str, Seen]:
     return out
 
 
+def payload(call: Call) -> dict[str, Any]:
+    """A call's body as requests and httpx both take it: json=, data= (a form), files= (an upload)."""
+    if call.upload:
+        return {"data": UPLOAD_FIELDS, "files": {UPLOAD_FILE[0]: UPLOAD_FILE[1:]}}
+    if call.json is not None:
+        return {"json": call.json}
+    return {"data": call.form} if call.form is not None else {}
+
+
 def httpx_client(target: Target, calls: list[str]) -> dict[str, Seen]:
     out = {}
     for call_name in calls:
         call = CALLS[call_name]
-        kwargs: dict[str, Any] = {"headers": {SESSION_HEADER: "httpx-h2"}, "follow_redirects": call.follow}
-        if call.json is not None:
-            kwargs["json"] = call.json
-        if call.form is not None:
-            kwargs["data"] = call.form
-        if call.upload:
-            kwargs["data"] = UPLOAD_FIELDS
-            kwargs["files"] = {UPLOAD_FILE[0]: UPLOAD_FILE[1:]}
+        kwargs: dict[str, Any] = {"headers": {SESSION_HEADER: "httpx-h2"}, "follow_redirects": call.follow,
+                                  **payload(call)}
         try:
             trust = ssl.create_default_context(cafile=target.mitm_ca)  # the gateway's CA
             with httpx.Client(http2=True, proxy=target.proxy, verify=trust, trust_env=False, timeout=15) as client:
