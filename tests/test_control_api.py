@@ -15,6 +15,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
+
 from testkit.support import BIN, LOOPBACK, free_port, wait_port
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -171,6 +172,11 @@ def test_every_route_as_published(runtime: Runtime) -> None:
     ("POST", "/v1/sessions/{sid}/rules", {"rules": [{"when": {"hots": "x"}, "then": {"action": "mock"}}]}, 400,
      "invalid_request"),
     ("POST", "/v1/sessions/{sid}/rules", {"rules": [{"when": {}, "then": {"action": "error"}}]}, 400, "invalid_request"),
+    ("POST", "/v1/sessions/{sid}/rules", {"rules": [{"when": {"headers": "x"}, "then": {"action": "mock"}}]}, 400,
+     "invalid_request"),
+    ("POST", "/v1/sessions/{sid}/rules", {"rules": [{"when": {}, "then": {"action": "mock", "response": {"status": "x"}}}]},
+     400, "invalid_request"),
+    ("POST", "/v1/sessions/{sid}/load-case", {"version": "1", "caseId": "x", "traces": ["x"]}, 400, "invalid_request"),
     ("POST", "/v1/sessions/{sid}/policy", {"externalHttp": "sometimes"}, 400, "invalid_request"),
     ("POST", "/v1/sessions/{sid}/load-case", {"caseId": "x"}, 400, "invalid_request"),
     ("POST", "/v1/sessions/{sid}/fixtures/auth", {"cookies": [{"name": "a"}]}, 400, "invalid_request"),

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from test_control_api import KEY, Runtime
+
 from testkit.support import BIN, free_port
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from test_control_api import Runtime
 from test_control_api_gateway import case_for
+
 from testkit.support import BIN, Gateway
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "control-api.md"
@@ -20,12 +21,12 @@ RUNTIME, GATEWAY = "127.0.0.1:8080", "127.0.0.1:8081"
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), re.S)
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), re.DOTALL)
 
 
 def test_the_documented_session_runs(tmp_path: Path) -> None:
     start, script = blocks("bash")
-    gateway_yaml = re.search(r"<<'EOF'\n(.*?)EOF\n", start, re.S)[1]
+    gateway_yaml = re.search(r"<<'EOF'\n(.*?)EOF\n", start, re.DOTALL)[1]
     (tmp_path / "rules.yaml").write_text(blocks("yaml")[0])
     (tmp_path / "checkout.case.json").write_text(json.dumps(case_for("prices.example.test")))
     (tmp_path / "test_checkout.py").write_text(blocks("python")[0])

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from test_control_api import KEY, Runtime
+
 from testkit.recording import FAST_EXPORT
-from testkit.support import Gateway, HttpServer, OtlpBackend, echo_upstream, wait_for
+from testkit.support import LOOPBACK, Gateway, HttpServer, OtlpBackend, echo_upstream, free_port, wait_for
 
 LATENCY_MS = 150
 
@@ -30,9 +31,11 @@ def case_for(host: str) -> dict:
                        "then": {"action": "mock", "response": {"status": 200, "body": "partner from case"}}}]}
 
 
-def gateway(runtime: Runtime, tmp: Path) -> Gateway:
-    return Gateway({"sp_backend_url": runtime.url, "enable_inject": True, "export": FAST_EXPORT}, tmp,
-                   env={"SOFTPROBE_PUBLIC_KEY": KEY})
+def gateway(runtime: Runtime, tmp: Path, admin: int | None = None) -> Gateway:
+    config = {"sp_backend_url": runtime.url, "enable_inject": True, "export": FAST_EXPORT}
+    if admin:
+        config["admin_listen"] = f"{LOOPBACK}:{admin}"
+    return Gateway(config, tmp, env={"SOFTPROBE_PUBLIC_KEY": KEY})
 
 
 @pytest.fixture
@@ -42,8 +45,8 @@ def upstream():
 
 
 def test_a_guide_style_harness_through_two_gateways(tmp_path: Path, upstream: HttpServer) -> None:
-    host = upstream.url.removeprefix("http://")
-    with Runtime(tmp_path / "runtime.db", KEY) as runtime, gateway(runtime, tmp_path) as gw1, \
+    host, admin = upstream.url.removeprefix("http://"), free_port()
+    with Runtime(tmp_path / "runtime.db", KEY) as runtime, gateway(runtime, tmp_path, admin) as gw1, \
             gateway(runtime, tmp_path) as gw2:
         http = runtime.client
         sid = http.post("/v1/sessions", json={"mode": "replay"}).json()["sessionId"]
@@ -73,6 +76,7 @@ def test_a_guide_style_harness_through_two_gateways(tmp_path: Path, upstream: Ht
             assert miss.status_code == 599 and miss.headers["x-softprobe-strict-miss"] == "1"
             assert "strict miss" in miss.json()["error"]
             assert upstream.connections == before and not upstream.received  # nothing reached the upstream
+            assert gw1.metric(admin, 'softprobe_lookups_total{outcome="strict_miss"}') == 1
             real = c2.get(f"{upstream.url}/json")  # passthrough beats the strict policy
             assert real.json() == {"ok": True, "items": [1, 2]} and len(upstream.received) == 1
         # the passthrough forwarded the session in tracestate, under both proxies' keys

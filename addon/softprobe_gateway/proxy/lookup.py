@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # Outcomes (metric labels), with the backends' failures (`contract`). Failures trip the
 # breaker; hits and misses close it.
 HIT, MISS, SKIPPED, TIMEOUT = "hit", "miss", "breaker_open", "timeout"
+STRICT_MISS = "strict_miss"  # the backend refused it (a control session's strict policy): no failure
 
 
 @dataclass
@@ -89,7 +90,7 @@ class Lookup:
         finally:
             self.metrics.lookup_seconds.observe(time.perf_counter() - started)
         self.breaker.success()
-        outcome = MISS if hit is None else HIT
+        outcome = MISS if hit is None else STRICT_MISS if hit.refusal else HIT
         self.metrics.lookups.labels(outcome).inc()
         return outcome, hit
 

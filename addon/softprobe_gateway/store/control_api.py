@@ -22,8 +22,11 @@ from softprobe_gateway.store.control import MODES, ControlSession, Sessions
 SPEC_VERSION, SCHEMA_VERSION = "http-control-api@v1", "1"
 Reply = tuple[HTTPStatus, dict[str, Any]]
 _RULE_KEYS = {"id", "name", "priority", "consume", "when", "then"}
-_WHEN_KEYS = {"direction", "service", "host", "hostSuffix", "notHostSuffix", "method", "path", "pathPrefix",
-              "headers", "headerMatch", "bodyJsonPath", "bodyJsonPathEquals", "traceTags", "traceTagEquals"}
+# Each `when` field and the JSON types it takes.
+_WHEN_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("direction", "service", "host", "method", "path", "pathPrefix", "bodyJsonPath"), (str,)),
+    "hostSuffix": (str, list), "notHostSuffix": (list,),
+    **dict.fromkeys(("headers", "headerMatch", "bodyJsonPathEquals", "traceTags", "traceTagEquals"), (dict,))}
 
 
 class ApiError(Exception):
@@ -141,8 +144,10 @@ def _json(body: bytes) -> dict[str, Any]:
 
 
 def _check_case(document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    if not isinstance(document.get("caseId"), str) or not isinstance(document.get("version"), str):
-        raise invalid("a case needs version and caseId strings, and traces[] (case.schema.json)")
+    traces = document.get("traces")
+    if (not isinstance(document.get("caseId"), str) or not isinstance(document.get("version"), str)
+            or not isinstance(traces, list) or not all(isinstance(t, dict) for t in traces)):
+        raise invalid("a case needs version and caseId strings, and traces[] of objects (case.schema.json)")
     try:
         case_exchanges(json.loads(json.dumps(document)))  # parsed on a copy: it changes it in place
     except CaseError as e:
@@ -171,8 +176,12 @@ def _check_rule(where: str, rule: Any) -> None:
         raise invalid(f"{where}: a rule needs when and then objects")
     if extra := set(rule) - _RULE_KEYS:
         raise invalid(f"{where}: unknown field {min(extra)!r}")
-    if extra := set(rule["when"]) - _WHEN_KEYS:
-        raise invalid(f"{where}.when: unknown field {min(extra)!r}")
+    for key, value in rule["when"].items():
+        if key not in _WHEN_TYPES:
+            raise invalid(f"{where}.when: unknown field {key!r}")
+        if not isinstance(value, _WHEN_TYPES[key]):
+            names = {str: "a string", list: "an array", dict: "an object"}
+            raise invalid(f"{where}.when.{key}: {' or '.join(names[t] for t in _WHEN_TYPES[key])} expected")
     if "priority" in rule and (not isinstance(rule["priority"], int) or isinstance(rule["priority"], bool)):
         raise invalid(f"{where}.priority: an integer expected")
     if rule.get("consume", "many") not in ("once", "many"):
@@ -180,7 +189,10 @@ def _check_rule(where: str, rule: Any) -> None:
     then = rule["then"]
     if then.get("action") not in ACTIONS:
         raise invalid(f"{where}.then.action: one of {', '.join(ACTIONS)}")
-    if then["action"] == "error" and not isinstance((then.get("error") or {}).get("status"), int):
+    answer = then.get("response" if then["action"] == "mock" else "error", {})
+    if not isinstance(answer, dict) or not isinstance(answer.get("status", 200), int):
+        raise invalid(f"{where}.then: the answer must be an object, its status an integer")
+    if then["action"] == "error" and "status" not in answer:
         raise invalid(f"{where}.then.error.status: an integer required")
 
 
