@@ -38,10 +38,10 @@ class Recorder:
             return
         request = flow.request
         self.metrics.seen.inc()
+        head = header_map(request.headers.fields)  # what every decision below reads, in one pass
         client_headers = rt.router.client_fields(request.headers.fields)
-        head = header_map(client_headers)  # what every decision below reads, in one pass
         authority = request_authority(request, flow.client_conn.proxy_mode)
-        caller = rt.router.caller(request.headers)
+        caller = rt.router.caller(head)
         if refusal := rt.router.route(request):
             flow.response = http.Response.make(508, f"softprobe gateway: {refusal}\n",
                                                {"content-type": "text/plain; charset=utf-8"})
