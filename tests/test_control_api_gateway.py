@@ -5,14 +5,15 @@ error rule, a strict policy; requests through the gateways; stats; close."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from test_control_api import KEY, Runtime
+from test_control_api import KEY, Runtime, validate
 
 from testkit.recording import FAST_EXPORT
-from testkit.support import LOOPBACK, Gateway, HttpServer, OtlpBackend, echo_upstream, free_port, wait_for
+from testkit.support import BIN, LOOPBACK, Gateway, HttpServer, OtlpBackend, echo_upstream, free_port, wait_for
 
 LATENCY_MS = 150
 
@@ -144,3 +145,31 @@ def test_any_other_backend_status_still_fails_open(tmp_path: Path, upstream: Htt
                                                  "export": FAST_EXPORT}, tmp_path) as gw, gw.client() as client:
         assert client.get(f"{upstream.url}/json").json() == {"ok": True, "items": [1, 2]}
     assert len(upstream.received) == 1
+
+
+def test_capture_session_exported_as_a_case_then_replayed(tmp_path: Path, upstream: HttpServer) -> None:
+    """Softprobe's loop: capture a session through the gateway, export its recording as a case,
+    load it into a strict replay session: the same answers, the upstream never asked."""
+    case_file = tmp_path / "captured.case.json"
+    with Runtime(tmp_path / "runtime.db", KEY) as runtime, gateway(runtime, tmp_path) as gw:
+        http = runtime.client
+        capture = runtime.session("capture")
+        with gw.client(headers={"x-softprobe-session-id": capture}) as client:
+            original = [client.get(f"{upstream.url}/json").json(), client.get(f"{upstream.url}/json?page=2").json()]
+        wait_for(lambda: http.get(f"/v1/sessions/{capture}/stats").json()["stats"]["extractedSpans"] >= 2)
+        assert http.post(f"/v1/sessions/{capture}/close").json()["closed"] is True
+        exported = subprocess.run([str(BIN / "softprobe"), "case", "export", capture, "--db", str(runtime.db),
+                                   "-o", str(case_file)], capture_output=True, text=True, timeout=30)
+        assert exported.returncode == 0, exported.stderr
+        case = json.loads(case_file.read_text())
+        validate(case, "session-load-case.request.schema.json")
+
+        replay = runtime.session()
+        assert http.post(f"/v1/sessions/{replay}/load-case", json=case).status_code == 200
+        http.post(f"/v1/sessions/{replay}/policy", json={"externalHttp": "strict"})
+        calls = len(upstream.received)
+        with gw.client(headers={"x-softprobe-session-id": replay}) as client:
+            assert [client.get(f"{upstream.url}/json").json(), client.get(f"{upstream.url}/json?page=2").json()] == original
+            assert client.get(f"{upstream.url}/other").status_code == 599
+        assert len(upstream.received) == calls
+        assert http.get(f"/v1/sessions/{replay}/stats").json()["stats"]["injectedSpans"] == 2
