@@ -21,7 +21,7 @@ from softprobe_gateway.store.store import Store
 MODES = ("capture", "replay", "generate")
 # What each mutating route replaces: its column.
 DOCUMENTS = {"policy": "policy", "rules": "rules", "case": "case_document", "fixtures": "fixtures"}
-COUNTERS = ("injected", "extracted", "strict_misses")
+COUNTERS = ("injected", "strict_misses")  # per lookup; `extracted` per export batch
 _COLUMNS = ("id, mode, revision, policy, rules, case_document, fixtures, injected, extracted, "
             "strict_misses")
 
@@ -94,6 +94,14 @@ class Sessions:
         with self.store.transaction() as db:
             db.execute(f"UPDATE control_sessions SET {counter} = {counter} + ? WHERE id = ? AND closed = 0",
                        (n, session_id))
+
+    def count_extracted(self, per_session: dict[str, int]) -> None:
+        """Add each session's exported exchanges (ids of no open session change nothing), in one
+        transaction: a batch from a busy gateway holds many sessions."""
+        if per_session:
+            with self.store.transaction() as db:
+                db.executemany("UPDATE control_sessions SET extracted = extracted + ? WHERE id = ? AND closed = 0",
+                               [(n, sid) for sid, n in per_session.items()])
 
     def close(self, session_id: str) -> bool:
         """Close the session for good; False when it was not open."""

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import socket
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -140,8 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/v1/traces":
             exchanges = extract_exchanges(traces)
             self.store.add(exchanges)
-            for session_id in {ex.session_id for ex in exchanges}:
-                self.sessions.count(session_id, "extracted", sum(ex.session_id == session_id for ex in exchanges))
+            self.sessions.count_extracted(Counter(ex.session_id for ex in exchanges))
             self._send_json(HTTPStatus.OK, {"message": "Traces ingested successfully"})
             return
         session_answer = self.answers.answer(traces)

@@ -87,6 +87,7 @@ class SessionAnswers:
             if cached is None or cached[0] != session.revision:
                 cached = (session.revision, self._index(session.case))
                 self._cases[session.id] = cached
+                self._drop_positions(session.id)  # a new revision replays from the start
         form = self.forms.of_lookup(req)
         for fingerprint in (form.fingerprint(), form.without_body().fingerprint()):
             if answers := cached[1].get(fingerprint):
@@ -107,8 +108,12 @@ class SessionAnswers:
         """Drop a closed session's cached case and replay positions."""
         with self._lock:
             self._cases.pop(session_id, None)
-            for key in [k for k in self._positions if k[0] == session_id]:
-                del self._positions[key]
+            self._drop_positions(session_id)
+
+    def _drop_positions(self, session_id: str) -> None:
+        """The caller holds `_lock`."""
+        for key in [k for k in self._positions if k[0] == session_id]:
+            del self._positions[key]
 
 
 def _rule_hit(decision: session_rules.Decision, req: LookupRequest) -> TracesData:
