@@ -18,14 +18,13 @@ import httpx
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
+from testkit.serve import OVERLAY_ARGS
 from testkit.spans import answer_of, extract_span, inject, traces
 from testkit.support import BIN, LOOPBACK, Gateway, free_port, wait_for
 
 KEY = "k-3f9a2c7d1e"
 PROTOBUF = {"content-type": "application/x-protobuf"}
 SERVE = [str(BIN / "softprobe"), "serve"]
-# As k8s/overlays/embedded-backend runs it (test_the_overlay_runs_serve_as_tested checks that).
-OVERLAY_ARGS = ["serve", "--listen", "0.0.0.0:8090", "--db", "/data/softprobe.db"]
 
 
 @pytest.fixture
@@ -167,18 +166,3 @@ def test_loopback_needs_no_key_and_a_key_file_is_honoured(tmp_path: Path) -> Non
             assert http.get("/api/sessions", headers={"authorization": f"bearer {KEY}"}).status_code == 200
     finally:
         server.stop()
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders the overlay")
-def test_the_overlay_runs_serve_as_tested() -> None:
-    """The embedded-backend overlay: serve as tested above, both pods keyed from one Secret
-    (required, not optional), readiness without a key (TCP)."""
-    from test_k8s import of_kind, render
-    deployments = {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
-                   for d in of_kind(render("embedded-backend"), "Deployment")}
-    backend, gateway = deployments["softprobe-backend"], deployments["softprobe-gateway"]
-    assert backend["command"] + backend["args"] == ["softprobe", *OVERLAY_ARGS]
-    refs = [next(e["valueFrom"]["secretKeyRef"] for e in c["env"] if e["name"] == "SOFTPROBE_PUBLIC_KEY")
-            for c in (backend, gateway)]
-    assert refs[0] == refs[1] == {"name": "softprobe-public-key", "key": "public-key"}
-    assert "tcpSocket" in backend["readinessProbe"] and "tcpSocket" in backend["livenessProbe"]

@@ -29,6 +29,7 @@ from softprobe_gateway.config.loader import load_config
 from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, Config
 from softprobe_gateway.proxy.routing import listen_addresses
 
+from testkit.serve import OVERLAY_ARGS
 from testkit.support import ADDON, BIN, LOOPBACK, free_port, wait_for, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -485,3 +486,16 @@ def test_ca_manifests_from_the_cli_validate_and_match_what_pods_mount(tmp_path: 
     assert set(secret["data"]) == set(template["stringData"])
     assert "PRIVATE KEY" not in "".join(configmap["data"].values())
     assert set(configmap["data"]) == {ca.CERT_KEY, ca.BUNDLE_KEY}
+
+
+def test_the_overlay_runs_serve_as_tested() -> None:
+    """The embedded-backend overlay: serve as tests/integration/test_serve_auth.py runs it, both pods
+    keyed from one Secret (required, not optional), readiness without a key (TCP)."""
+    deployments = {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
+                   for d in of_kind(render("embedded-backend"), "Deployment")}
+    backend, gateway = deployments["softprobe-backend"], deployments["softprobe-gateway"]
+    assert backend["command"] + backend["args"] == ["softprobe", *OVERLAY_ARGS]
+    refs = [next(e["valueFrom"]["secretKeyRef"] for e in c["env"] if e["name"] == "SOFTPROBE_PUBLIC_KEY")
+            for c in (backend, gateway)]
+    assert refs[0] == refs[1] == {"name": "softprobe-public-key", "key": "public-key"}
+    assert "tcpSocket" in backend["readinessProbe"] and "tcpSocket" in backend["livenessProbe"]

@@ -7,8 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from test_control_api import KEY, Runtime
 
+from testkit.serve import KEY, Backend
 from testkit.support import BIN, free_port
 
 
@@ -22,7 +22,7 @@ def softprobe(*args: str, url: str, token: str = "") -> subprocess.CompletedProc
 def test_session_commands_with_the_token(tmp_path: Path) -> None:
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"externalHttp": "strict"}))
-    with Runtime(tmp_path / "store.db", KEY) as runtime:
+    with Backend(tmp_path / "store.db", KEY) as runtime:
         url = runtime.url
         assert softprobe("start", "--mode", "replay", url=url).returncode == 1  # 401: no token
         started = softprobe("start", "--mode", "replay", "--shell", "--policy", str(policy), url=url, token=KEY)

@@ -16,10 +16,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from testkit.support import BIN, LOOPBACK, free_port, wait_port
+from testkit.serve import KEY, Backend, validate
 
-SCHEMAS = Path(__file__).resolve().parent / "schemas"
-KEY = "k-control-7d1e"
 CASE = {"version": "1.0.0", "caseId": "checkout", "traces": [{"resourceSpans": [{
     "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "shop"}}]},
     "scopeSpans": [{"spans": [{
@@ -35,66 +33,13 @@ CASE = {"version": "1.0.0", "caseId": "checkout", "traces": [{"resourceSpans": [
                "then": {"action": "mock", "response": {"status": 200, "body": "from case"}}}]}
 
 
-def _registry() -> Registry:
-    resources = []
-    for path in SCHEMAS.glob("*.json"):
-        schema = json.loads(path.read_text())
-        resources.append((schema["$id"], Resource.from_contents(schema)))
-        resources.append((f"./{path.name}", Resource.from_contents(schema)))
-    return Registry().with_resources(resources)
-
-
-REGISTRY = _registry()
-
-
-def validate(document: Any, schema: str) -> None:
-    """`schema`: a file under tests/schemas, or `#Name` for a component of the runtime's openapi.yaml."""
-    if schema.startswith("#"):
-        ref = {"$ref": f"https://softprobe.dev/softprobe-cli/openapi.components.json#/$defs/{schema[1:]}"}
-    else:
-        ref = json.loads((SCHEMAS / schema).read_text())
-    Draft202012Validator(ref, registry=REGISTRY).validate(document)
-
-
-class Runtime:
-    """`softprobe serve` on a free loopback port, its store `db`, with or without a key."""
-
-    def __init__(self, db: Path, key: str = "") -> None:
-        self.db, self.key, port = db, key, free_port()
-        self.url = f"http://{LOOPBACK}:{port}"
-        env = {k: v for k, v in os.environ.items() if k != "SOFTPROBE_PUBLIC_KEY"}
-        if key:
-            env["SOFTPROBE_PUBLIC_KEY"] = key
-        self.process = subprocess.Popen([str(BIN / "softprobe"), "serve", "--listen", f"{LOOPBACK}:{port}",
-                                         "--db", str(db)], env=env, stdout=subprocess.DEVNULL)
-        wait_port(port)
-        headers = {"authorization": f"Bearer {key}"} if key else {}
-        self.client = httpx.Client(base_url=self.url, trust_env=False, timeout=10, headers=headers)
-
-    def session(self, mode: str = "replay") -> str:
-        reply = self.client.post("/v1/sessions", json={"mode": mode})
-        assert reply.status_code == 200, reply.text
-        return reply.json()["sessionId"]
-
-    def stop(self) -> None:
-        self.client.close()
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(timeout=10) == 0
-
-    def __enter__(self) -> Runtime:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 @pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    with Runtime(tmp_path / "store.db", KEY) as rt:
+def runtime(tmp_path: Path) -> Iterator[Backend]:
+    with Backend(tmp_path / "store.db", KEY) as rt:
         yield rt
 
 
-def test_health_answers_anyone_and_meta_requires_the_key(runtime: Runtime) -> None:
+def test_health_answers_anyone_and_meta_requires_the_key(runtime: Backend) -> None:
     anonymous = httpx.Client(base_url=runtime.url, trust_env=False)
     health = anonymous.get("/health")
     assert health.status_code == 200
@@ -112,7 +57,7 @@ def test_health_answers_anyone_and_meta_requires_the_key(runtime: Runtime) -> No
     assert anonymous.get("/v1/meta", headers={"x-public-key": KEY}).status_code == 200
 
 
-def test_every_route_as_published(runtime: Runtime) -> None:
+def test_every_route_as_published(runtime: Backend) -> None:
     http = runtime.client
     create = {"mode": "replay", "policy": {"externalHttp": "strict"}}
     validate(create, "session-create.request.schema.json")
@@ -188,7 +133,7 @@ def test_every_route_as_published(runtime: Runtime) -> None:
     ("DELETE", "/v1/sessions", None, 405, "method_not_allowed"),
     ("POST", "/v1/meta", {}, 405, "method_not_allowed"),
 ])
-def test_errors_carry_the_spec_envelope(runtime: Runtime, method: str, path: str, body: Any,
+def test_errors_carry_the_spec_envelope(runtime: Backend, method: str, path: str, body: Any,
                                         status: int, code: str) -> None:
     sid = runtime.session()
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
@@ -200,11 +145,11 @@ def test_errors_carry_the_spec_envelope(runtime: Runtime, method: str, path: str
 
 def test_sessions_outlive_a_restart_and_closed_ids_stay_refused(tmp_path: Path) -> None:
     db = tmp_path / "store.db"
-    with Runtime(db) as first:
+    with Backend(db) as first:
         kept, closed = first.session(), first.session("capture")
         first.client.post(f"/v1/sessions/{kept}/policy", json={"externalHttp": "strict"})
         first.client.post(f"/v1/sessions/{closed}/close")
-    with Runtime(db) as second:
+    with Backend(db) as second:
         state = second.client.get(f"/v1/sessions/{kept}/state").json()
         assert (state["sessionRevision"], state["policy"]) == (1, {"externalHttp": "strict"})
         assert second.client.get(f"/v1/sessions/{closed}/stats").status_code == 404

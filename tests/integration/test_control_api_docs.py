@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import yaml
-from test_control_api import Runtime
-from test_control_api_gateway import case_for
 
+from testkit.serve import Backend, case_for
 from testkit.support import BIN, Gateway
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "control-api.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "control-api.md"
 RUNTIME, GATEWAY = "127.0.0.1:8080", "127.0.0.1:8081"
 
 
@@ -31,7 +30,7 @@ def test_the_documented_session_runs(tmp_path: Path) -> None:
     (tmp_path / "checkout.case.json").write_text(json.dumps(case_for("prices.example.test")))
     (tmp_path / "test_checkout.py").write_text(blocks("python")[0])
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    with Runtime(tmp_path / "replay.db") as runtime:
+    with Backend(tmp_path / "replay.db") as runtime:
         config = yaml.safe_load(gateway_yaml.replace(RUNTIME, runtime.url.removeprefix("http://")))
         with Gateway({**config, "export": {"flush_interval_ms": 20}}, tmp_path) as gw:
             ports = {RUNTIME: runtime.url.removeprefix("http://"), GATEWAY: gw.proxy.removeprefix("http://")}

@@ -10,29 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from test_control_api import KEY, Runtime, validate
 
 from testkit.recording import FAST_EXPORT
+from testkit.serve import KEY, Backend, case_for, validate
 from testkit.support import BIN, LOOPBACK, Gateway, HttpServer, OtlpBackend, echo_upstream, free_port, wait_for
 
 LATENCY_MS = 150
 
 
-def case_for(host: str) -> dict:
-    """A Softprobe case (OTLP JSON) recording one answer of `host`, and one embedded rule."""
-    attributes = {"sp.span.type": "inject", "sp.traffic.direction": "outbound", "url.host": host,
-                  "url.path": "/price", "http.request.method": "GET",
-                  "http.response.header.content-type": "application/json", "http.response.body": '{"price": 42}'}
-    span = {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331", "name": "GET /price",
-            "kind": 3, "startTimeUnixNano": "1", "endTimeUnixNano": "2",
-            "attributes": [*({"key": k, "value": {"stringValue": v}} for k, v in attributes.items()),
-                           {"key": "http.response.status_code", "value": {"intValue": "200"}}]}
-    return {"version": "1.0.0", "caseId": "checkout", "traces": [{"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}],
-            "rules": [{"id": "partner", "when": {"host": "partner.test"},
-                       "then": {"action": "mock", "response": {"status": 200, "body": "partner from case"}}}]}
-
-
-def gateway(runtime: Runtime, tmp: Path, admin: int | None = None) -> Gateway:
+def gateway(runtime: Backend, tmp: Path, admin: int | None = None) -> Gateway:
     config = {"sp_backend_url": runtime.url, "enable_inject": True, "export": FAST_EXPORT}
     if admin:
         config["admin_listen"] = f"{LOOPBACK}:{admin}"
@@ -47,7 +33,7 @@ def upstream():
 
 def test_a_guide_style_harness_through_two_gateways(tmp_path: Path, upstream: HttpServer) -> None:
     host, admin = upstream.url.removeprefix("http://"), free_port()
-    with Runtime(tmp_path / "runtime.db", KEY) as runtime, gateway(runtime, tmp_path, admin) as gw1, \
+    with Backend(tmp_path / "runtime.db", KEY) as runtime, gateway(runtime, tmp_path, admin) as gw1, \
             gateway(runtime, tmp_path) as gw2:
         http = runtime.client
         sid = http.post("/v1/sessions", json={"mode": "replay"}).json()["sessionId"]
@@ -94,7 +80,7 @@ def test_a_guide_style_harness_through_two_gateways(tmp_path: Path, upstream: Ht
 
 def test_latency_is_the_rules_own(tmp_path: Path, upstream: HttpServer) -> None:
     """A rule's latency adds to the answer; without one a mock comes back at lookup speed."""
-    with Runtime(tmp_path / "runtime.db", KEY) as runtime, gateway(runtime, tmp_path) as gw:
+    with Backend(tmp_path / "runtime.db", KEY) as runtime, gateway(runtime, tmp_path) as gw:
         sid = runtime.session()
         runtime.client.post(f"/v1/sessions/{sid}/rules", json={"rules": [
             {"when": {"path": "/slow"}, "then": {"action": "mock", "response": {"body": "slow", "latencyMs": 300}}},
@@ -113,7 +99,7 @@ def test_latency_is_the_rules_own(tmp_path: Path, upstream: HttpServer) -> None:
 
 def test_session_read_from_tracestate_alone(tmp_path: Path, upstream: HttpServer) -> None:
     """A hop inside the mesh carries the session in tracestate only, under Softprobe's key or ours."""
-    with Runtime(tmp_path / "runtime.db", KEY) as runtime, gateway(runtime, tmp_path) as gw:
+    with Backend(tmp_path / "runtime.db", KEY) as runtime, gateway(runtime, tmp_path) as gw:
         sid = runtime.session()
         runtime.client.post(f"/v1/sessions/{sid}/rules", json={"rules": [
             {"when": {"path": "/who"}, "then": {"action": "mock", "response": {"body": "session rule"}}}]})
@@ -151,7 +137,7 @@ def test_capture_session_exported_as_a_case_then_replayed(tmp_path: Path, upstre
     """Softprobe's loop: capture a session through the gateway, export its recording as a case,
     load it into a strict replay session: the same answers, the upstream never asked."""
     case_file = tmp_path / "captured.case.json"
-    with Runtime(tmp_path / "runtime.db", KEY) as runtime, gateway(runtime, tmp_path) as gw:
+    with Backend(tmp_path / "runtime.db", KEY) as runtime, gateway(runtime, tmp_path) as gw:
         http = runtime.client
         capture = runtime.session("capture")
         with gw.client(headers={"x-softprobe-session-id": capture}) as client:
