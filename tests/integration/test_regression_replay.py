@@ -20,7 +20,7 @@ from softprobe_gateway.cli.main import main
 from softprobe_gateway.cli.replay import Checks, compare, request_to_send
 from softprobe_gateway.config.schema import StoreConfig
 from softprobe_gateway.formats.casefile import case_document
-from softprobe_gateway.store.model import Exchange, Fields
+from softprobe_gateway.store.model import Fields, Recording
 from softprobe_gateway.store.store import Store
 
 from testkit.recording import recorded_count
@@ -29,8 +29,8 @@ from testkit.support import LOOPBACK, ROOT, Gateway, HttpServer, Received, Reply
 PROPAGATED = ("x-softprobe-session-id", "x-sp-session-id", "traceparent", "tracestate")
 
 
-def recorded(body: str, content_type: str = "application/json", status: int = 200, **headers: str) -> Exchange:
-    return Exchange(
+def recorded(body: str, content_type: str = "application/json", status: int = 200, **headers: str) -> Recording:
+    return Recording(
         session_id="s-1", trace_id="ab" * 16, span_id="cd" * 8, parent_span_id="", service="front",
         direction="inbound", kind="server", method="POST", host="front:8080", path="/book?x=1", status=status,
         error=False, start_ns=1, end_ns=2,

@@ -33,7 +33,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from softprobe_gateway.config.schema import StoreConfig
-from softprobe_gateway.store.model import Exchange
+from softprobe_gateway.store.model import Recording
 from softprobe_gateway.store.store import Store, StoreError
 
 from testkit.support import ADDON, BIN, make_test_ca, wait_for
@@ -103,14 +103,14 @@ class Pod:
         return run("ip", "netns", "exec", self.name, *as_user(APP_UID), *argv, check=False,
                    env={"PATH": "/usr/bin:/bin", **(self.app_env if env is None else env)})
 
-    def recorded(self) -> list[Exchange]:
+    def recorded(self) -> list[Recording]:
         try:
             with Store(StoreConfig(path=str(self.store)), read_only=True) as store:
                 return [ex for s in store.sessions(size=100).sessions for ex in store.session(s.id)[1]]
         except StoreError:
             return []
 
-    def wait_recorded(self, path: str) -> list[Exchange]:
+    def wait_recorded(self, path: str) -> list[Recording]:
         return wait_for(lambda: [ex for ex in self.recorded() if ex.path == path] or None, timeout=15)
 
 

@@ -81,9 +81,9 @@ def test_a_dead_worker_is_charged_only_with_what_the_store_misses(tmp_path):
         assert all(exporter.submit(ex) for ex in exchanges)
         wait_for(lambda: exporter.queue.spans == 0)  # all three batches handed to the worker
         with Store(StoreConfig(path=str(db))) as store:
-            store.add([model.Exchange("s", ex.trace_id.hex(), ex.span_id.hex(), "", "svc", "outbound",
-                                      "client", "GET", "h", ex.path, 200, False, 1, 2, model.Fields(),
-                                      model.Fields(), "", "")
+            store.add([model.Recording("s", ex.trace_id.hex(), ex.span_id.hex(), "", "svc", "outbound",
+                                       "client", "GET", "h", ex.path, 200, False, 1, 2, model.Fields(),
+                                       model.Fields(), "", "")
                        for ex in exchanges[:4]])
         os.kill(worker, signal.SIGKILL)
         wait_for(lambda: exporter.running and exporter._worker.pid != worker)

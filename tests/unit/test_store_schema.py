@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from softprobe_gateway.config.schema import StoreConfig
 from softprobe_gateway.store import migrations, schema
-from softprobe_gateway.store.model import Exchange, Fields
+from softprobe_gateway.store.model import Fields, Recording
 from softprobe_gateway.store.store import Store, StoreError
 
 from testkit.spans import answer_of, extract_span, inject, traces
@@ -86,17 +86,17 @@ def test_one_table_of_columns_makes_the_file_and_every_exchange_field(tmp_path: 
     assert columns(path) == [c.name for c in schema.COLUMNS]
     assert user_version(path) == migrations.VERSION
     read = [c.name for c in schema.COLUMNS if c.source is not schema.Source.DERIVED]
-    assert sorted(read) == sorted(f.name for f in dataclasses.fields(Exchange))
+    assert sorted(read) == sorted(f.name for f in dataclasses.fields(Recording))
 
 
 def test_an_exchange_reads_back_as_it_was_added(tmp_path: Path) -> None:
-    ex = Exchange(session_id="s", trace_id="ab" * 16, span_id="cd" * 8, parent_span_id="ef" * 8,
-                  service="svc", direction="outbound", kind="client", method="POST", host="api.test:80",
-                  path="/pay?x=1", status=502, error=True, start_ns=5, end_ns=9,
-                  request_headers=Fields([(":method", "POST"), ("x-a", "1"), ("x-a", "2")]),
-                  response_headers=Fields([(":status", "502")]), request_body="{}", response_body="bad",
-                  answered_by="mock", error_message="upstream reset", request_original_size=7,
-                  response_original_size=8, response_trailers=Fields([("grpc-status", "14")]))
+    ex = Recording(session_id="s", trace_id="ab" * 16, span_id="cd" * 8, parent_span_id="ef" * 8,
+                   service="svc", direction="outbound", kind="client", method="POST", host="api.test:80",
+                   path="/pay?x=1", status=502, error=True, start_ns=5, end_ns=9,
+                   request_headers=Fields([(":method", "POST"), ("x-a", "1"), ("x-a", "2")]),
+                   response_headers=Fields([(":status", "502")]), request_body="{}", response_body="bad",
+                   answered_by="mock", error_message="upstream reset", request_original_size=7,
+                   response_original_size=8, response_trailers=Fields([("grpc-status", "14")]))
     with Store(StoreConfig(path=str(tmp_path / "sp.db"))) as store:
         assert store.add([ex]) == 1
         stored = store.exchange(ex.span_id)

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from softprobe_gateway.cli.common import Settings, browse, resolve
 from softprobe_gateway.formats.har import body_bytes, readable
-from softprobe_gateway.store.model import Exchange, Fields, SessionSummary
+from softprobe_gateway.store.model import Fields, Recording, SessionSummary
 
 PREVIEW = 100  # characters of a body shown by `show`
 DEFAULT_ADMIN = "127.0.0.1:9090"  # the shipped config's admin_listen (`make run`)
@@ -112,7 +112,7 @@ def _time(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9).isoformat(sep=" ", timespec="milliseconds")
 
 
-def _timeline(summary: SessionSummary, exchanges: list[Exchange]) -> str:
+def _timeline(summary: SessionSummary, exchanges: list[Recording]) -> str:
     lines = [f"session {summary.id}  service {summary.service}  {summary.exchanges} exchanges, "
              f"{summary.errors} errors  {_time(summary.first_ns)} .. {_time(summary.last_ns)}"]
     for ex in exchanges:
@@ -126,7 +126,7 @@ def _timeline(summary: SessionSummary, exchanges: list[Exchange]) -> str:
     return "\n".join(lines)
 
 
-def _exchange(ex: Exchange) -> str:
+def _exchange(ex: Recording) -> str:
     """One exchange in full: request and response, headers and whole bodies."""
     lines = [f"exchange {ex.span_id}  session {ex.session_id}  service {ex.service}  {ex.direction or '-'}",
              f"{_time(ex.start_ns)}  {ex.method} {ex.host}{ex.path}  -> {_outcome(ex)}"]
@@ -141,7 +141,7 @@ def _exchange(ex: Exchange) -> str:
     return "\n".join(lines)
 
 
-def _outcome(ex: Exchange) -> str:
+def _outcome(ex: Recording) -> str:
     """The status, or why the exchange failed (the span's `error.message`), its duration, and
     flags: an error, an answer from the gateway itself (not a recording: never replayed)."""
     status = str(ex.status) if ex.status else f"failed ({ex.error_message or 'no response'})"
@@ -151,7 +151,7 @@ def _outcome(ex: Exchange) -> str:
     return f"{status}  {ex.duration_ms:.1f} ms{flags}"
 
 
-def _bodies(ex: Exchange) -> tuple[tuple[str, str, Fields, int], ...]:
+def _bodies(ex: Recording) -> tuple[tuple[str, str, Fields, int], ...]:
     return (("request", ex.request_body, ex.request_headers, ex.request_original_size),
             ("response", ex.response_body, ex.response_headers, ex.response_original_size))
 

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from softprobe_gateway.config.loader import CONFIG_ENV, load_config
 from softprobe_gateway.config.schema import Config, StoreConfig
 from softprobe_gateway.formats.casefile import CaseError, case_exchanges
-from softprobe_gateway.store.model import Exchange, SessionSummary
+from softprobe_gateway.store.model import Recording, SessionSummary
 from softprobe_gateway.store.store import Store, StoreError
 
 
@@ -58,7 +58,7 @@ def resolve(store: Store, prefix: str, kinds: tuple[str, ...]) -> tuple[str, str
     return found[0]
 
 
-def find_session(config: StoreConfig, prefix: str) -> tuple[SessionSummary, list[Exchange]]:
+def find_session(config: StoreConfig, prefix: str) -> tuple[SessionSummary, list[Recording]]:
     """One recorded session (by id or id prefix) and its exchanges; StoreError when there is none."""
     with browse(config) as store:
         _, session_id = resolve(store, prefix, ("session",))
@@ -89,7 +89,7 @@ def read_json(path: str, error: type[ValueError]) -> tuple[bytes, Any]:
         raise error(f"not JSON: {e}") from None
 
 
-def read_case(path: str) -> list[Exchange]:
+def read_case(path: str) -> list[Recording]:
     """A Softprobe case file's exchanges; CaseError naming the file when it is not one."""
     try:
         return case_exchanges(read_json(path, CaseError)[1])

@@ -33,7 +33,7 @@ from softprobe_gateway.decisions.tracecontext import SESSION_HEADERS, SP_SESSION
 from softprobe_gateway.formats.casefile import CaseError
 from softprobe_gateway.otlp import HOP_BY_HOP, hit_body
 from softprobe_gateway.store import matching
-from softprobe_gateway.store.model import Exchange
+from softprobe_gateway.store.model import Recording
 from softprobe_gateway.tls import client_context
 
 SESSION_HEADER = SESSION_HEADERS[0]
@@ -102,7 +102,7 @@ class Checks:
                    matching.Ignore(frozenset(names), frozenset(paths)))
 
 
-def compare(recorded: Exchange, status: int, headers: httpx.Headers | dict[str, str], body: bytes,
+def compare(recorded: Recording, status: int, headers: httpx.Headers | dict[str, str], body: bytes,
             checks: Checks) -> list[str]:
     """How an answer differs from the recorded one, one readable line per difference."""
     lines = [] if status == recorded.status else [f"status: recorded {recorded.status}, got {status}"]
@@ -148,7 +148,7 @@ def _digest(body: bytes) -> str:
     return f"{len(body)} bytes (sha256 {hashlib.sha256(body).hexdigest()[:12]})"
 
 
-def request_to_send(ex: Exchange, session: str, session_header: str,
+def request_to_send(ex: Recording, session: str, session_header: str,
                     extra: dict[str, str]) -> tuple[list[tuple[str, str]], bytes]:
     """The recorded request's header fields (repeats apart, in order) and body as they are sent
     again, in the replay's session (also as a `tracestate` entry, which W3C-instrumented
@@ -164,7 +164,7 @@ def request_to_send(ex: Exchange, session: str, session_header: str,
 
 @dataclass
 class Result:
-    exchange: Exchange
+    exchange: Recording
     number: int
     status: int = 0
     seconds: float = 0.0
@@ -181,7 +181,7 @@ class Suite:
     """One source (a session or a case file) and its inbound exchanges."""
 
     name: str
-    exchanges: list[Exchange]
+    exchanges: list[Recording]
     results: list[Result] = field(default_factory=list)
 
 
@@ -255,7 +255,7 @@ def _sessions(suites: list[Suite], session: str | None, run_id: str) -> dict[str
         raise ConfigError(f"{e}; --no-run-id sends it as it is") from None
 
 
-def _replay(client: httpx.Client, ex: Exchange, number: int, session: str, args: argparse.Namespace,
+def _replay(client: httpx.Client, ex: Recording, number: int, session: str, args: argparse.Namespace,
             checks: Checks, extra: dict[str, str]) -> Result:
     result = Result(ex, number)
     headers, body = request_to_send(ex, session, args.session_header, extra)

@@ -33,7 +33,7 @@ from softprobe_gateway.otlp import (
     field_attributes,
     fill_span,
 )
-from softprobe_gateway.store.model import Exchange
+from softprobe_gateway.store.model import Recording
 
 VERSION = "1.0.0"
 # The profile's recommended limits for v1 tooling: larger cases are written, with a warning.
@@ -44,9 +44,9 @@ class CaseError(ValueError):
     """A file that is not a usable Softprobe case; the message says where."""
 
 
-def case_document(case_id: str, exchanges: Iterable[Exchange], created: datetime) -> dict[str, Any]:
+def case_document(case_id: str, exchanges: Iterable[Recording], created: datetime) -> dict[str, Any]:
     """A case holding `exchanges` (in recorded order), one trace document per trace id."""
-    traces: dict[str, list[Exchange]] = {}
+    traces: dict[str, list[Recording]] = {}
     for ex in exchanges:
         traces.setdefault(ex.trace_id, []).append(ex)
     return {
@@ -57,9 +57,9 @@ def case_document(case_id: str, exchanges: Iterable[Exchange], created: datetime
     }
 
 
-def _traces(exchanges: list[Exchange]) -> TracesData:
+def _traces(exchanges: list[Recording]) -> TracesData:
     data = TracesData()
-    services: dict[str, list[Exchange]] = {}
+    services: dict[str, list[Recording]] = {}
     for ex in exchanges:
         services.setdefault(ex.service, []).append(ex)
     for service, group in services.items():
@@ -72,7 +72,7 @@ def _traces(exchanges: list[Exchange]) -> TracesData:
     return data
 
 
-def span_attributes(ex: Exchange) -> Attributes:
+def span_attributes(ex: Recording) -> Attributes:
     """The profile's identity attributes first, then the recorded request and response."""
     route, _, query = ex.path.partition("?")
     attrs: Attributes = [
@@ -110,14 +110,14 @@ def profile_warnings(case: dict[str, Any]) -> list[str]:
     return warnings
 
 
-def case_exchanges(case: Any) -> list[Exchange]:
+def case_exchanges(case: Any) -> list[Recording]:
     """The recorded exchanges of a parsed case file (changed in place). A span counts when it
     is an extract span or carries a response (Softprobe's tools mark recorded answers `inject`);
     a span without a session belongs to the case's own id."""
     if not isinstance(case, dict) or not isinstance(case.get("traces"), list):
         raise CaseError("not a Softprobe case: no traces[] list")
     case_id = str(case.get("caseId") or "")
-    exchanges: list[Exchange] = []
+    exchanges: list[Recording] = []
     for i, trace in enumerate(case["traces"]):
         try:
             exchanges += extract_exchanges(traces_from_document(trace), answered_lookups=True)

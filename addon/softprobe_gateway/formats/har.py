@@ -18,16 +18,16 @@ from softprobe_gateway.capture.encoding import Capture
 from softprobe_gateway.capture.exchange import Message
 from softprobe_gateway.decisions.rules import is_framework_internal, is_static
 from softprobe_gateway.otlp import add_scope_spans, base64_or_raw, fill_extract_span, is_text
-from softprobe_gateway.store.model import Exchange, Fields
+from softprobe_gateway.store.model import Fields, Recording
 
 CREATOR = {"name": "softprobe", "version": __version__}
 
 
-def har(exchanges: list[Exchange]) -> dict[str, Any]:
+def har(exchanges: list[Recording]) -> dict[str, Any]:
     return {"log": {"version": "1.2", "creator": CREATOR, "entries": [_entry(ex) for ex in exchanges]}}
 
 
-def _entry(ex: Exchange) -> dict[str, Any]:
+def _entry(ex: Recording) -> dict[str, Any]:
     scheme = ex.request_headers.get(":scheme", "http")
     started = datetime.fromtimestamp(ex.start_ns / 1e9, tz=timezone.utc)
     sent = body_bytes(ex.request_body, ex.request_headers)

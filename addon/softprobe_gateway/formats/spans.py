@@ -23,7 +23,7 @@ from softprobe_gateway.otlp import (
     fill_span,
     values_prefix,
 )
-from softprobe_gateway.store.model import Exchange, Fields, LookupRequest
+from softprobe_gateway.store.model import Fields, LookupRequest, Recording
 
 _KINDS = {Span.SPAN_KIND_SERVER: "server", Span.SPAN_KIND_CLIENT: "client"}
 
@@ -93,7 +93,7 @@ def _request_target(attrs: dict[str, str]) -> tuple[str, str, str]:
     return method.upper(), host, path
 
 
-def extract_exchanges(traces: TracesData, *, answered_lookups: bool = False) -> list[Exchange]:
+def extract_exchanges(traces: TracesData, *, answered_lookups: bool = False) -> list[Recording]:
     """Every extract span (`sp.span.type == "extract"`) as an exchange; with `answered_lookups`
     also every other span that carries a response, as Softprobe's own case files mark their
     recorded answers `inject`."""
@@ -105,7 +105,7 @@ def extract_exchanges(traces: TracesData, *, answered_lookups: bool = False) -> 
         method, host, path = _request_target(attrs)
         status_text = attrs.get("http.response.status_code") or attrs.get(RESPONSE_HEADER + ":status", "")
         status = int(status_text) if status_text.isdigit() else 0
-        exchanges.append(Exchange(
+        exchanges.append(Recording(
             session_id=attrs.get("sp.session.id", ""), trace_id=span.trace_id.hex(),
             span_id=span.span_id.hex(), parent_span_id=span.parent_span_id.hex(),
             service=attrs["sp.service.name"], direction=attrs.get("sp.traffic.direction", ""),
@@ -168,7 +168,7 @@ def request_headers(attrs: Attrs) -> Fields:
     return _fields(attrs, REQUEST_HEADER)
 
 
-def answer(exchange: Exchange) -> TracesData:
+def answer(exchange: Recording) -> TracesData:
     """A lookup hit: one span carrying the recorded response exactly as it was recorded."""
     attrs: Attributes = [
         ("sp.span.type", "extract"), ("sp.session.id", exchange.session_id),

@@ -7,13 +7,13 @@ from __future__ import annotations
 import sqlite3
 
 from softprobe_gateway.store import matching, schema
-from softprobe_gateway.store.model import Exchange
+from softprobe_gateway.store.model import Recording
 from softprobe_gateway.store.positions import Replays
 from softprobe_gateway.store.schema import RECORDED
 
 
 def answer(db: sqlite3.Connection, replays: Replays, session_id: str,
-           form: matching.RequestForm) -> Exchange | None:
+           form: matching.RequestForm) -> Recording | None:
     """The recorded exchange answering the next lookup of `form` in `session_id`, or None."""
     exchange = _next(db, replays, session_id, form.fingerprint())
     if exchange is None and form.body != "":
@@ -23,7 +23,7 @@ def answer(db: sqlite3.Connection, replays: Replays, session_id: str,
     return exchange
 
 
-def _next(db: sqlite3.Connection, replays: Replays, session_id: str, fingerprint: str) -> Exchange | None:
+def _next(db: sqlite3.Connection, replays: Replays, session_id: str, fingerprint: str) -> Recording | None:
     cue = replays.next(session_id, fingerprint, _Recordings(db))
     if cue is None:
         return None

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from softprobe_gateway.store import schema
-from softprobe_gateway.store.model import Exchange, SessionPage, SessionSummary
+from softprobe_gateway.store.model import Recording, SessionPage, SessionSummary
 
 MAX_PAGE = 100  # sessions per page of a listing
 _SESSION = "SELECT id, service, first_ns, last_ns, exchanges, errors FROM sessions"
@@ -43,7 +43,7 @@ def sessions(db: sqlite3.Connection, size: int, service: str, status: int, start
     return SessionPage(page, _encode_cursor(page[-1]) if more else "")
 
 
-def session(db: sqlite3.Connection, session_id: str, limit: int) -> tuple[SessionSummary | None, list[Exchange]]:
+def session(db: sqlite3.Connection, session_id: str, limit: int) -> tuple[SessionSummary | None, list[Recording]]:
     row = db.execute(f"{_SESSION} WHERE id = ?", (session_id,)).fetchone()
     rows = db.execute(f"SELECT {schema.SELECT} FROM exchanges WHERE session_id = ? "
                       "ORDER BY start_ns, id LIMIT ?", (session_id, limit)).fetchall()
@@ -66,7 +66,7 @@ def count_stored(db: sqlite3.Connection, spans: Iterable[tuple[str, str]]) -> in
                is not None for key in spans)
 
 
-def exchange(db: sqlite3.Connection, span_id: str) -> Exchange | None:
+def exchange(db: sqlite3.Connection, span_id: str) -> Recording | None:
     row = db.execute(f"SELECT {schema.SELECT} FROM exchanges WHERE span_id = ? "
                      "ORDER BY id DESC LIMIT 1", (span_id,)).fetchone()
     return schema.exchange(row) if row else None

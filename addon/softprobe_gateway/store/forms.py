@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from softprobe_gateway.store import matching
-from softprobe_gateway.store.model import Exchange, LookupRequest
+from softprobe_gateway.store.model import LookupRequest, Recording
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +19,6 @@ class Forms:
     def of_lookup(self, req: LookupRequest) -> matching.RequestForm:
         return self.of(req.method, req.host, req.path, req.content_type, req.body)
 
-    def of_exchange(self, ex: Exchange) -> matching.RequestForm:
+    def of_exchange(self, ex: Recording) -> matching.RequestForm:
         return self.of(ex.method, ex.host, ex.path, ex.request_headers.get("content-type", ""),
                        ex.request_body)

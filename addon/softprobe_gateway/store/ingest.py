@@ -12,21 +12,21 @@ from typing import Any
 from softprobe_gateway.config.schema import StoreConfig
 from softprobe_gateway.store import schema
 from softprobe_gateway.store.forms import Forms
-from softprobe_gateway.store.model import Exchange, Fields
+from softprobe_gateway.store.model import Fields, Recording
 
 _REFINGERPRINT_BATCH = 500  # rows per query when the matching rules changed
 
 
-def rows(exchanges: Iterable[Exchange], forms: Forms, now_ns: int) -> list[tuple[Exchange, dict[str, Any]]]:
+def rows(exchanges: Iterable[Recording], forms: Forms, now_ns: int) -> list[tuple[Recording, dict[str, Any]]]:
     """Each exchange with its INSERT parameters."""
     return [(ex, schema.row(ex, route=ex.route, ingested_ns=now_ns,
                             fingerprint=forms.of_exchange(ex).fingerprint())) for ex in exchanges]
 
 
-def insert(db: sqlite3.Connection, rows: Iterable[tuple[Exchange, dict[str, Any]]]) -> int:
+def insert(db: sqlite3.Connection, rows: Iterable[tuple[Recording, dict[str, Any]]]) -> int:
     """Store the exchanges whose span is not stored yet and count them into their sessions;
     returns how many were new."""
-    stored: dict[str, list[Exchange]] = {}
+    stored: dict[str, list[Recording]] = {}
     for ex, row in rows:
         if db.execute(schema.INSERT, row).rowcount:
             stored.setdefault(ex.session_id, []).append(ex)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from softprobe_gateway.decisions.tracecontext import own_sessions
 from softprobe_gateway.store import matching, schema
 from softprobe_gateway.store.forms import Forms
-from softprobe_gateway.store.model import Exchange, LookupRequest, Miss
+from softprobe_gateway.store.model import LookupRequest, Miss, Recording
 from softprobe_gateway.store.schema import RECORDED
 
 MAX_MISSES = 1000  # kept in the file, newest first
@@ -28,7 +28,7 @@ def diagnose(db: sqlite3.Connection, req: LookupRequest, form: matching.RequestF
              session_scope: str, at_ns: int = 0) -> Miss:
     """The closest recorded request (same method, host and path first; then same host; then
     anything recent) and how it differs from the lookup."""
-    best: tuple[list[str], Exchange] | None = None
+    best: tuple[list[str], Recording] | None = None
     for where, args in (("method = ? AND host = ? AND route = ?", (form.method, req.host, form.route)),
                         ("host = ?", (req.host,)), ("1", ())):
         rows = db.execute(f"SELECT {schema.SELECT} FROM exchanges WHERE {where} AND {RECORDED} "

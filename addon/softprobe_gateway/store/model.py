@@ -28,7 +28,7 @@ class Fields(tuple):
 
 
 @dataclass(frozen=True, slots=True)
-class Exchange:
+class Recording:
     """One recorded HTTP exchange, with bodies exactly as the span carried them (text or base64)."""
 
     session_id: str

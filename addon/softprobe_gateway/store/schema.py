@@ -1,5 +1,5 @@
 """The store file's tables. The exchanges table is one list of columns, `COLUMNS`: its CREATE
-TABLE, the SELECT list, the INSERT and the conversion between a row and an `Exchange` are all
+TABLE, the SELECT list, the INSERT and the conversion between a row and a `Recording` are all
 derived from it, by name, so a column is added in one place (with the schema version that adds
 it: `migrations` applies it to existing files). The other tables are few and plain SQL.
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from softprobe_gateway.store.model import Exchange, Fields
+from softprobe_gateway.store.model import Fields, Recording
 
 RECORDED = "answered_by = ''"  # a WHERE clause
 
@@ -23,14 +23,14 @@ RECORDED = "answered_by = ''"  # a WHERE clause
 class Source(Enum):
     """Where a column's value comes from."""
 
-    FIELD = "the Exchange field of the column's name: written, and read back"
-    ROW_ID = "SQLite, the row id: read back into `Exchange.id`, never written"
+    FIELD = "the Recording field of the column's name: written, and read back"
+    ROW_ID = "SQLite, the row id: read back into `Recording.id`, never written"
     DERIVED = "the insert, for queries (route, fingerprint, when stored): written, never read back"
 
 
 @dataclass(frozen=True, slots=True)
 class Codec:
-    """How an Exchange field's value is written to its column, and read back."""
+    """How a Recording field's value is written to its column, and read back."""
 
     write: Callable[[Any], Any]
     read: Callable[[Any], Any]
@@ -47,7 +47,7 @@ HEADER_FIELDS = Codec(Fields.to_json, Fields.from_json)  # a JSON list of (name,
 
 @dataclass(frozen=True, slots=True)
 class Column:
-    """One column of the exchanges table; a FIELD column is named after its Exchange field."""
+    """One column of the exchanges table; a FIELD column is named after its Recording field."""
 
     name: str
     sql: str  # type, constraints and default
@@ -139,12 +139,12 @@ def added_in(version: int) -> tuple[Column, ...]:
     return tuple(c for c in COLUMNS if c.since == version)
 
 
-def row(ex: Exchange, **derived: Any) -> dict[str, Any]:
+def row(ex: Recording, **derived: Any) -> dict[str, Any]:
     """The INSERT's parameters for `ex`; `derived` has the values of the DERIVED columns (SQLite
     names any left out)."""
     return {**{name: write(getattr(ex, name)) for name, write in _WRITERS}, **derived}
 
 
-def exchange(values: Sequence[Any]) -> Exchange:
+def exchange(values: Sequence[Any]) -> Recording:
     """The exchange in a row of `SELECT {SELECT}`."""
-    return Exchange(**{name: read(value) for (name, read), value in zip(_READERS, values, strict=True)})
+    return Recording(**{name: read(value) for (name, read), value in zip(_READERS, values, strict=True)})

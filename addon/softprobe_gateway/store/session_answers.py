@@ -27,7 +27,7 @@ from softprobe_gateway.otlp import (
 from softprobe_gateway.store import matching
 from softprobe_gateway.store.control import ControlSession, Sessions
 from softprobe_gateway.store.forms import Forms
-from softprobe_gateway.store.model import Exchange, LookupRequest
+from softprobe_gateway.store.model import LookupRequest, Recording
 from softprobe_gateway.store.store import Store
 
 
@@ -46,7 +46,7 @@ class SessionAnswers:
         self.store, self.sessions = store, sessions
         self.forms = Forms(matching.Ignore.parse(store.config.ignore_fields))
         self._lock = threading.Lock()
-        self._cases: dict[str, tuple[int, dict[str, list[Exchange]]]] = {}  # id -> (revision, by fingerprint)
+        self._cases: dict[str, tuple[int, dict[str, list[Recording]]]] = {}  # id -> (revision, by fingerprint)
         self._positions: dict[tuple[str, int, str], int] = {}  # (id, revision, fingerprint) -> answers given
 
     def answer(self, traces: TracesData) -> Answer | None:
@@ -78,7 +78,7 @@ class SessionAnswers:
                                      f"{session.id} answers {req.method} {req.host}{req.path}")
         return Answer()
 
-    def _from_case(self, session: ControlSession, req: LookupRequest) -> Exchange | None:
+    def _from_case(self, session: ControlSession, req: LookupRequest) -> Recording | None:
         """The loaded case's next recorded answer to this request (the last one repeats)."""
         if not session.case:
             return None
@@ -98,8 +98,8 @@ class SessionAnswers:
                 return answers[min(n, len(answers) - 1)]
         return None
 
-    def _index(self, case: dict) -> dict[str, list[Exchange]]:
-        by_fingerprint: dict[str, list[Exchange]] = {}
+    def _index(self, case: dict) -> dict[str, list[Recording]]:
+        by_fingerprint: dict[str, list[Recording]] = {}
         for ex in sorted(casefile.case_exchanges(case), key=lambda e: e.start_ns):
             by_fingerprint.setdefault(self.forms.of_exchange(ex).fingerprint(), []).append(ex)
         return by_fingerprint

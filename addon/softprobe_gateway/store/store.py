@@ -40,10 +40,10 @@ from softprobe_gateway.store import (
 from softprobe_gateway.store.db import StoreError, transaction
 from softprobe_gateway.store.forms import Forms
 from softprobe_gateway.store.model import (
-    Exchange,
     LookupRequest,
     Miss,
     MissedLookup,
+    Recording,
     SessionPage,
     SessionSummary,
 )
@@ -187,7 +187,7 @@ class Store:
         e.g. by an export retry, is stored once)."""
         return self.add(spans.extract_exchanges(traces))
 
-    def add(self, exchanges: Iterable[Exchange]) -> int:
+    def add(self, exchanges: Iterable[Recording]) -> int:
         rows = ingest.rows(exchanges, self._forms, time.time_ns())  # parsed before the writer is taken
         with self._write_lock, self._writing() as db:
             added = ingest.insert(db, rows)
@@ -205,7 +205,7 @@ class Store:
         exchange = self.replay(req)
         return spans.answer(exchange) if exchange else None
 
-    def replay(self, req: LookupRequest) -> Exchange | None:
+    def replay(self, req: LookupRequest) -> Recording | None:
         """The recorded exchange answering `req`, or None after recording why nothing did."""
         form = self._forms.of_lookup(req)
         with self._reading() as db:
@@ -258,7 +258,7 @@ class Store:
         with self._reading() as db:
             return browse.sessions(db, size, service, status, start_from_ns, start_to_ns, cursor)
 
-    def session(self, session_id: str, limit: int = 10_000) -> tuple[SessionSummary | None, list[Exchange]]:
+    def session(self, session_id: str, limit: int = 10_000) -> tuple[SessionSummary | None, list[Recording]]:
         """One session and its exchanges in recorded order (at most `limit`)."""
         with self._reading() as db:
             return browse.session(db, session_id, limit)
@@ -277,7 +277,7 @@ class Store:
         with self._reading() as db:
             return browse.count_stored(db, spans)
 
-    def exchange(self, span_id: str) -> Exchange | None:
+    def exchange(self, span_id: str) -> Recording | None:
         """The latest recorded exchange with this span id."""
         with self._reading() as db:
             return browse.exchange(db, span_id)
