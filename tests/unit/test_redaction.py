@@ -11,7 +11,9 @@ from urllib.parse import parse_qsl, urlencode
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from softprobe_gateway.capture.redaction import FOLD_AT_ONCE, SALT_ENV, Redactor, luhn
+from softprobe_gateway.capture.prefilter import FOLD_AT_ONCE
+from softprobe_gateway.capture.redaction import SALT_ENV, Redactor
+from softprobe_gateway.capture.secret_rules import luhn
 from softprobe_gateway.config.loader import load_config
 from softprobe_gateway.config.schema import ConfigError, RedactionConfig
 

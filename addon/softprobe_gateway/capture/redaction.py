@@ -8,7 +8,9 @@ that look like secrets (a Luhn-valid card number, a bearer token, configured pat
 replaced wherever they occur. `mode: hash` replaces a secret with a keyed hash instead of a
 mask, so equal secrets still correlate across recordings and replays without being readable.
 
-A `Redactor` is compiled once per config. Its methods are pure functions of strings, linear in
+What is a secret is said in `secret_rules`, the check on a body's raw bytes that lets most
+bodies skip all of this in `prefilter`; this module applies them to headers, URLs, forms and
+JSON. A `Redactor` is compiled once per config. Its methods are pure functions of strings, linear in
 their input, safe to share between threads, and return their input unchanged (the same
 object) when nothing matched.
 """
@@ -20,10 +22,12 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
 
+from softprobe_gateway.capture.prefilter import Prefilter
+from softprobe_gateway.capture.secret_rules import BEARER, Cards, Fields, Pattern
 from softprobe_gateway.config.schema import ConfigError, RedactionConfig
 
 SALT_ENV = "SOFTPROBE_REDACTION_SALT"
@@ -31,151 +35,12 @@ FORM = "application/x-www-form-urlencoded"
 # Header values that are URLs: their query (and fragment, for OAuth implicit-flow redirects)
 # is redacted like a request's query.
 URL_HEADERS = frozenset({":path", "location", "content-location", "referer"})
-# 13 to 19 digits, single spaces or dashes allowed between them, first digit 2 to 6: the issuer
-# ranges of Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay and Maestro (and not the
-# 13-digit epoch-millisecond timestamps that start with 1).
-CARD = re.compile(r"(?<![0-9A-Za-z])[2-6](?:[ -]?[0-9]){12,18}(?![0-9A-Za-z])")
-BEARER = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9\-._~+/]{8,}=*)")
-DIGIT_RUNS = str.maketrans("0123456789", "\0" * 10, " -")  # digits to NUL, separators dropped
 # One `"key": value` member of a JSON text that does not parse (a body cut at the size cap):
 # a string value may run to the end of the text.
 JSON_MEMBER = re.compile(
     r'"((?:[^"\\]|\\.){1,256})"\s*:\s*("(?:[^"\\]|\\.)*(?:"|\\?\Z)|-?[0-9][0-9.eE+-]*)')
 PAIR_SAFE = "[]:"  # kept readable in a replaced form or query value: `[REDACTED]`, `sha256:...`
-NAMES_KEPT = 1024  # single field names whose verdict is kept
 SPARSE_JSON = 256  # at most one '"' per this many characters: a JSON text is mostly values
-# The bytes prefilter's fold: ASCII letters lower-cased, digits to NUL, separators dropped, so
-# field names compare as `_norm` compares them and a card's digits form a run of NULs.
-FOLD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
-                       b"abcdefghijklmnopqrstuvwxyz" + b"\0" * 10)
-FOLD_DROP = b"_- "
-FOLD_AT_ONCE = 4096  # bodies up to this size are folded and searched without the checks per byte
-# What spells a name or digits that the raw bytes do not show: JSON `\u` escapes, form
-# percent-encoding, and the two non-ASCII characters whose lower case is ASCII (U+0130 and the
-# Kelvin sign U+212A, in UTF-8). A body containing one always takes the full path.
-DISGUISES = (b"\\u", b"%", "\u0130".encode(), "\u212a".encode())
-
-Span = tuple[int, int]
-
-
-def _norm(name: str) -> str:
-    return name.lower().replace("_", "").replace("-", "")
-
-
-def _glob(pattern: str) -> str:
-    return ".*".join(re.escape(part) for part in pattern.split("*"))
-
-
-class Fields:
-    """Which fields are secret: a name matches the last key of a path at any depth, a dotted
-    entry the whole path from the root; `*` matches any run of characters. Names compare
-    case-insensitively and ignoring `_` and `-` (`card_number` = `cardNumber` = `card-number`)."""
-
-    def __init__(self, entries: Iterable[tuple[str, str]]) -> None:
-        names: set[str] = set()
-        name_globs: list[str] = []
-        path_globs: list[str] = []
-        entries_list = list(entries)
-        for key, entry in entries_list:
-            norm = _norm(entry.strip())
-            if not all(norm.split(".")):
-                raise ConfigError(f"key '{key}': empty field name or path segment in {entry!r}")
-            if "." in norm:
-                path_globs.append(_glob(norm))
-            elif "*" in norm:
-                name_globs.append(_glob(norm))
-            else:
-                names.add(norm)
-        self.names = frozenset(names)
-        self.name_glob = re.compile("|".join(name_globs), re.DOTALL) if name_globs else None
-        self.path_glob = re.compile("|".join(path_globs), re.DOTALL) if path_globs else None
-        # Every matching key contains, once normalized, the longest literal piece of some entry's
-        # last segment: if none occurs in a text, no field in it can match (a cheap C-speed scan).
-        # (`in` per piece: str.find is C speed, a regex alternation of them is not).
-        pieces = {max(_norm(e.strip()).split(".")[-1].split("*"), key=len) for _, e in entries_list}
-        # A piece containing another is implied by it (`token` covers `accesstoken`).
-        self.hints = sorted(p for p in pieces if not any(o != p and o in p for o in pieces))
-        self._names: dict[str, bool] = {}  # single names already judged (headers repeat them)
-
-    def may_occur(self, text: str) -> bool:
-        """False when no secret field can be named anywhere in `text`."""
-        normed = _norm(text)
-        return any(hint in normed for hint in self.hints)
-
-    def matches(self, path: tuple[str, ...]) -> bool:
-        if len(path) == 1:
-            known = self._names.get(path[0])
-            if known is None:
-                if len(self._names) >= NAMES_KEPT:  # names a client chose: bounded
-                    self._names.clear()
-                known = self._names[path[0]] = self._match(path)
-            return known
-        return self._match(path)
-
-    def _match(self, path: tuple[str, ...]) -> bool:
-        last = _norm(path[-1])
-        if last in self.names or (self.name_glob and self.name_glob.fullmatch(last)):
-            return True
-        return bool(self.path_glob and self.path_glob.fullmatch(".".join(map(_norm, path))))
-
-
-class Pattern:
-    """A value pattern: its capture groups are the secret (the rest of the match is kept, as
-    `Bearer ` is), or the whole match when it has none. `hint`, a lower-case literal every match
-    contains, lets most texts be passed over at C speed (Python's re scans case-insensitive
-    patterns character by character: 1.6 ms per 64 KiB)."""
-
-    def __init__(self, regex: re.Pattern[str], min_length: int = 0, hint: str = "") -> None:
-        self.regex, self.min_length, self.hint = regex, min_length, hint
-
-    def spans(self, text: str) -> Iterator[Span]:
-        if len(text) < self.min_length or (self.hint and self.hint not in text.lower()):
-            return
-        for m in self.regex.finditer(text):
-            if self.regex.groups:
-                yield from (m.span(g) for g in range(1, self.regex.groups + 1) if m.start(g) >= 0)
-            else:
-                yield m.span()
-
-
-class Cards:
-    """Card numbers: card-shaped digit runs that pass the Luhn check. A run may swallow a number
-    written after the card (`4111 1111 1111 1111 12/25`), so a failing run is cut back to its
-    longest valid prefix that ends between digit groups."""
-
-    min_length = 13
-
-    def spans(self, text: str) -> Iterator[Span]:
-        # No 13 digits in a row once separators are dropped: no card (0.1 ms per 64 KiB, where
-        # the CARD scan alone costs 1.5 ms).
-        if len(text) < self.min_length or "\0" * 13 not in text.translate(DIGIT_RUNS):
-            return
-        for m in CARD.finditer(text):
-            if end := _card_end(m.group()):
-                yield m.start(), m.start() + end
-
-
-def _card_end(run: str) -> int:
-    """Length of the longest Luhn-valid prefix of `run` cut at a group boundary, 0 if none."""
-    digits = run.replace(" ", "").replace("-", "")
-    if luhn(digits):
-        return len(run)
-    groups = re.split(r"[ -]", run)
-    for n in range(len(groups) - 1, 0, -1):
-        prefix = "".join(groups[:n])
-        if len(prefix) >= 13 and luhn(prefix):
-            return len(" ".join(groups[:n]))  # separators are one character each
-    return 0
-
-
-def luhn(digits: str) -> bool:
-    total = 0
-    for i, c in enumerate(reversed(digits)):
-        d = ord(c) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
 
 
 def _finite(literal: str) -> float:
@@ -204,7 +69,8 @@ class Redactor:
         if config.luhn_cards:
             self.values.append(Cards())
         self.shortest = min((rule.min_length for rule in self.values), default=0)
-        self.clues = self._clues(config)
+        self.prefilter = Prefilter(self.fields.hints, patterns=bool(config.patterns),
+                                   luhn_cards=config.luhn_cards, bearer_tokens=config.bearer_tokens)
         self.key: bytes | None = None
         if config.mode == "hash":
             salt = environ.get(SALT_ENV) or config.salt
@@ -214,45 +80,12 @@ class Redactor:
                                   f"(redaction.salt or the {SALT_ENV} environment variable)")
             self.key = salt.encode("utf-8")
 
-    def _clues(self, config: RedactionConfig) -> tuple[bytes, ...] | None:
-        """What every redactable body contains once folded (FOLD): a field-name hint, `bearer`,
-        or 13 digits; None when that cannot be said (a configured pattern, a non-ASCII name)."""
-        if config.patterns or not all(h.isascii() for h in self.fields.hints):
-            return None
-        clues = [b"\0" * Cards.min_length] if config.luhn_cards else []
-        clues += [h.encode().translate(FOLD, FOLD_DROP) for h in self.fields.hints]
-        if config.bearer_tokens:
-            clues.append(b"bearer")
-        return tuple(clues)
-
     # -- the interface ----------------------------------------------------------------------
 
     def may_redact(self, raw: bytes) -> bool:
         """False when nothing in this (decoded) body can be redacted, decided on its bytes: most
-        bodies, above all large ones, then skip parsing and every pattern scan. Searching a
-        megabyte for a word costs about as much as copying it, searching it for one byte
-        (memchr) a hundredth of that: so a clue is searched for only once each of its bytes
-        occurs, and the body is folded (FOLD) only when some clue may occur."""
-        if not self.enabled:
-            return False
-        if self.clues is None or any(_contains(raw, d) for d in DISGUISES):
-            return True
-        if len(raw) <= FOLD_AT_ONCE:  # small: the fold costs less than the checks per byte
-            folded = raw.translate(FOLD, FOLD_DROP)
-            return any(clue in folded for clue in self.clues)
-        seen: dict[int, bool] = {}
-
-        def occurs(byte: int) -> bool:
-            if byte not in seen:
-                seen[byte] = (any(bytes((d,)) in raw for d in b"0123456789") if byte == 0 else
-                              bytes((byte,)) in raw or bytes((byte,)).upper() in raw)
-            return seen[byte]
-
-        candidates = [clue for clue in self.clues if all(occurs(b) for b in set(clue))]
-        if not candidates:
-            return False
-        folded = raw.translate(FOLD, FOLD_DROP)
-        return any(clue in folded for clue in candidates)
+        bodies, above all large ones, then skip parsing and every pattern scan (`prefilter`)."""
+        return self.enabled and self.prefilter.may_match(raw)
 
     def body(self, text: str, content_type: str | None) -> str:
         """A text body: JSON and form fields by name, then value patterns everywhere."""
@@ -375,11 +208,6 @@ class Redactor:
             value = m[2].strip('"')  # a string cut at the end of the text has no closing quote
             return f"{m[0][:m.start(2) - m.start()]}{json.dumps(self.secret(value))}"
         return JSON_MEMBER.sub(member, text)
-
-
-def _contains(raw: bytes, needle: bytes) -> bool:
-    """`needle in raw`, at memchr speed when its first byte does not occur."""
-    return needle[:1] in raw and needle in raw
 
 
 def _pair_path(key: str) -> tuple[str, ...]:
