@@ -206,10 +206,7 @@ def traces_from_json(payload: bytes) -> TracesData:
 def traces_from_document(document: dict) -> TracesData:
     """A parsed OTLP JSON document (changed in place: its hex ids become base64)."""
     try:
-        for span in _json_spans(document):
-            _convert_ids(span, _hex_to_base64)
-            for link in _list(span, "links"):
-                _convert_ids(link, _hex_to_base64)
+        _convert_all_ids(document, _hex_to_base64)
         return json_format.ParseDict(document, TracesData(), ignore_unknown_fields=True)
     except (ValueError, TypeError, AttributeError, json_format.ParseError) as e:
         raise BadTraces(f"not OTLP JSON traces: {e}") from None
@@ -218,10 +215,7 @@ def traces_from_document(document: dict) -> TracesData:
 def traces_to_document(traces: TracesData) -> dict:
     """OTLP JSON (`ExportTraceServiceRequest`): camelCase keys, hex ids, enums as integers."""
     document = json_format.MessageToDict(traces, use_integers_for_enums=True)
-    for span in _json_spans(document):
-        _convert_ids(span, _base64_to_hex)
-        for link in _list(span, "links"):
-            _convert_ids(link, _base64_to_hex)
+    _convert_all_ids(document, _base64_to_hex)
     return document
 
 
@@ -241,6 +235,14 @@ def _hex_to_base64(value: str) -> str:
 
 def _base64_to_hex(value: str) -> str:
     return base64.b64decode(value).hex()
+
+
+def _convert_all_ids(document: dict, convert: Callable[[str], str]) -> None:
+    """Every span's ids and its links' ids, in place."""
+    for span in _json_spans(document):
+        _convert_ids(span, convert)
+        for link in _list(span, "links"):
+            _convert_ids(link, convert)
 
 
 def _convert_ids(obj: dict, convert: Callable[[str], str]) -> None:
