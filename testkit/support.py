@@ -404,9 +404,9 @@ def stop_server(process: subprocess.Popen, log: BinaryIO, timeout: float = 15.0)
     return process.returncode
 
 
-def connectable(port: int) -> bool:
+def connectable(port: int, host: str = LOOPBACK) -> bool:
     try:
-        socket.create_connection((LOOPBACK, port), timeout=0.2).close()
+        socket.create_connection((host, port), timeout=0.2).close()
         return True
     except OSError:
         return False

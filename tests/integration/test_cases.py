@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
-from softprobe_gateway.cli.main import main
 from softprobe_gateway.config.schema import StoreConfig
 from softprobe_gateway.store.store import Store
 
-from testkit.recording import config, flow, recorded_count, stateful_upstream
-from testkit.support import Gateway, wait_for
+from testkit.cli import run
+from testkit.recording import config, flow, recorded_count
+from testkit.support import Gateway
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 IDENTITY = ("sp.session.id", "sp.traffic.direction", "sp.span.type", "url.host", "url.path",
@@ -28,12 +28,6 @@ def case_validator() -> Draft202012Validator:
     schemas = [json.loads((SCHEMAS / name).read_text()) for name in ("case.schema.json", "case-trace.schema.json")]
     registry = Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in schemas)
     return Draft202012Validator(schemas[0], registry=registry)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def spans(case: dict) -> list[dict]:
@@ -49,33 +43,30 @@ def strict(db: Path) -> dict:
     return config(db, enable_inject=True, lookup={"on_miss": "reject", "timeout_ms": 2000})  # a loaded CI machine
 
 
-def test_case_round_trip_record_export_validate_import_replay(tmp_path: Path, capsys) -> None:
-    recorded, imported, case_file = tmp_path / "recorded.db", tmp_path / "imported.db", tmp_path / "shop.case.json"
-    with stateful_upstream() as upstream:
-        with Gateway(config(recorded), tmp_path) as gw, gw.client(headers={"x-sp-session-id": "shop-1"}) as c:
-            original = flow(c, upstream.url)
-            wait_for(lambda: recorded_count(recorded) == 6)
+def test_case_round_trip_record_export_validate_import_replay(recording, tmp_path: Path, capsys) -> None:
+    recorded, upstream, original = recording
+    imported, case_file = tmp_path / "imported.db", tmp_path / "shop.case.json"
 
-        code, out, err = run(capsys, "case", "export", "shop", "--db", recorded, "-o", case_file)  # an id prefix
-        assert code == 0 and "6 exchanges" in out and not err
-        case = json.loads(case_file.read_text())
-        case_validator().validate(case)
-        assert (case["version"], case["caseId"], case["rules"], case["fixtures"]) == ("1.0.0", "shop-1", [], [])
-        assert case["createdAt"].endswith("Z") and len(spans(case)) == 6
-        for span in spans(case):
-            a = attrs(span)
-            assert set(IDENTITY) <= a.keys() and a["http.request.method"] == a["http.request.header.:method"]
-            assert len(span["traceId"]) == 32 and len(span["spanId"]) == 16 and span["kind"] == 3  # CLIENT
+    code, out, err = run(capsys, "case", "export", "shop", "--db", recorded, "-o", case_file)  # an id prefix
+    assert code == 0 and "6 exchanges" in out and not err
+    case = json.loads(case_file.read_text())
+    case_validator().validate(case)
+    assert (case["version"], case["caseId"], case["rules"], case["fixtures"]) == ("1.0.0", "shop-1", [], [])
+    assert case["createdAt"].endswith("Z") and len(spans(case)) == 6
+    for span in spans(case):
+        a = attrs(span)
+        assert set(IDENTITY) <= a.keys() and a["http.request.method"] == a["http.request.header.:method"]
+        assert len(span["traceId"]) == 32 and len(span["spanId"]) == 16 and span["kind"] == 3  # CLIENT
 
-        code, out, _ = run(capsys, "case", "import", case_file, "--db", imported)
-        assert code == 0 and "6 exchanges imported" in out and "sessions: shop-1" in out
-        code, out, _ = run(capsys, "case", "import", case_file, "--db", imported)
-        assert "0 exchanges imported" in out and "(6 were already there)" in out
+    code, out, _ = run(capsys, "case", "import", case_file, "--db", imported)
+    assert code == 0 and "6 exchanges imported" in out and "sessions: shop-1" in out
+    code, out, _ = run(capsys, "case", "import", case_file, "--db", imported)
+    assert "0 exchanges imported" in out and "(6 were already there)" in out
 
-        calls = len(upstream.received)  # still up: a forwarded request would show up here
-        with Gateway(strict(imported), tmp_path) as gw, gw.client(headers={"x-sp-session-id": "shop-1"}) as c:
-            assert flow(c, upstream.url) == original
-        assert len(upstream.received) == calls
+    calls = len(upstream.received)  # still up: a forwarded request would show up here
+    with Gateway(strict(imported), tmp_path) as gw, gw.client(headers={"x-sp-session-id": "shop-1"}) as c:
+        assert flow(c, upstream.url) == original
+    assert len(upstream.received) == calls
 
 
 # Softprobe's profile in its minimal form, as its own tools write it: identity attributes,

@@ -12,6 +12,7 @@ import pytest
 from softprobe_gateway import __version__
 from softprobe_gateway.cli.main import main
 
+from testkit.cli import run
 from testkit.support import BIN, LOOPBACK, Gateway, free_port, wait_for
 
 FAST_EXPORT = {"flush_interval_ms": 20, "timeout_s": 2.0}
@@ -34,12 +35,6 @@ def recorded(tmp_path_factory) -> Path:
         assert client.get(f"{upstream.url}/mocked", headers=a).text == "hello from a mock"
         assert client.get(f"{upstream.url}/json", headers={"x-sp-session-id": "demo-b"}).status_code == 200
     return db
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_version(capsys) -> None:

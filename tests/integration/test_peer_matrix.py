@@ -45,6 +45,7 @@ from softprobe_gateway.config.schema import StoreConfig
 from softprobe_gateway.store.store import Store
 
 from testkit.peers import flask_app, grpc_peer
+from testkit.recording import recorded_count
 from testkit.support import (
     BIN,
     LOOPBACK,
@@ -504,14 +505,7 @@ def settled(admin: int, db: Path) -> dict[str, float] | None:
     seen, recorded = m.get("softprobe_exchanges_seen_total", 0), m.get("softprobe_exchanges_recorded_total", 0)
     skipped = sum(v for k, v in m.items() if k.startswith("softprobe_exchanges_skipped_total"))
     return m if (recorded + skipped >= seen > 0 and m.get("softprobe_export_queue_spans", 0) == 0
-                 and stored(db) >= recorded) else None
-
-
-def stored(db: Path) -> int:
-    if not db.exists():
-        return 0
-    with Store(StoreConfig(path=str(db)), read_only=True) as store:
-        return sum(s.exchanges for s in store.sessions(size=100).sessions)
+                 and recorded_count(db) >= recorded) else None
 
 
 @dataclass

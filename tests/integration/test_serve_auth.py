@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from testkit.serve import OVERLAY_ARGS
 from testkit.spans import answer_of, extract_span, inject, traces
-from testkit.support import BIN, LOOPBACK, Gateway, free_port, wait_for
+from testkit.support import BIN, LOOPBACK, Gateway, connectable, free_port, wait_for
 
 KEY = "k-3f9a2c7d1e"
 PROTOBUF = {"content-type": "application/x-protobuf"}
@@ -58,14 +57,6 @@ def env(**extra: str) -> dict[str, str]:
     return {**base, **extra}
 
 
-def connectable(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 class Serve:
     """`softprobe serve ARGS` (optionally inside a namespace) until it listens on host:port."""
 
@@ -73,7 +64,7 @@ class Serve:
         prefix = ["ip", "netns", "exec", ns] if ns else []
         self.process = subprocess.Popen([*prefix, *SERVE, *args], env=environ, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_for(lambda: self.process.poll() is not None or connectable(host, port), 20)
+        wait_for(lambda: self.process.poll() is not None or connectable(port, host), 20)
         assert self.process.poll() is None, self.process.communicate()
         self.url = f"http://{host}:{port}"
 
