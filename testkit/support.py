@@ -8,6 +8,7 @@ import ipaddress
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -285,6 +286,15 @@ def make_test_ca(directory: Path, host: str) -> tuple[Path, Path, Path]:
     paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return paths
+
+
+def server_tls(directory: Path, host: str) -> tuple[Path, ssl.SSLContext]:
+    """A server's TLS context, its certificate for `host` signed by a new test CA; and the CA's PEM
+    (for the client to trust)."""
+    ca, cert, key = make_test_ca(directory, host)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return ca, context
 
 
 # -- the gateway ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from softprobe_gateway.backends.http import HttpLookups
 from softprobe_gateway.backends.httpclient import AnswerTooLarge, PostClient, ProtocolError
 
 from testkit.raw_backend import MALFORMED, SMUGGLED, VALID, Answer, RawBackend, framed
-from testkit.support import LOOPBACK, ROOT, make_test_ca
+from testkit.support import LOOPBACK, ROOT, server_tls
 
 
 async def serve(answers: list[bytes], tls: ssl.SSLContext | None = None):
@@ -105,9 +105,7 @@ def test_a_body_delimited_by_close_and_limits():
 
 
 def test_https_verifies_the_backend_certificate(tmp_path, monkeypatch):
-    ca, cert, key = make_test_ca(tmp_path, LOOPBACK)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
+    ca, tls = server_tls(tmp_path, LOOPBACK)
 
     async def main(trusted: bool):
         server, port, _ = await serve([b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], tls)
@@ -126,9 +124,7 @@ def test_https_verifies_the_backend_certificate(tmp_path, monkeypatch):
 
 def test_a_failed_lookup_names_its_cause(tmp_path):
     """The log line of a lookup that failed to connect says why (here: an untrusted certificate)."""
-    _, cert, key = make_test_ca(tmp_path, LOOPBACK)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
+    _, tls = server_tls(tmp_path, LOOPBACK)
 
     async def main():
         server, port, _ = await serve([], tls)

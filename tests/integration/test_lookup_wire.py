@@ -5,13 +5,12 @@ malformed answers fail open (forwarded upstream) and are counted."""
 from __future__ import annotations
 
 import concurrent.futures
-import ssl
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from testkit.lookups import answer, inject_by_path, lookup_config, lookups
 from testkit.raw_backend import MALFORMED, VALID, Answer, RawBackend, framed
-from testkit.support import LOOPBACK, Gateway, OtlpBackend, attributes, free_port, make_test_ca
+from testkit.support import LOOPBACK, Gateway, OtlpBackend, attributes, free_port, server_tls
 
 
 def recorded(request: bytes) -> Answer:
@@ -57,9 +56,7 @@ def test_every_framing_through_the_gateway(tmp_path, upstream):
 def test_a_private_ca_in_ssl_cert_file_is_trusted_by_lookups_and_exports(tmp_path, upstream):
     """One HTTPS backend answering lookups and taking exports, its certificate from a private CA
     that only SSL_CERT_FILE names (as a pod mounts it): both paths trust it (one TLS context)."""
-    ca, cert, key = make_test_ca(tmp_path, LOOPBACK)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
+    ca, tls = server_tls(tmp_path, LOOPBACK)
     admin = free_port()
     with OtlpBackend(inject=inject_by_path) as backend:
         backend.server.socket = tls.wrap_socket(backend.server.socket, server_side=True)

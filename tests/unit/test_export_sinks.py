@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import ssl
 import threading
 
 import pytest
@@ -11,13 +10,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from softprobe_gateway.backends.contract import SendError
 from softprobe_gateway.backends.http import HttpSink
 
-from testkit.support import LOOPBACK, OtlpBackend, make_test_ca
+from testkit.support import LOOPBACK, OtlpBackend, server_tls
 
 
 def test_https_export_names_the_tls_failure_and_trusts_ssl_cert_file(tmp_path, monkeypatch):
-    ca, cert, key = make_test_ca(tmp_path, LOOPBACK)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
+    ca, tls = server_tls(tmp_path, LOOPBACK)
     batch = TracesData()
     batch.resource_spans.add().scope_spans.add().spans.add().name = "/x"
     with OtlpBackend() as backend:
