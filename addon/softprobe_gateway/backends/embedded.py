@@ -1,5 +1,10 @@
 """The embedded backend: the SQLite store. The worker is its one writer (exports, and the
-misses the proxy hands over); the proxy only reads it, for lookups on a thread."""
+misses the proxy hands over); the proxy reads it, for lookups on a thread, and writes only the
+counters of the control sessions it answers under (`store.control`).
+
+A lookup is answered as `softprobe serve`'s `/v1/inject` answers it (`SessionAnswers.lookup`, the
+same function): under an open control session (created through a `serve` on the same file, or
+the CLI) by the session's rules, case and policy, a strict miss included; else by the recordings."""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from softprobe_gateway.backends.contract import BAD_ANSWER, LookupFailure, SendError
 from softprobe_gateway.config.schema import Config, ConfigError
 from softprobe_gateway.otlp import BadAnswer, Hit, hit_from_traces
+from softprobe_gateway.store.control import Sessions
 from softprobe_gateway.store.model import MissedLookup
+from softprobe_gateway.store.session_answers import SessionAnswers
 from softprobe_gateway.store.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -89,17 +96,23 @@ class StoreLookups:
 
     def __init__(self, store: Store, max_body: int) -> None:
         self.store, self.max_body = store, max_body
+        self.sessions = Sessions(store)
+        self.answers = SessionAnswers(store, self.sessions)
 
     async def ask(self, request: TracesData) -> Hit | None:
-        answer = await asyncio.to_thread(self.store.lookup, request)
-        if answer is None:
+        answer = await asyncio.to_thread(self.answers.lookup, request)
+        if answer.strict_miss:  # a control session's strict policy: the upstream is never asked
+            status, headers, body = answer.refusal()
+            return Hit(status, headers, body, refusal=True)
+        if answer.traces is None:
             return None
         try:
-            return hit_from_traces(answer, self.max_body)
+            return hit_from_traces(answer.traces, self.max_body)
         except BadAnswer as e:
             raise LookupFailure(BAD_ANSWER, f"embedded store: {e}") from None
 
     async def aclose(self) -> None:
+        self.sessions.release()
         self.store.close()
 
 

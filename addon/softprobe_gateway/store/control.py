@@ -5,17 +5,26 @@ closed, so its id is refused afterwards rather than mistaken for an unknown one'
 
 Every change of what the session decides with (case, rules, policy, fixtures) bumps
 `sessionRevision`; counters do not.
+
+A gateway on the embedded store opens it read-only (its export worker is the store's writer), yet
+answering under a session counts: its counters go through a connection of their own, one short
+`UPDATE` each, taken on the lookup's thread.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from softprobe_gateway.store.db import StoreError, transaction
 from softprobe_gateway.store.store import Store
 
 MODES = ("capture", "replay", "generate")
@@ -24,6 +33,10 @@ DOCUMENTS = {"policy": "policy", "rules": "rules", "case": "case_document", "fix
 COUNTERS = ("injected", "strict_misses")  # per lookup; `extracted` per export batch
 _COLUMNS = ("id, mode, revision, policy, rules, case_document, fixtures, injected, extracted, "
             "strict_misses")
+_BUSY_TIMEOUT_MS = 2000
+ID_PREFIX = "sess_"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +68,16 @@ class ControlSession:
 
 
 class Sessions:
-    """The control sessions of one store (thread-safe: the store's connections are)."""
+    """The control sessions of one store (thread-safe: the store's connections are, and the
+    counters' own connection is used under a lock)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._lock = threading.Lock()
+        self._counters: sqlite3.Connection | None = None  # a read-only store's counters
 
     def create(self, mode: str, policy: dict[str, Any] | None = None) -> ControlSession:
-        session = ControlSession(f"sess_{secrets.token_hex(12)}", mode, policy=policy or {})
+        session = ControlSession(f"{ID_PREFIX}{secrets.token_hex(12)}", mode, policy=policy or {})
         with self.store.transaction() as db:
             db.execute(f"INSERT INTO control_sessions ({_COLUMNS}, closed, created_ns) "
                        "VALUES (?, ?, 0, ?, '{}', '{}', '{}', 0, 0, 0, 0, ?)",
@@ -69,7 +85,10 @@ class Sessions:
         return session
 
     def get(self, session_id: str) -> ControlSession | None:
-        """The open session of this id, or None (unknown or closed)."""
+        """The open session of this id, or None (unknown or closed). Asked on every lookup: an id
+        no `create` can have made (a recorded session's) is answered without a query."""
+        if not session_id.startswith(ID_PREFIX):
+            return None
         with self.store.reader() as db:
             return _read(db, session_id)
 
@@ -89,11 +108,37 @@ class Sessions:
             return _read(db, session_id) if changed else None
 
     def count(self, session_id: str, counter: str, n: int = 1) -> None:
-        """Add to one of the session's counters (`COUNTERS`); nothing for a closed or unknown id."""
+        """Add to one of the session's counters (`COUNTERS`); nothing for a closed or unknown id.
+        A counter that cannot be written is logged: it never fails the lookup it counts."""
         assert counter in COUNTERS
-        with self.store.transaction() as db:
-            db.execute(f"UPDATE control_sessions SET {counter} = {counter} + ? WHERE id = ? AND closed = 0",
-                       (n, session_id))
+        try:
+            with self._counting() as db:
+                db.execute(f"UPDATE control_sessions SET {counter} = {counter} + ? WHERE id = ? AND closed = 0",
+                           (n, session_id))
+        except (StoreError, sqlite3.Error) as e:
+            log.warning(f"softprobe: control session {session_id}: {counter} not counted: {e}")
+
+    @contextmanager
+    def _counting(self) -> Iterator[sqlite3.Connection]:
+        if not self.store.read_only:
+            with self.store.transaction() as db:
+                yield db
+            return
+        with self._lock:
+            if self._counters is None:
+                self._counters = sqlite3.connect(self.store.path.absolute().as_uri(), uri=True,
+                                                 isolation_level=None, check_same_thread=False)
+                self._counters.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+                self._counters.execute("PRAGMA synchronous=NORMAL")  # as the store's: WAL, no fsync per commit
+            with transaction(self._counters) as db:
+                yield db
+
+    def release(self) -> None:
+        """Close the counters' own connection, if one was opened."""
+        with self._lock:
+            if self._counters is not None:
+                self._counters.close()
+                self._counters = None
 
     def count_extracted(self, per_session: dict[str, int]) -> None:
         """Add each session's exported exchanges (ids of no open session change nothing), in one

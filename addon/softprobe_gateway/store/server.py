@@ -35,7 +35,6 @@ from softprobe_gateway.formats.spans import (
     traces_from_json,
     traces_from_protobuf,
 )
-from softprobe_gateway.otlp import STRICT_MISS_HEADER, STRICT_MISS_STATUS
 from softprobe_gateway.store.control import Sessions
 from softprobe_gateway.store.control_api import ControlApi, error, health
 from softprobe_gateway.store.model import SessionSummary
@@ -144,15 +143,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.sessions.count_extracted(Counter(ex.session_id for ex in exchanges))
             self._send_json(HTTPStatus.OK, {"message": "Traces ingested successfully"})
             return
-        session_answer = self.answers.answer(traces)
-        if session_answer is not None and session_answer.strict_miss:
-            self._send_json(STRICT_MISS_STATUS, {"error": session_answer.strict_miss}, {STRICT_MISS_HEADER: "1"})
-            return
-        answer = self.store.lookup(traces) if session_answer is None else session_answer.traces
-        if answer is None:
+        answer = self.answers.lookup(traces)
+        if answer.strict_miss:
+            status, headers, refusal = answer.refusal()
+            self._send(status, refusal, "", dict(headers))
+        elif answer.traces is None:
             self._send(HTTPStatus.NOT_FOUND, b"", "")
         else:
-            self._send(HTTPStatus.OK, answer.SerializeToString(), "application/x-protobuf")
+            self._send(HTTPStatus.OK, answer.traces.SerializeToString(), "application/x-protobuf")
 
     def _get(self, url: SplitResult) -> None:
         if url.path == "/api/sessions":

@@ -1,6 +1,7 @@
 """`POST /v1/inject` under a control-API session: its rules first (`decisions.session_rules`),
 then its loaded case's recorded answers, then the store's recordings of the session; what none
-answers is forwarded, or refused as a strict miss when the session's policy says so.
+answers is forwarded, or refused as a strict miss when the session's policy says so. `lookup` is
+the one answer `softprobe serve` and the embedded backend (a gateway on the store file) both give.
 
 A strict miss is answered `599` with `x-softprobe-strict-miss: 1`, as Softprobe's runtime does: the
 gateway hands it to the client, never to the upstream. A rule's `latencyMs` travels in the hit as
@@ -10,6 +11,7 @@ within the gateway's lookup timeout).
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 
@@ -20,6 +22,8 @@ from softprobe_gateway.formats import casefile, spans
 from softprobe_gateway.otlp import (
     DELAY_ATTRIBUTE,
     RESPONSE_HEADER,
+    STRICT_MISS_HEADER,
+    STRICT_MISS_STATUS,
     add_scope_spans,
     field_attributes,
     fill_span,
@@ -38,6 +42,11 @@ class Answer:
     traces: TracesData | None = None
     strict_miss: str = ""  # the refusal's message
 
+    def refusal(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        """A strict miss as the client gets it: status, headers and body."""
+        return (STRICT_MISS_STATUS, [("content-type", "application/json"), (STRICT_MISS_HEADER, "1")],
+                json.dumps({"error": self.strict_miss}).encode())
+
 
 class SessionAnswers:
     """Answers lookups whose `sp.session.id` names an open control session."""
@@ -49,10 +58,19 @@ class SessionAnswers:
         self._cases: dict[str, tuple[int, dict[str, list[Recording]]]] = {}  # id -> (revision, by fingerprint)
         self._positions: dict[tuple[str, int, str], int] = {}  # (id, revision, fingerprint) -> answers given
 
+    def lookup(self, traces: TracesData) -> Answer:
+        """A lookup's answer, the one `softprobe serve`'s `/v1/inject` and the embedded backend both
+        give: under an open control session the session's (`answer`), else the store's recording."""
+        answer = self.answer(traces)
+        return answer if answer is not None else Answer(self.store.lookup(traces))
+
     def answer(self, traces: TracesData) -> Answer | None:
         """The session's answer, or None when the lookup is under no open control session."""
         attrs = spans.inject_attributes(traces)
-        if attrs is None or not (session := self.sessions.get(str(attrs.get("sp.session.id", "")))):
+        session_id = "" if attrs is None else str(attrs.get("sp.session.id", ""))
+        if not (session := self.sessions.get(session_id)):
+            if session_id in self._cases:  # closed through another process (the embedded backend's case)
+                self.forget(session_id)
             return None
         req = spans.request_of(attrs)
         headers: dict[str, list[str]] = {}
