@@ -6,8 +6,8 @@ parse is treated as absent.
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,11 +79,17 @@ def new_context(tracestate: list[tuple[str, str]], traceparent: str | None) -> S
     return SpanContext(_random_id(16), span_id)
 
 
+def with_sampled(ctx: SpanContext, sampled: bool) -> SpanContext:
+    """`ctx` with this hop's decision (cheaper than `dataclasses.replace`, once per request)."""
+    return SpanContext(ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.parent_sampled, sampled)
+
+
 def _random_id(n: int) -> bytes:
+    """A non-zero random id, as OpenTelemetry's SDK draws its ids (`random.getrandbits`: ids are
+    unique, not secret; no system call per request, as `secrets` would make)."""
     while True:
-        value = secrets.token_bytes(n)
-        if any(value):
-            return value
+        if value := random.getrandbits(8 * n):
+            return value.to_bytes(n, "big")
 
 
 def session_id(header: HeaderGet, tracestate: list[tuple[str, str]]) -> str:
@@ -99,13 +105,13 @@ def session(header: HeaderGet, tracestate: list[tuple[str, str]]) -> tuple[str, 
     character) is treated as absent, so every hop reads back the session this one recorded.
     """
     for name in SESSION_HEADERS:
-        if value := _valid(header(name)):
+        if (raw := header(name)) and (value := _valid(raw)):
             return value, True
     for name in TRACESTATE_SESSIONS:
         for key, value in tracestate:
             if key == name and (value := _valid(value)):
                 return value, False
-    return f"sp-session-{uuid.uuid4()}", False
+    return f"sp-session-{uuid.UUID(int=random.getrandbits(128), version=4)}", False
 
 
 def _valid(value: str | None) -> str | None:

@@ -12,7 +12,6 @@ The answerer (mocks, lookups, strict refusals) runs between `request` and the up
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -21,7 +20,7 @@ from softprobe_gateway.capture.exchange import ADDON, BodyTee, Exchange, Message
 from softprobe_gateway.decisions.head import header_map
 from softprobe_gateway.decisions.rules import STATIC, is_static
 from softprobe_gateway.decisions.sampling import OVER_BUDGET, SAMPLED_OUT
-from softprobe_gateway.decisions.tracecontext import new_context, parse_tracestate, propagated_headers
+from softprobe_gateway.decisions.tracecontext import new_context, parse_tracestate, propagated_headers, with_sampled
 from softprobe_gateway.decisions.tracecontext import session as session_of
 from softprobe_gateway.proxy.flows import Flows, FlowState
 from softprobe_gateway.proxy.lifecycle import Lifecycle
@@ -40,9 +39,9 @@ class Recorder:
         self.metrics.seen.inc()
         head = header_map(request.headers.fields)  # what every decision below reads, in one pass
         client_headers = rt.router.client_fields(request.headers.fields)
-        authority = request_authority(request, flow.client_conn.proxy_mode)
+        authority = request_authority(request, flow.client_conn.proxy_mode, head)
         caller = rt.router.caller(head)
-        if refusal := rt.router.route(request):
+        if refusal := rt.router.route(request, head):
             flow.response = http.Response.make(508, f"softprobe gateway: {refusal}\n",
                                                {"content-type": "text/plain; charset=utf-8"})
             return
@@ -51,7 +50,7 @@ class Recorder:
         span = new_context(tracestate, head.get("traceparent"))
         session, explicit = session_of(head.get, tracestate)
         sampled = rt.sampler.sampled(state.host, request.path, session, explicit, span.parent_sampled)
-        span = replace(span, sampled=sampled)  # passed on: the next gateway decides the same
+        span = with_sampled(span, sampled)  # passed on: the next gateway decides the same
         replace_fields(request.headers, propagated_headers(span, session, tracestate, "traceparent" in head,
                                                            head.get("x-sp-num")))
         streamed = should_stream(head, rt.config.capture.stream_threshold_bytes, response=False)
@@ -95,7 +94,7 @@ class Recorder:
         if state is None or flow.response.stream:
             return
         capture = state.runtime.config.capture
-        if should_stream(flow.response.headers, capture.stream_threshold_bytes, response=True):
+        if should_stream(header_map(flow.response.headers.fields), capture.stream_threshold_bytes, response=True):
             if state.exchange is None:
                 flow.response.stream = True
             else:

@@ -48,16 +48,17 @@ def listen_addresses(modes: Sequence[str], listen_host: str, listen_port: int | 
     return addresses
 
 
-def request_authority(request: http.Request, mode: ProxyMode) -> str:
+def request_authority(request: http.Request, mode: ProxyMode, head: Mapping[str, str]) -> str:
     """Where the client addressed the request (`host[:port]`), the identity it is recorded and
     looked up under: HTTP/2's `:authority`; for HTTP/1 through the explicit proxy the request
     target, which mitmproxy has resolved into `host` and `port` (from the absolute-form URL, else
     from `Host`), never a `Host` that disagrees with it (RFC 9112, section 3.2.2: Node's `http`
-    sends the proxy's own address there); in the other modes the `Host` the client sent."""
+    sends the proxy's own address there); in the other modes the `Host` the client sent (`head`,
+    the request's fields read once: `decisions.head`)."""
     if (request.is_http2 or request.is_http3) and request.authority:
         return request.authority
-    if not isinstance(mode, (RegularMode, UpstreamMode)) and request.host_header:
-        return request.host_header
+    if not isinstance(mode, (RegularMode, UpstreamMode)) and (host := head.get("host")):
+        return host
     return url.hostport(request.scheme, request.host, request.port)
 
 
@@ -69,9 +70,19 @@ def replace_fields(headers: http.Headers, values: Mapping[str, str]) -> None:
         (name.encode(), value.encode("utf-8", "surrogateescape")) for name, value in values.items())
 
 
+# mitmproxy's own authority syntax (`net.http.url`), without its host validation: a host is
+# matched against rules, never resolved here.
+_AUTHORITY = re.compile(r"(?P<host>[^:]+|\[.+\])(?::\d+)?")
+
+
 def authority_host(authority: str) -> str:
-    """The host of a `host[:port]` authority (IPv6 brackets removed)."""
-    return url.parse_authority(authority, check=False)[0]
+    """The host of a `host[:port]` authority (IPv6 brackets removed); one that does not parse,
+    whole."""
+    m = _AUTHORITY.fullmatch(authority)
+    if m is None:
+        return authority
+    host = m["host"]
+    return host[1:-1] if host.startswith("[") else host
 
 
 def caller_service(peer_metadata: str) -> str | None:
@@ -139,9 +150,10 @@ class Router:
         gateway's `Via`, without the mesh's own (`x-envoy-*`, which the sidecar added)."""
         return tuple(f for f in fields if not f[0].lower().startswith(self._strip_prefixes))
 
-    def route(self, request: http.Request) -> str | None:
-        """Prepare `request` for its upstream; return why it must be refused (a loop), else None."""
-        if any(self.gateway_id in via for via in request.headers.get_all("via")):
+    def route(self, request: http.Request, head: Mapping[str, str]) -> str | None:
+        """Prepare `request` for its upstream; return why it must be refused (a loop), else None.
+        `head`: its fields as they arrived, read once (`decisions.head`)."""
+        if self.gateway_id in head.get("via", ""):
             return f"refusing a request that already went through this gateway ({self.gateway_id})"
         tls = self._tls_route(request) if request.scheme == "http" else None
         if tls:
@@ -152,7 +164,7 @@ class Router:
             if self._is_self(host, port):
                 return (f"refusing to forward to {host}:{port}: that is this gateway itself "
                         f"(check the VirtualService/ServiceEntry that sent {request.pretty_host} here)")
-        for name in {n for n in request.headers if n.lower().startswith(self.strip_prefixes)}:
+        for name in [n for n in head if n.startswith(self.strip_prefixes)]:
             del request.headers[name]
         version = request.http_version.partition("/")[2] or request.http_version
         request.headers.add("via", f"{version} {self.gateway_id}")
