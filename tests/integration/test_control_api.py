@@ -3,18 +3,12 @@ schemas (tests/schemas/, see its README), with a real `serve` process on loopbac
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
 
 from testkit.serve import KEY, Backend, validate
 
