@@ -54,3 +54,14 @@ def test_the_lookup_cost_benchmark_runs():
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
     assert [row[0].strip() for row in rows] == ["1 KiB", "64 KiB", "1024 KiB"]
     assert all(float(cell) >= 0 for row in rows for cell in row[1:]) and all(float(row[-1]) > 0 for row in rows)
+
+
+@pytest.mark.timeout(90)
+def test_the_hook_cost_benchmark_runs():
+    """`python -m bench.hook_cost --quick`: a row per case, every hook's figure positive."""
+    done = subprocess.run([sys.executable, "-m", "bench.hook_cost", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=80)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
+    assert [row[0].strip() for row in rows] == ["sampled out", "recorded"]
+    assert all(float(cell) > 0 for row in rows for cell in row[1:])
