@@ -23,17 +23,19 @@ OVERLAY_ARGS = ["serve", "--listen", "0.0.0.0:8090", "--db", "/data/softprobe.db
 
 class Backend:
     """`softprobe serve` on a free loopback port, its store in `db`, keyed with `key` when given
-    (`client` then sends it as a bearer token)."""
+    (`client` then sends it as a bearer token); `args` and `env` added to its command and environment."""
 
-    def __init__(self, db: Path, key: str = "") -> None:
+    def __init__(self, db: Path, key: str = "", args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.db, self.key, port = db, key, free_port()
         self.url = f"http://{LOOPBACK}:{port}"
-        env = {k: v for k, v in os.environ.items() if k != "SOFTPROBE_PUBLIC_KEY"}
+        environment = {k: v for k, v in os.environ.items()
+                       if k not in ("SOFTPROBE_PUBLIC_KEY", "SOFTPROBE_CAPTURE_CASE_PATH")}
         if key:
-            env["SOFTPROBE_PUBLIC_KEY"] = key
+            environment["SOFTPROBE_PUBLIC_KEY"] = key
         self.process = subprocess.Popen(
-            [str(BIN / "softprobe"), "serve", "--listen", f"{LOOPBACK}:{port}", "--db", str(db)],
-            env=env, stdout=subprocess.DEVNULL)
+            [str(BIN / "softprobe"), "serve", "--listen", f"{LOOPBACK}:{port}", "--db", str(db), *args],
+            env={**environment, **(env or {})}, stdout=subprocess.DEVNULL, cwd=cwd)
         wait_port(port)
         headers = {"authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(base_url=self.url, trust_env=False, timeout=10, headers=headers)

@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from typing import TextIO
 
 from softprobe_gateway.cli.common import Settings, already, find_session, read_case, write_json
-from softprobe_gateway.formats.casefile import case_document, profile_warnings
+from softprobe_gateway.formats.casefile import profile_warnings
+from softprobe_gateway.store.captures import recorded_case
 from softprobe_gateway.store.store import Store
 
 
@@ -32,15 +33,13 @@ def register(commands: argparse._SubParsersAction, store_options: argparse.Argum
 
 def cmd_export(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     summary, exchanges = find_session(settings.store, args.session_id)
-    # What the gateway answered itself (hits, mocks, refusals) is no recording of the service.
-    recorded = [ex for ex in exchanges if not ex.answered_by]
-    case = case_document(args.case_id or summary.id, recorded, datetime.now(timezone.utc))
+    case, left_out = recorded_case(args.case_id or summary.id, exchanges, datetime.now(timezone.utc))
     for warning in profile_warnings(case):
         print(f"softprobe: warning: case {case['caseId']}: {warning}", file=sys.stderr)
     write_json(case, args.output, out)
     if args.output:
-        left_out = len(exchanges) - len(recorded)
-        print(f"{args.output}: case {case['caseId']}, {len(recorded)} exchanges in {len(case['traces'])} "
+        recorded = len(exchanges) - left_out
+        print(f"{args.output}: case {case['caseId']}, {recorded} exchanges in {len(case['traces'])} "
               f"traces" + (f" ({left_out} answered by the gateway left out)" if left_out else ""), file=out)
     return 0
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
 from softprobe_gateway.cli.common import Settings
 from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, ConfigError
+from softprobe_gateway.store.captures import CAPTURE_PATH_ENV, case_path
 from softprobe_gateway.store.server import loopback_only, serve
 from softprobe_gateway.store.store import Store, StoreError
 
@@ -23,6 +25,10 @@ def register(commands: argparse._SubParsersAction, store_options: argparse.Argum
                         help=f"the key every request must present (default: ${PUBLIC_KEY_ENV}, else "
                              f"${API_TOKEN_ENV}); "
                              "required beyond loopback")
+    server.add_argument("--capture-case-path", metavar="PATH", default=os.environ.get(CAPTURE_PATH_ENV, ""),
+                        help="where closing a capture session writes its case, unless the close names "
+                             "its own (?out=); {sessionId}, {ts} and {mode} are filled in "
+                             f"(default: ${CAPTURE_PATH_ENV}, else none written)")
     server.set_defaults(command=cmd_serve)
 
 
@@ -35,9 +41,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if not key and not loopback_only(host):
         raise ConfigError(f"--listen {args.listen} is beyond loopback: every recorded body would be open "
                           f"to anyone who reaches it; set ${PUBLIC_KEY_ENV} or --key-file")
+    if args.capture_case_path:
+        try:
+            case_path(args.capture_case_path, "s", datetime.now(timezone.utc))
+        except ValueError as e:
+            raise ConfigError(f"--capture-case-path: {e}") from None
     store = Store(settings.store)
     try:
-        server = serve(store, host, int(port), key)
+        server = serve(store, host, int(port), key, args.capture_case_path)
     except OSError as e:
         store.close()
         raise StoreError(f"cannot listen on {args.listen}: {e.strerror or e}") from None

@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlencode
 
 import httpx
 import yaml
@@ -59,7 +60,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     action("set", cmd_policy_set, "replace the session's policy", policy, file=True).add_argument(
         "--strict", action="store_true", help="externalHttp: strict, defaultOnMiss: error")
     action("stats", cmd_stats, "the session's counters")
-    action("close", cmd_close, "close the session")
+    action("close", cmd_close, "close the session").add_argument(
+        "--out", metavar="FILE", help="a capture session's case file, written by the runtime on close")
 
 
 class Runtime:
@@ -159,4 +161,6 @@ def cmd_stats(args: argparse.Namespace, settings: object, out: TextIO) -> int:
 
 
 def cmd_close(args: argparse.Namespace, settings: object, out: TextIO) -> int:
-    return _run(args, out, "POST", f"/v1/sessions/{args.session}/close")
+    """`--out` travels as the runtime's `?out=`, made absolute: the runtime resolves it, not this shell."""
+    query = f"?{urlencode({'out': str(Path(args.out).absolute())})}" if args.out else ""
+    return _run(args, out, "POST", f"/v1/sessions/{args.session}/close{query}")

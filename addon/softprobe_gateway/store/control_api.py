@@ -13,10 +13,12 @@ import json
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qs
 
 from softprobe_gateway import __version__
 from softprobe_gateway.decisions.session_rules import ACTIONS
 from softprobe_gateway.formats.casefile import CaseError, case_exchanges
+from softprobe_gateway.store.captures import write_capture
 from softprobe_gateway.store.control import MODES, ControlSession, Sessions
 
 SPEC_VERSION, SCHEMA_VERSION = "http-control-api@v1", "1"
@@ -51,18 +53,19 @@ def health() -> dict[str, str]:
 
 
 class ControlApi:
-    """`/v1/meta` and `/v1/sessions...` over the store's control sessions."""
+    """`/v1/meta` and `/v1/sessions...` over the store's control sessions. A capture session's
+    close writes its case (`captures`) where `?out=` says, else at `capture_path` (a template)."""
 
-    def __init__(self, sessions: Sessions, on_close: Callable[[str], None]) -> None:
-        self.sessions, self.on_close = sessions, on_close
+    def __init__(self, sessions: Sessions, on_close: Callable[[str], None], capture_path: str = "") -> None:
+        self.sessions, self.on_close, self.capture_path = sessions, on_close, capture_path
 
-    def handle(self, method: str, path: str, body: bytes) -> Reply:
+    def handle(self, method: str, path: str, body: bytes, query: str = "") -> Reply:
         try:
-            return self._route(method, path.rstrip("/") or "/", body)
+            return self._route(method, path.rstrip("/") or "/", body, query)
         except ApiError as e:
             return e.reply()
 
-    def _route(self, method: str, path: str, body: bytes) -> Reply:
+    def _route(self, method: str, path: str, body: bytes, query: str = "") -> Reply:
         if path == "/v1/meta":
             _allow(method, "GET")
             return HTTPStatus.OK, {"runtimeVersion": f"softprobe-gateway {__version__}",
@@ -87,15 +90,30 @@ class ControlApi:
         if action == "close":
             if document:
                 raise invalid("close takes no fields")
-            if not self.sessions.close(session_id):
-                raise _unknown(session_id)
-            self.on_close(session_id)
-            return HTTPStatus.OK, {"sessionId": session_id, "closed": True}
+            return self._close(session_id, parse_qs(query).get("out", [""])[-1].strip())
         name, value = _CHECKS[action](document)
         session = self.sessions.replace(session_id, name, value)
         if session is None:
             raise _unknown(session_id)
         return HTTPStatus.OK, _operation(session)
+
+    def _close(self, session_id: str, out: str) -> Reply:
+        """Close the session; a capture session's case is written first (a failure leaves it open)."""
+        if out and not out.endswith(".json"):
+            raise invalid("out: the path of a .json file expected")
+        session, reply = self.sessions.get(session_id), {"sessionId": session_id, "closed": True}
+        if session is not None and session.mode == "capture" and (out or self.capture_path):
+            try:
+                reply["capturePath"] = write_capture(self.sessions.store, session_id, out or self.capture_path)
+            except ValueError as e:
+                raise invalid(f"out: {e}") from None
+            except OSError as e:
+                raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error",
+                               f"the captured case could not be written: {e}") from None
+        if not self.sessions.close(session_id):
+            raise _unknown(session_id)
+        self.on_close(session_id)
+        return HTTPStatus.OK, reply
 
     def _create(self, document: dict[str, Any]) -> Reply:
         extra = set(document) - {"mode", "policy"}

@@ -53,13 +53,15 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def serve(store: Store, host: str, port: int, key: str = "") -> ThreadingHTTPServer:
+def serve(store: Store, host: str, port: int, key: str = "", capture_path: str = "") -> ThreadingHTTPServer:
     """A bound server (port 0: any free one); call `serve_forever()` on it. With a `key`,
-    every request must present it."""
+    every request must present it. A capture session's case is written on close at `capture_path`
+    (a template, `captures.case_path`) unless the close names its own `out`."""
     sessions = Sessions(store)
     answers = SessionAnswers(store, sessions)
+    control = ControlApi(sessions, answers.forget, capture_path)
     handler = type("Handler", (_Handler,), {"store": store, "key": key.encode(), "sessions": sessions,
-                                            "answers": answers, "control": ControlApi(sessions, answers.forget)})
+                                            "answers": answers, "control": control})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
@@ -199,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(e.status, error("invalid_request", str(e)))
             return
         try:
-            status, document = self.control.handle(self.command, url.path, body)
+            status, document = self.control.handle(self.command, url.path, body, url.query)
         except StoreError as e:
             status, document = HTTPStatus.INTERNAL_SERVER_ERROR, error("internal", str(e))
         self._send_json(status, document)

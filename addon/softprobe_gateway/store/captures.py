@@ -1,0 +1,67 @@
+"""A capture session's recording as a Softprobe case file, written when the session closes.
+
+Softprobe's runtime does this (its `openapi.yaml`, `POST /v1/sessions/{sessionId}/close`: "In
+capture mode the runtime may persist a case before deleting the session. OSS accepts optional
+query `out` as the output path override for the written case file", answered as `capturePath`),
+to `$SOFTPROBE_CAPTURE_CASE_PATH` unless `out` says otherwise; `{sessionId}`, `{ts}` and `{mode}`
+in the path are filled in as its runtime does. The case is the one `softprobe case export` writes:
+the session's recordings, without what the gateway answered itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from softprobe_gateway.formats.casefile import case_document, profile_warnings
+from softprobe_gateway.store.model import Recording
+from softprobe_gateway.store.store import Store
+
+CAPTURE_PATH_ENV = "SOFTPROBE_CAPTURE_CASE_PATH"
+MAX_EXCHANGES = 10_000
+
+log = logging.getLogger(__name__)
+
+
+def recorded_case(case_id: str, exchanges: Sequence[Recording], created: datetime) -> tuple[dict[str, Any], int]:
+    """The case of a session's exchanges, and how many were left out: what the gateway answered
+    itself (hits, mocks, refusals) is no recording of the service."""
+    recorded = [ex for ex in exchanges if not ex.answered_by]
+    return case_document(case_id, recorded, created), len(exchanges) - len(recorded)
+
+
+def case_path(template: str, session_id: str, now: datetime) -> Path:
+    """Where a capture session's case goes: the template with its placeholders filled in (a file
+    path, or a `file://` URL). ValueError for any other URL: object stores are not written to."""
+    for placeholder, value in (("{sessionId}", session_id), ("{ts}", now.strftime("%Y%m%dT%H%M%SZ")),
+                               ("{mode}", "capture")):
+        template = template.replace(placeholder, value)
+    path = template.removeprefix("file://")
+    if "://" in path or not path:
+        raise ValueError(f"{template!r}: a file path expected (only file:// URLs are written)")
+    return Path(path).absolute()
+
+
+def write_capture(store: Store, session_id: str, template: str) -> str:
+    """Write the session's recording as a case at `template` (replaced whole, never half-written);
+    the path written. ValueError for a template that is no file path, OSError when it cannot be written."""
+    now = datetime.now(timezone.utc)
+    path = case_path(template, session_id, now)
+    _, exchanges = store.session(session_id, MAX_EXCHANGES)
+    case, _ = recorded_case(session_id, exchanges, now)
+    for warning in profile_warnings(case):
+        log.warning(f"softprobe: case {session_id}: {warning}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    try:
+        partial.write_text(json.dumps(case, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return str(path)
