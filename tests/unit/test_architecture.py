@@ -8,7 +8,7 @@ import subprocess
 from testkit.support import BIN, ROOT
 
 PACKAGE = ROOT / "addon" / "softprobe_gateway"
-MAX_MODULE_LINES = 450  # "about 400": a module that outgrows it is two concerns
+MAX_MODULE_LINES = 400  # issue 19: "no module over about 400 lines"; one that outgrows it is two concerns
 
 
 def test_the_import_contracts_hold() -> None:
