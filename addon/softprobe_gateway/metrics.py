@@ -67,13 +67,14 @@ class Metrics:
                                             "Config edits rejected as invalid.", registry=r)
         self.config_reload_error = Info("softprobe_config_reload_error",
                                         "The last rejected config edit.", registry=r)
-        self._skip_logged: set[str] = set()
+        # Each reason's child counter, kept: `labels()` takes a lock and a lookup, once per request.
+        self._skips: dict[str, Counter] = {}
 
     def skip(self, reason: str, request: http.Request, content_type: str | None = None) -> None:
         """Count an exchange not recorded; the first of each reason is logged, saying why."""
-        self.skipped.labels(reason).inc()
-        if reason not in self._skip_logged:
-            self._skip_logged.add(reason)
+        counter = self._skips.get(reason)
+        if counter is None:
+            counter = self._skips[reason] = self.skipped.labels(reason)
             why = f"{REASONS[reason]} ({content_type})" if content_type else REASONS[reason]
             # Without the query: it may carry a token (a presigned URL for a static file).
             url = request.pretty_url.partition("?")[0]
@@ -81,6 +82,7 @@ class Metrics:
                      "Exchanges skipped for this reason "
                      f"are counted in softprobe_exchanges_skipped_total{{reason=\"{reason}\"}}, "
                      "not logged again (docs/protocol.md, 'What is recorded')")
+        counter.inc()
 
     def config_loaded(self, source: str, digest: str) -> None:
         self.config_version.inc()
