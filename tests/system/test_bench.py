@@ -46,22 +46,16 @@ def test_quick_mode_writes_the_three_outputs(tmp_path):
 
 
 @pytest.mark.timeout(90)
-def test_the_lookup_cost_benchmark_runs():
-    """`python -m bench.lookup_cost --quick` (docs/performance.md's lookup figures come from its full run)."""
-    done = subprocess.run([sys.executable, "-m", "bench.lookup_cost", "--quick"], cwd=ROOT,
+@pytest.mark.parametrize("module, rows", [
+    ("bench.lookup_cost", ["1 KiB", "64 KiB", "1024 KiB"]),  # docs/performance.md's lookup figures
+    ("bench.hook_cost", ["sampled out", "recorded"]),  # its hooks' figures
+])
+def test_the_in_process_benchmarks_run(module: str, rows: list[str]) -> None:
+    """`python -m <module> --quick` (make bench runs both in full): a row per case, figures that
+    are CPU time (none negative, every total positive)."""
+    done = subprocess.run([sys.executable, "-m", module, "--quick"], cwd=ROOT,
                           capture_output=True, text=True, timeout=80)
     assert done.returncode == 0, done.stderr
-    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
-    assert [row[0].strip() for row in rows] == ["1 KiB", "64 KiB", "1024 KiB"]
-    assert all(float(cell) >= 0 for row in rows for cell in row[1:]) and all(float(row[-1]) > 0 for row in rows)
-
-
-@pytest.mark.timeout(90)
-def test_the_hook_cost_benchmark_runs():
-    """`python -m bench.hook_cost --quick`: a row per case, every hook's figure positive."""
-    done = subprocess.run([sys.executable, "-m", "bench.hook_cost", "--quick"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=80)
-    assert done.returncode == 0, done.stderr
-    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
-    assert [row[0].strip() for row in rows] == ["sampled out", "recorded"]
-    assert all(float(cell) > 0 for row in rows for cell in row[1:])
+    table = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
+    assert [row[0].strip() for row in table] == rows
+    assert all(float(cell) >= 0 for row in table for cell in row[1:]) and all(float(row[-1]) > 0 for row in table)
