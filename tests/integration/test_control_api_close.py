@@ -46,7 +46,7 @@ def exported(db: Path, sid: str, tmp: Path) -> dict:
 
 def test_close_with_out_writes_the_case_export_writes(tmp_path: Path, upstream: HttpServer) -> None:
     target = tmp_path / "cases" / "checkout.case.json"
-    with Backend(tmp_path / "runtime.db", KEY) as runtime:
+    with Backend(tmp_path / "runtime.db", KEY, cwd=tmp_path) as runtime:
         sid = capture(runtime, tmp_path, upstream)
         closed = runtime.client.post(f"/v1/sessions/{sid}/close", params={"out": str(target)})
         assert closed.status_code == 200, closed.text
@@ -60,7 +60,8 @@ def test_close_with_out_writes_the_case_export_writes(tmp_path: Path, upstream: 
         paths = sorted(span["name"] for trace in case["traces"] for rs in trace["resourceSpans"]
                        for ss in rs["scopeSpans"] for span in ss["spans"])
         assert len(paths) == 2
-        # and it replays: loaded into a strict session, the same answers without the upstream
+        # and it loads into a replay session (replayed through a gateway with the upstream gone:
+        # test_control_api_gateway.py, test_capture_session_exported_as_a_case_then_replayed)
         replay = runtime.session()
         assert runtime.client.post(f"/v1/sessions/{replay}/load-case", json=case).status_code == 200
     assert not list(tmp_path.glob("cases/.*partial"))
@@ -96,9 +97,13 @@ def test_without_a_path_nothing_is_written_and_the_recording_stays(tmp_path: Pat
 def test_a_case_that_cannot_be_written_leaves_the_session_open(tmp_path: Path, upstream: HttpServer) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    with Backend(tmp_path / "runtime.db", KEY) as runtime:
+    (tmp_path / "out").symlink_to(tmp_path.parent, target_is_directory=True)
+    with Backend(tmp_path / "runtime.db", KEY, cwd=tmp_path) as runtime:
         sid = capture(runtime, tmp_path, upstream)
         http = runtime.client
+        for elsewhere in (str(tmp_path.parent / "x.case.json"), "../x.case.json", "out/x.case.json"):
+            refused = http.post(f"/v1/sessions/{sid}/close", params={"out": elsewhere})  # outside --capture-dir
+            assert refused.status_code == 400 and "outside the capture directory" in refused.text, elsewhere
         failed = http.post(f"/v1/sessions/{sid}/close", params={"out": str(blocker / "x.case.json")})
         assert failed.status_code == 500 and failed.json()["error"]["code"] == "internal_error"
         validate(failed.json(), "#APIError")
@@ -107,7 +112,8 @@ def test_a_case_that_cannot_be_written_leaves_the_session_open(tmp_path: Path, u
         assert http.post(f"/v1/sessions/{sid}/close", params={"out": "s3://bucket/x.case.json"}).status_code == 400
         assert http.get(f"/v1/sessions/{sid}/stats").status_code == 200  # still open: close again
         assert http.post(f"/v1/sessions/{sid}/close", params={"out": str(tmp_path / "ok.case.json")}).status_code == 200
-    assert not (tmp_path / ".bashrc").exists() and (tmp_path / "ok.case.json").is_file()
+    assert not (tmp_path / ".bashrc").exists() and not (tmp_path.parent / "x.case.json").exists()
+    assert (tmp_path / "ok.case.json").stat().st_mode & 0o777 == 0o600  # recorded bodies: the owner's
 
 
 def test_cli_close_out_is_a_path_of_the_callers_directory(tmp_path: Path, upstream: HttpServer) -> None:
@@ -119,9 +125,13 @@ def test_cli_close_out_is_a_path_of_the_callers_directory(tmp_path: Path, upstre
         sid = capture(runtime, tmp_path, upstream)
         env = {**{k: v for k, v in os.environ.items() if k != "SOFTPROBE_SESSION_ID"},
                "SOFTPROBE_RUNTIME_URL": runtime.url, "SOFTPROBE_API_TOKEN": KEY}
-        done = subprocess.run([str(BIN / "softprobe"), "session", "close", "--session", sid, "--out",
-                               "cases/run.case.json", "--json"], env=env, cwd=caller, capture_output=True,
-                              text=True, timeout=30)
+        def close(target: str) -> subprocess.CompletedProcess:
+            return subprocess.run([str(BIN / "softprobe"), "session", "close", "--session", sid, "--out", target,
+                                   "--json"], env=env, cwd=caller, capture_output=True, text=True, timeout=30)
+
+        url = close("s3://bucket/run.case.json")  # a URL travels as it is: refused, not made a local path
+        assert url.returncode == 5 and "only file:// URLs" in url.stderr + url.stdout, url
+        done = close("cases/run.case.json")
         assert done.returncode == 0, done.stderr
     written = caller / "cases" / "run.case.json"
     assert json.loads(done.stdout) == {"sessionId": sid, "closed": True, "capturePath": str(written)}

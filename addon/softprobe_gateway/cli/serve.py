@@ -13,7 +13,7 @@ from typing import TextIO
 
 from softprobe_gateway.cli.common import Settings
 from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, ConfigError
-from softprobe_gateway.store.captures import CAPTURE_PATH_ENV, case_path
+from softprobe_gateway.store.captures import CAPTURE_PATH_ENV, CaptureCases
 from softprobe_gateway.store.server import loopback_only, serve
 from softprobe_gateway.store.store import Store, StoreError
 
@@ -29,6 +29,9 @@ def register(commands: argparse._SubParsersAction, store_options: argparse.Argum
                         help="where closing a capture session writes its case, unless the close names "
                              "its own (?out=); {sessionId}, {ts} and {mode} are filled in "
                              f"(default: ${CAPTURE_PATH_ENV}, else none written)")
+    server.add_argument("--capture-dir", metavar="DIR", default=".",
+                        help="the directory a close's ?out= must name a file in (default: the current "
+                             "one): the request comes with the key every gateway holds")
     server.set_defaults(command=cmd_serve)
 
 
@@ -41,14 +44,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if not key and not loopback_only(host):
         raise ConfigError(f"--listen {args.listen} is beyond loopback: every recorded body would be open "
                           f"to anyone who reaches it; set ${PUBLIC_KEY_ENV} or --key-file")
-    if args.capture_case_path:
-        try:
-            case_path(args.capture_case_path, "s", datetime.now(timezone.utc))
-        except ValueError as e:
-            raise ConfigError(f"--capture-case-path: {e}") from None
+    captures = CaptureCases(args.capture_case_path, Path(args.capture_dir).absolute())
+    try:
+        captures.path("", "s", datetime.now(timezone.utc))
+    except ValueError as e:
+        raise ConfigError(f"--capture-case-path: {e}") from None
+    if not captures.root.is_dir():
+        raise ConfigError(f"--capture-dir: {args.capture_dir} is not a directory")
     store = Store(settings.store)
     try:
-        server = serve(store, host, int(port), key, args.capture_case_path)
+        server = serve(store, host, int(port), key, captures)
     except OSError as e:
         store.close()
         raise StoreError(f"cannot listen on {args.listen}: {e.strerror or e}") from None

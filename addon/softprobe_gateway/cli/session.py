@@ -161,6 +161,10 @@ def cmd_stats(args: argparse.Namespace, settings: object, out: TextIO) -> int:
 
 
 def cmd_close(args: argparse.Namespace, settings: object, out: TextIO) -> int:
-    """`--out` travels as the runtime's `?out=`, made absolute: the runtime resolves it, not this shell."""
-    query = f"?{urlencode({'out': str(Path(args.out).absolute())})}" if args.out else ""
+    """`--out` travels as the runtime's `?out=`, a path made absolute (the runtime resolves it, not
+    this shell; a local runtime then writes where the caller meant), a URL as it is."""
+    target = args.out
+    if target and "://" not in target:
+        target = str(Path(target).absolute())
+    query = f"?{urlencode({'out': target})}" if target else ""
     return _run(args, out, "POST", f"/v1/sessions/{args.session}/close{query}")

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,23 +37,45 @@ def recorded_case(case_id: str, exchanges: Sequence[Recording], created: datetim
     return case_document(case_id, recorded, created), len(exchanges) - len(recorded)
 
 
-def case_path(template: str, session_id: str, now: datetime) -> Path:
+def case_path(template: str, session_id: str, now: datetime, base: Path) -> Path:
     """Where a capture session's case goes: the template with its placeholders filled in (a file
-    path, or a `file://` URL). ValueError for any other URL: object stores are not written to."""
+    path, relative to `base`, or a `file://` URL). ValueError for any other URL: object stores are
+    not written to."""
     for placeholder, value in (("{sessionId}", session_id), ("{ts}", now.strftime("%Y%m%dT%H%M%SZ")),
                                ("{mode}", "capture")):
         template = template.replace(placeholder, value)
     path = template.removeprefix("file://")
     if "://" in path or not path:
         raise ValueError(f"{template!r}: a file path expected (only file:// URLs are written)")
-    return Path(path).absolute()
+    return base / path
 
 
-def write_capture(store: Store, session_id: str, template: str) -> str:
-    """Write the session's recording as a case at `template` (replaced whole, never half-written);
-    the path written. ValueError for a template that is no file path, OSError when it cannot be written."""
-    now = datetime.now(timezone.utc)
-    path = case_path(template, session_id, now)
+@dataclass(frozen=True)
+class CaptureCases:
+    """Where closing a capture session writes its case: at a request's `out`, a `.json` file inside
+    `root` (`serve --capture-dir`); else at `template` (`serve --capture-case-path`, the operator's:
+    anywhere; empty: nowhere)."""
+
+    template: str = ""
+    root: Path = field(default_factory=Path.cwd)
+
+    def path(self, out: str, session_id: str, now: datetime) -> Path | None:
+        """The file to write, None for none. A request comes with the key every gateway holds, so
+        its `out` never names a file elsewhere (`..`, an absolute path, a symbolic link out of
+        `root`): ValueError naming what is wrong."""
+        if not out:
+            return case_path(self.template, session_id, now, Path.cwd()) if self.template else None
+        if not out.endswith(".json"):
+            raise ValueError("the path of a .json file expected")
+        path = case_path(out, session_id, now, self.root).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"{out!r} is outside the capture directory ({self.root}: serve --capture-dir)")
+        return path
+
+
+def write_capture(store: Store, session_id: str, path: Path, now: datetime) -> None:
+    """Write the session's recording as a case at `path`: replaced whole, never half-written, and
+    readable by its owner only (it holds recorded bodies). OSError when it cannot be written."""
     _, exchanges = store.session(session_id, MAX_EXCHANGES)
     case, _ = recorded_case(session_id, exchanges, now)
     for warning in profile_warnings(case):
@@ -60,8 +83,8 @@ def write_capture(store: Store, session_id: str, template: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
     try:
-        partial.write_text(json.dumps(case, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
+            f.write(json.dumps(case, indent=2, ensure_ascii=False) + "\n")
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return str(path)

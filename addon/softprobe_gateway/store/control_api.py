@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
@@ -18,7 +19,7 @@ from urllib.parse import parse_qs
 from softprobe_gateway import __version__
 from softprobe_gateway.decisions.session_rules import ACTIONS
 from softprobe_gateway.formats.casefile import CaseError, case_exchanges
-from softprobe_gateway.store.captures import write_capture
+from softprobe_gateway.store.captures import CaptureCases, write_capture
 from softprobe_gateway.store.control import MODES, ControlSession, Sessions
 
 SPEC_VERSION, SCHEMA_VERSION = "http-control-api@v1", "1"
@@ -54,10 +55,11 @@ def health() -> dict[str, str]:
 
 class ControlApi:
     """`/v1/meta` and `/v1/sessions...` over the store's control sessions. A capture session's
-    close writes its case (`captures`) where `?out=` says, else at `capture_path` (a template)."""
+    close writes its case where `captures` says."""
 
-    def __init__(self, sessions: Sessions, on_close: Callable[[str], None], capture_path: str = "") -> None:
-        self.sessions, self.on_close, self.capture_path = sessions, on_close, capture_path
+    def __init__(self, sessions: Sessions, on_close: Callable[[str], None],
+                 captures: CaptureCases | None = None) -> None:
+        self.sessions, self.on_close, self.captures = sessions, on_close, captures or CaptureCases()
 
     def handle(self, method: str, path: str, body: bytes, query: str = "") -> Reply:
         try:
@@ -99,17 +101,19 @@ class ControlApi:
 
     def _close(self, session_id: str, out: str) -> Reply:
         """Close the session; a capture session's case is written first (a failure leaves it open)."""
-        if out and not out.endswith(".json"):
-            raise invalid("out: the path of a .json file expected")
+        now = datetime.now(timezone.utc)
+        try:
+            path = self.captures.path(out, session_id, now)
+        except ValueError as e:
+            raise invalid(f"out: {e}") from None
         session, reply = self.sessions.get(session_id), {"sessionId": session_id, "closed": True}
-        if session is not None and session.mode == "capture" and (out or self.capture_path):
+        if session is not None and session.mode == "capture" and path is not None:
             try:
-                reply["capturePath"] = write_capture(self.sessions.store, session_id, out or self.capture_path)
-            except ValueError as e:
-                raise invalid(f"out: {e}") from None
+                write_capture(self.sessions.store, session_id, path, now)
             except OSError as e:
                 raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error",
                                f"the captured case could not be written: {e}") from None
+            reply["capturePath"] = str(path)
         if not self.sessions.close(session_id):
             raise _unknown(session_id)
         self.on_close(session_id)

@@ -35,6 +35,7 @@ from softprobe_gateway.formats.spans import (
     traces_from_json,
     traces_from_protobuf,
 )
+from softprobe_gateway.store.captures import CaptureCases
 from softprobe_gateway.store.control import Sessions
 from softprobe_gateway.store.control_api import ControlApi, error, health
 from softprobe_gateway.store.model import SessionSummary
@@ -53,13 +54,14 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def serve(store: Store, host: str, port: int, key: str = "", capture_path: str = "") -> ThreadingHTTPServer:
+def serve(store: Store, host: str, port: int, key: str = "",
+          captures: CaptureCases | None = None) -> ThreadingHTTPServer:
     """A bound server (port 0: any free one); call `serve_forever()` on it. With a `key`,
-    every request must present it. A capture session's case is written on close at `capture_path`
-    (a template, `captures.case_path`) unless the close names its own `out`."""
+    every request must present it. A capture session's case is written on close where `captures`
+    says."""
     sessions = Sessions(store)
     answers = SessionAnswers(store, sessions)
-    control = ControlApi(sessions, answers.forget, capture_path)
+    control = ControlApi(sessions, answers.forget, captures)
     handler = type("Handler", (_Handler,), {"store": store, "key": key.encode(), "sessions": sessions,
                                             "answers": answers, "control": control})
     server = ThreadingHTTPServer((host, port), handler)
