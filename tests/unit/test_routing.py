@@ -13,7 +13,8 @@ from mitmproxy.test import tutils
 from softprobe_gateway.config.loader import load_config
 from softprobe_gateway.config.schema import ConfigError, RoutingConfig, TlsUpstream
 from softprobe_gateway.decisions.head import header_map
-from softprobe_gateway.proxy.routing import Router, caller_service, listen_addresses
+from mitmproxy.net.http import url
+from softprobe_gateway.proxy.routing import Router, authority_host, caller_service, listen_addresses
 
 LISTEN = [("", 8080)]
 
@@ -175,3 +176,20 @@ def test_routing_config_is_validated(tmp_path) -> None:
     routing = load_config(path).routing
     assert routing.self_hosts == ("gw.ns.svc.cluster.local",)
     assert routing.tls_upstreams == (TlsUpstream(host="^api$", port=8443),)
+
+
+@pytest.mark.parametrize("authority", [
+    "api.example.test", "api.example.test:8443", "127.0.0.1:80", "[::1]:8080", "[2001:db8::1]", "gw-0:8080",
+    "Upper.Example:1", "[abc", "::1", "host:", ":80", "",
+])
+def test_authority_host_agrees_with_mitmproxy_on_valid_hosts(authority: str) -> None:
+    """The host mitmproxy's own parser finds wherever it accepts the host; whole when unparsable."""
+    parsed, _ = url.parse_authority(authority, check=False)
+    assert authority_host(authority) == parsed
+
+
+@pytest.mark.parametrize("authority, host", [("example.com:99999", "example.com"), ("a..b:80", "a..b"),
+                                             ("abc]:80", "abc]")])
+def test_authority_host_does_not_validate(authority: str, host: str) -> None:
+    """Where mitmproxy refuses the host or port (and keeps the authority whole), only the syntax counts."""
+    assert authority_host(authority) == host

@@ -81,7 +81,8 @@ def new_context(tracestate: list[tuple[str, str]], traceparent: str | None) -> S
 
 def with_sampled(ctx: SpanContext, sampled: bool) -> SpanContext:
     """`ctx` with this hop's decision (cheaper than `dataclasses.replace`, once per request)."""
-    return SpanContext(ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.parent_sampled, sampled)
+    return SpanContext(trace_id=ctx.trace_id, span_id=ctx.span_id, parent_span_id=ctx.parent_span_id,
+                       parent_sampled=ctx.parent_sampled, sampled=sampled)
 
 
 def _random_id(n: int) -> bytes:
@@ -111,7 +112,9 @@ def session(header: HeaderGet, tracestate: list[tuple[str, str]]) -> tuple[str, 
         for key, value in tracestate:
             if key == name and (value := _valid(value)):
                 return value, False
-    return f"sp-session-{uuid.UUID(int=random.getrandbits(128), version=4)}", False
+    # From the OS, not `random`: recordings are kept and replayed under this id, and trace ids sent
+    # upstream would let a peer rebuild `random`'s state and foretell the next sessions.
+    return f"sp-session-{uuid.uuid4()}", False
 
 
 def _valid(value: str | None) -> str | None:

@@ -77,12 +77,13 @@ _AUTHORITY = re.compile(r"(?P<host>[^:]+|\[.+\])(?::\d+)?")
 
 def authority_host(authority: str) -> str:
     """The host of a `host[:port]` authority (IPv6 brackets removed); one that does not parse,
-    whole."""
+    whole. Unlike mitmproxy's `parse_authority` it does not check the host (characters, IDNA) nor
+    the port's range: what it returns is only compared with rules, never resolved."""
     m = _AUTHORITY.fullmatch(authority)
     if m is None:
         return authority
     host = m["host"]
-    return host[1:-1] if host.startswith("[") else host
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def caller_service(peer_metadata: str) -> str | None:
