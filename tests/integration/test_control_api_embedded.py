@@ -5,13 +5,14 @@ store file) and mitmdump with the addon."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from testkit.recording import FAST_EXPORT
 from testkit.serve import KEY, Backend, case_for
-from testkit.support import Gateway, HttpServer, echo_upstream, free_port
+from testkit.support import Gateway, HttpServer, echo_upstream, free_port, wait_for
 
 RULES = {"version": 1, "rules": [
     {"id": "pay-ok", "when": {"method": "POST", "path": "/pay"},
@@ -109,3 +110,20 @@ def test_consume_once_is_not_dequeued_on_the_embedded_store_either(tmp_path: Pat
             assert [c.get(f"{upstream.url}/flaky").status_code for c in (c1, c2, c1)] == [503] * 3
         assert runtime.client.get(f"/v1/sessions/{sid}/stats").json()["stats"]["injectedSpans"] == 3
     assert not upstream.received
+
+
+def test_an_embedded_gateways_exports_count_under_its_capture_session(tmp_path: Path, upstream: HttpServer) -> None:
+    """`extractedSpans` counts what the embedded store's writer ingested, as serve counts its
+    `/v1/traces`: a test waits on it before closing, and the closed session's case holds them."""
+    db = tmp_path / "store.db"
+    with Backend(db, KEY, cwd=tmp_path) as runtime:
+        http = runtime.client
+        sid = runtime.session("capture")
+        with embedded(db, tmp_path) as gw, gw.client(headers={"x-softprobe-session-id": sid}) as client:
+            for page in (1, 2, 3):
+                assert client.get(f"{upstream.url}/json?page={page}").status_code == 200
+            wait_for(lambda: http.get(f"/v1/sessions/{sid}/stats").json()["stats"]["extractedSpans"] == 3, 30)
+        closed = http.post(f"/v1/sessions/{sid}/close", params={"out": "capture.case.json"}).json()
+    case = json.loads(Path(closed["capturePath"]).read_text())
+    assert sum(len(ss["spans"]) for trace in case["traces"] for rs in trace["resourceSpans"]
+               for ss in rs["scopeSpans"]) == 3

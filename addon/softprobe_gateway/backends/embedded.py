@@ -67,12 +67,12 @@ class StoreSink:
     concurrency = 1  # the store's one writer
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        self.store, self.sessions = store, Sessions(store)
         self._unsettled = 0
 
     def send(self, batch: TracesData) -> int:
         try:
-            self.store.ingest(batch)
+            self.sessions.ingest(batch)  # counted under control sessions too, as `serve` counts them
         except StoreError as e:
             raise SendError(str(e)) from None
         size = batch.ByteSize()

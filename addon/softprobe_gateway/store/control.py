@@ -19,11 +19,15 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+from softprobe_gateway.formats import spans
 from softprobe_gateway.store.db import StoreError, transaction
 from softprobe_gateway.store.store import Store
 
@@ -33,7 +37,9 @@ DOCUMENTS = {"policy": "policy", "rules": "rules", "case": "case_document", "fix
 COUNTERS = ("injected", "strict_misses")  # per lookup; `extracted` per export batch
 _COLUMNS = ("id, mode, revision, policy, rules, case_document, fixtures, injected, extracted, "
             "strict_misses")
-_BUSY_TIMEOUT_MS = 2000
+# A counter waits this long for the worker's write lock, then is logged and dropped: well under
+# the lookup's own timeout (lookup.timeout_ms, 300 by default), which it must not outlast.
+_BUSY_TIMEOUT_MS = 100
 ID_PREFIX = "sess_"
 
 log = logging.getLogger(__name__)
@@ -130,6 +136,7 @@ class Sessions:
                                                  isolation_level=None, check_same_thread=False)
                 self._counters.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
                 self._counters.execute("PRAGMA synchronous=NORMAL")  # as the store's: WAL, no fsync per commit
+                self._counters.execute("PRAGMA wal_autocheckpoint=0")  # the worker checkpoints, not a lookup
             with transaction(self._counters) as db:
                 yield db
 
@@ -139,6 +146,13 @@ class Sessions:
             if self._counters is not None:
                 self._counters.close()
                 self._counters = None
+
+    def ingest(self, traces: TracesData) -> None:
+        """Store an export batch's exchanges, and count them under their control sessions
+        (`extractedSpans`): what `serve`'s `/v1/traces` and the embedded store's writer both do."""
+        exchanges = spans.extract_exchanges(traces)
+        self.store.add(exchanges)
+        self.count_extracted(Counter(ex.session_id for ex in exchanges if ex.session_id.startswith(ID_PREFIX)))
 
     def count_extracted(self, per_session: dict[str, int]) -> None:
         """Add each session's exported exchanges (ids of no open session change nothing), in one

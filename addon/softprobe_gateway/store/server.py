@@ -20,7 +20,6 @@ import ipaddress
 import json
 import socket
 import zlib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -31,7 +30,6 @@ from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from softprobe_gateway.formats.spans import (
     BadTraces,
-    extract_exchanges,
     traces_from_json,
     traces_from_protobuf,
 )
@@ -142,9 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
         except BadTraces as e:
             raise BadRequest(str(e)) from None
         if url.path == "/v1/traces":
-            exchanges = extract_exchanges(traces)
-            self.store.add(exchanges)
-            self.sessions.count_extracted(Counter(ex.session_id for ex in exchanges))
+            self.sessions.ingest(traces)
             self._send_json(HTTPStatus.OK, {"message": "Traces ingested successfully"})
             return
         answer = self.answers.lookup(traces)
