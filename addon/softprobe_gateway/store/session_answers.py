@@ -29,7 +29,7 @@ from softprobe_gateway.otlp import (
     fill_span,
 )
 from softprobe_gateway.store import matching
-from softprobe_gateway.store.control import ControlSession, Sessions
+from softprobe_gateway.store.control import ID_PREFIX, ControlSession, Sessions
 from softprobe_gateway.store.forms import Forms
 from softprobe_gateway.store.model import LookupRequest, Recording
 from softprobe_gateway.store.store import Store
@@ -55,6 +55,7 @@ class SessionAnswers:
         self.store, self.sessions = store, sessions
         self.forms = Forms(matching.Ignore.parse(store.config.ignore_fields))
         self._lock = threading.Lock()
+        self._sessions: dict[str, ControlSession] = {}  # id -> its documents, parsed, at one revision
         self._cases: dict[str, tuple[int, dict[str, list[Recording]]]] = {}  # id -> (revision, by fingerprint)
         self._positions: dict[tuple[str, int, str], int] = {}  # (id, revision, fingerprint) -> answers given
 
@@ -68,8 +69,8 @@ class SessionAnswers:
         """The session's answer, or None when the lookup is under no open control session."""
         attrs = spans.inject_attributes(traces)
         session_id = "" if attrs is None else str(attrs.get("sp.session.id", ""))
-        if not (session := self.sessions.get(session_id)):
-            if session_id in self._cases:  # closed through another process (the embedded backend's case)
+        if not (session := self._session(session_id)):
+            if session_id in self._sessions:  # closed through another process (the embedded backend's case)
                 self.forget(session_id)
             return None
         req = spans.request_of(attrs)
@@ -95,6 +96,21 @@ class SessionAnswers:
             return Answer(strict_miss=f"softprobe strict miss: no rule, case or recording of session "
                                      f"{session.id} answers {req.method} {req.host}{req.path}")
         return Answer()
+
+    def _session(self, session_id: str) -> ControlSession | None:
+        """The open session's documents (rules, case, policy): decoded again only when its revision
+        changed, not on every lookup (a loaded case can be megabytes of JSON, decoded holding the
+        GIL). Its counters in there are not kept current: lookups only add to them."""
+        if not session_id.startswith(ID_PREFIX) or (revision := self.sessions.revision(session_id)) is None:
+            return None
+        with self._lock:
+            cached = self._sessions.get(session_id)
+        if cached is None or cached.revision != revision:
+            if (cached := self.sessions.get(session_id)) is None:
+                return None
+            with self._lock:
+                self._sessions[session_id] = cached
+        return cached
 
     def _from_case(self, session: ControlSession, req: LookupRequest) -> Recording | None:
         """The loaded case's next recorded answer to this request (the last one repeats)."""
@@ -125,6 +141,7 @@ class SessionAnswers:
     def forget(self, session_id: str) -> None:
         """Drop a closed session's cached case and replay positions."""
         with self._lock:
+            self._sessions.pop(session_id, None)
             self._cases.pop(session_id, None)
             self._drop_positions(session_id)
 
