@@ -10,6 +10,7 @@ schema validator), beside the rule fields Softprobe's own docs and SDKs send (`n
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -60,6 +61,7 @@ class ControlApi:
     def __init__(self, sessions: Sessions, on_close: Callable[[str], None],
                  captures: CaptureCases | None = None) -> None:
         self.sessions, self.on_close, self.captures = sessions, on_close, captures or CaptureCases()
+        self._closing = threading.Lock()  # two closes at once: one writes the case, the other gets 404
 
     def handle(self, method: str, path: str, body: bytes, query: str = "") -> Reply:
         try:
@@ -106,16 +108,18 @@ class ControlApi:
             path = self.captures.path(out, session_id, now)
         except ValueError as e:
             raise invalid(f"out: {e}") from None
-        session, reply = self.sessions.get(session_id), {"sessionId": session_id, "closed": True}
-        if session is not None and session.mode == "capture" and path is not None:
-            try:
-                write_capture(self.sessions.store, session_id, path, now)
-            except OSError as e:
-                raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error",
-                               f"the captured case could not be written: {e}") from None
-            reply["capturePath"] = str(path)
-        if not self.sessions.close(session_id):
-            raise _unknown(session_id)
+        reply = {"sessionId": session_id, "closed": True}
+        with self._closing:
+            session = self.sessions.get(session_id)
+            if session is not None and session.mode == "capture" and path is not None:
+                try:
+                    write_capture(self.sessions.store, session_id, path, now)
+                except OSError as e:
+                    raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error",
+                                   f"the captured case could not be written: {e}") from None
+                reply["capturePath"] = str(path)
+            if not self.sessions.close(session_id):
+                raise _unknown(session_id)
         self.on_close(session_id)
         return HTTPStatus.OK, reply
 
