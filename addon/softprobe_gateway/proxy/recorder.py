@@ -37,10 +37,9 @@ class Recorder:
             return
         request = flow.request
         self.metrics.seen.inc()
-        head = header_map(request.headers.fields)  # what every decision below reads, in one pass
-        client_headers = rt.router.client_fields(request.headers.fields)
+        arrived = request.headers.fields  # the client's fields: a tuple, which routing replaces, never changes
+        head = header_map(arrived)  # what every decision below reads, in one pass
         authority = request_authority(request, flow.client_conn.proxy_mode, head)
-        caller = rt.router.caller(head)
         if refusal := rt.router.route(request, head):
             flow.response = http.Response.make(508, f"softprobe gateway: {refusal}\n",
                                                {"content-type": "text/plain; charset=utf-8"})
@@ -66,10 +65,10 @@ class Recorder:
         state.exchange = Exchange(
             trace_id=span.trace_id, span_id=span.span_id, parent_span_id=span.parent_span_id,
             session_id=session,
-            service_name=rt.service_name(head.get("x-sp-service-name"), caller),
+            service_name=rt.service_name(head.get("x-sp-service-name"), rt.router.caller(head)),
             direction=rt.direction(isinstance(flow.client_conn.proxy_mode, ReverseMode)),
             path=request.path, host=authority, start_ns=int(request.timestamp_start * 1e9),
-            request=Message(client_headers, None, (
+            request=Message(rt.router.client_fields(arrived), None, (
                 (":method", request.method), (":path", request.path),
                 (":authority", authority), (":scheme", request.scheme))),
         )

@@ -143,7 +143,7 @@ class Router:
         self.gateway_id = gateway_id
 
     def caller(self, headers: Mapping[str, str]) -> str | None:
-        """The calling mesh workload's service name; read it before `route` strips the header."""
+        """The calling mesh workload's service name, from the head as it arrived (`route` strips the header)."""
         return caller_service(headers.get(PEER_METADATA_HEADER, ""))
 
     def client_fields(self, fields: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
