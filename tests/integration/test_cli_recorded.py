@@ -13,9 +13,8 @@ from softprobe_gateway import __version__
 from softprobe_gateway.cli.main import main
 
 from testkit.cli import run
+from testkit.recording import FAST_EXPORT
 from testkit.support import BIN, LOOPBACK, Gateway, free_port, wait_for
-
-FAST_EXPORT = {"flush_interval_ms": 20, "timeout_s": 2.0}
 
 
 @pytest.fixture(scope="module")

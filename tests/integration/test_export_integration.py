@@ -11,9 +11,8 @@ import httpx
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from testkit.recording import FAST_EXPORT
 from testkit.support import Gateway, OtlpBackend, attributes, free_port, run_mitmdump_config, wait_for
-
-FAST_EXPORT = {"flush_interval_ms": 20, "timeout_s": 2.0}
 
 
 def by_path(spans):

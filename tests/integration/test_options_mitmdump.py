@@ -9,6 +9,7 @@ import httpx
 import pytest
 from softprobe_gateway.proxy import options
 
+from testkit.recording import FAST_EXPORT
 from testkit.support import (
     ADDON,
     BIN,
@@ -20,8 +21,6 @@ from testkit.support import (
     stop_server,
     wait_for,
 )
-
-FAST_EXPORT = {"flush_interval_ms": 20, "timeout_s": 2.0}
 
 
 def test_options_take_precedence_over_the_yaml(tmp_path, upstream, backend):

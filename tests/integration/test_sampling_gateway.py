@@ -11,10 +11,8 @@ import yaml
 from softprobe_gateway.config.schema import StoreConfig
 from softprobe_gateway.store.store import Store
 
-from testkit.recording import recorded_count
+from testkit.recording import FAST_EXPORT, recorded_count
 from testkit.support import Gateway, echo_upstream, free_port, wait_for
-
-FAST_EXPORT = {"flush_interval_ms": 20}
 
 
 def gateway_config(db: Path, admin: int, **sampling: object) -> dict:
