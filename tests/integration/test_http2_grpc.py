@@ -7,7 +7,6 @@ import base64
 import ssl
 import struct
 import threading
-from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -15,7 +14,7 @@ import h2.events
 import httpx
 import pytest
 
-from testkit.support import LOOPBACK, Gateway, OtlpBackend, attributes, make_test_ca
+from testkit.support import LOOPBACK, Gateway, OtlpBackend, attributes, server_tls
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -26,10 +25,8 @@ def grpc_frame(message: bytes) -> bytes:
 class H2Upstream:
     """An HTTP/2-only TLS server: JSON on most paths, a gRPC answer with trailers on /grpc.*."""
 
-    def __init__(self, cert: Path, key: Path) -> None:
+    def __init__(self, context: ssl.SSLContext) -> None:
         self.protocols: list[str] = []
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, key)
         context.set_alpn_protocols(["h2"])
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -80,8 +77,8 @@ class H2Upstream:
 
 @pytest.fixture
 def setup(tmp_path):
-    ca, cert, key = make_test_ca(tmp_path, LOOPBACK)
-    upstream = H2Upstream(cert, key)
+    ca, context = server_tls(tmp_path, LOOPBACK)
+    upstream = H2Upstream(context)
     backend = OtlpBackend()
     gateway = Gateway({"sp_backend_url": backend.url, "export": {"flush_interval_ms": 20}}, tmp_path,
                       mode=f"reverse:https://{LOOPBACK}:{upstream.port}",

@@ -33,7 +33,7 @@ from testkit.support import (
     Received,
     attributes,
     free_port,
-    make_test_ca,
+    server_tls,
     wait_for,
     wait_port,
 )
@@ -61,10 +61,8 @@ class Seen:
 class TlsUpstream:
     """The external API on loopback: HTTPS only, answers with what it saw, records SNI."""
 
-    def __init__(self, cert: Path, key: Path) -> None:
+    def __init__(self, context: ssl.SSLContext) -> None:
         self.seen: list[Seen] = []
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, key)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -230,8 +228,8 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("mesh")
-    ca, cert, key = make_test_ca(tmp, API)
-    upstream = TlsUpstream(cert, key)
+    ca, context = server_tls(tmp, API)
+    upstream = TlsUpstream(context)
     backend = OtlpBackend(inject=lookup_answer)
     tls_route = {"connect_address": f"{LOOPBACK}:{upstream.port}"}
     gateway = Gateway({
