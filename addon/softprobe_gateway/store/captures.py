@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from softprobe_gateway.formats.casefile import case_document, profile_warnings
 from softprobe_gateway.store.model import Recording
@@ -44,9 +46,17 @@ def case_path(template: str, session_id: str, now: datetime, base: Path) -> Path
     for placeholder, value in (("{sessionId}", session_id), ("{ts}", now.strftime("%Y%m%dT%H%M%SZ")),
                                ("{mode}", "capture")):
         template = template.replace(placeholder, value)
-    path = template.removeprefix("file://")
-    if "://" in path or not path:
+    if template.startswith("file://"):
+        url = urlsplit(template)
+        if url.netloc not in ("", "localhost"):
+            raise ValueError(f"{template!r}: a file URL of another host")
+        path = url2pathname(url.path)
+    elif "://" in template:
         raise ValueError(f"{template!r}: a file path expected (only file:// URLs are written)")
+    else:
+        path = template
+    if not path:
+        raise ValueError("a file path expected")
     return base / path
 
 
