@@ -91,15 +91,16 @@ class Sessions:
         return session
 
     def get(self, session_id: str) -> ControlSession | None:
-        """The open session of this id, or None (unknown or closed). Asked on every lookup: an id
-        no `create` can have made (a recorded session's) is answered without a query."""
-        if not session_id.startswith(ID_PREFIX):
-            return None
+        """The open session of this id, or None (unknown or closed)."""
         with self.store.reader() as db:
             return _read(db, session_id)
 
     def revision(self, session_id: str) -> int | None:
-        """The open session's revision alone (a cheap check before a cached state is reused)."""
+        """The open session's revision alone (a cheap check before a cached state is reused). Asked
+        on every lookup: an id no `create` can have made (a recorded session's) is answered
+        without a query."""
+        if not session_id.startswith(ID_PREFIX):
+            return None
         with self.store.reader() as db:
             row = db.execute("SELECT revision FROM control_sessions WHERE id = ? AND closed = 0",
                              (session_id,)).fetchone()
@@ -149,14 +150,11 @@ class Sessions:
 
     def ingest(self, traces: TracesData) -> None:
         """Store an export batch's exchanges, and count them under their control sessions
-        (`extractedSpans`): what `serve`'s `/v1/traces` and the embedded store's writer both do."""
+        (`extractedSpans`, ids of no open session changing nothing), in one transaction: what
+        `serve`'s `/v1/traces` and the embedded store's writer both do."""
         exchanges = spans.extract_exchanges(traces)
         self.store.add(exchanges)
-        self.count_extracted(Counter(ex.session_id for ex in exchanges if ex.session_id.startswith(ID_PREFIX)))
-
-    def count_extracted(self, per_session: dict[str, int]) -> None:
-        """Add each session's exported exchanges (ids of no open session change nothing), in one
-        transaction: a batch from a busy gateway holds many sessions."""
+        per_session = Counter(ex.session_id for ex in exchanges if ex.session_id.startswith(ID_PREFIX))
         if per_session:
             with self.store.transaction() as db:
                 db.executemany("UPDATE control_sessions SET extracted = extracted + ? WHERE id = ? AND closed = 0",

@@ -29,7 +29,7 @@ from softprobe_gateway.otlp import (
     fill_span,
 )
 from softprobe_gateway.store import matching
-from softprobe_gateway.store.control import ID_PREFIX, ControlSession, Sessions
+from softprobe_gateway.store.control import ControlSession, Sessions
 from softprobe_gateway.store.forms import Forms
 from softprobe_gateway.store.model import LookupRequest, Recording
 from softprobe_gateway.store.store import Store
@@ -61,18 +61,20 @@ class SessionAnswers:
 
     def lookup(self, traces: TracesData) -> Answer:
         """A lookup's answer, the one `softprobe serve`'s `/v1/inject` and the embedded backend both
-        give: under an open control session the session's (`answer`), else the store's recording."""
-        answer = self.answer(traces)
-        return answer if answer is not None else Answer(self.store.lookup(traces))
-
-    def answer(self, traces: TracesData) -> Answer | None:
-        """The session's answer, or None when the lookup is under no open control session."""
+        give: under an open control session the session's, else the store's recording. The inject
+        span's attributes are decoded once, for both."""
         attrs = spans.inject_attributes(traces)
-        session_id = "" if attrs is None else str(attrs.get("sp.session.id", ""))
-        if not (session := self._session(session_id)):
-            if session_id in self._sessions:  # closed through another process (the embedded backend's case)
-                self.forget(session_id)
-            return None
+        if attrs is None:
+            return Answer()
+        session_id = str(attrs.get("sp.session.id", ""))
+        if session := self._session(session_id):
+            return self._answer(session, attrs)
+        if session_id in self._sessions:  # closed through another process (the embedded backend's case)
+            self.forget(session_id)
+        return Answer(self.store.answer(spans.request_of(attrs)))
+
+    def _answer(self, session: ControlSession, attrs: spans.Attrs) -> Answer:
+        """The open session's answer: its rules, its case, its recordings, then its policy."""
         req = spans.request_of(attrs)
         headers: dict[str, list[str]] = {}
         for name, value in spans.request_headers(attrs):
@@ -101,7 +103,7 @@ class SessionAnswers:
         """The open session's documents (rules, case, policy): decoded again only when its revision
         changed, not on every lookup (a loaded case can be megabytes of JSON, decoded holding the
         GIL). Its counters in there are not kept current: lookups only add to them."""
-        if not session_id.startswith(ID_PREFIX) or (revision := self.sessions.revision(session_id)) is None:
+        if (revision := self.sessions.revision(session_id)) is None:
             return None
         with self._lock:
             cached = self._sessions.get(session_id)

@@ -200,8 +200,10 @@ class Store:
     def lookup(self, request: TracesData) -> TracesData | None:
         """Protocol section 2: the recorded answer to the request of the inject span, or None."""
         req = spans.lookup_request(request)
-        if req is None:
-            return None
+        return None if req is None else self.answer(req)
+
+    def answer(self, req: LookupRequest) -> TracesData | None:
+        """The recorded answer to `req` as a lookup hit, or None (`replay`)."""
         exchange = self.replay(req)
         return spans.answer(exchange) if exchange else None
 
