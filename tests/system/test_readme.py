@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from softprobe_gateway.config.loader import load_config
 
 from testkit.support import LOOPBACK, ROOT, connectable, wait_for
 
@@ -312,3 +313,16 @@ def test_the_options_table_lists_every_option_and_its_key() -> None:
 
     rows = re.findall(r"^\| `(softprobe_\w+)` \| `([\w.]+)` \|", README.read_text(), re.MULTILINE)
     assert sorted(rows) == sorted((o.name, o.key) for o in OPTIONS)
+
+
+def test_every_config_snippet_in_the_readme_is_a_valid_config(tmp_path: Path) -> None:
+    """The README's ```yaml blocks are gateway configs: each loads, as the gateway would load it
+    (a key misspelt or out of range would stop start-up with one line)."""
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.DOTALL)
+    assert blocks, "the README shows a config"
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"readme-{i}.yaml"
+        path.write_text(block)
+        load_config(str(path))
+    sampling = load_config(str(tmp_path / "readme-0.yaml")).sampling  # the production sampling example
+    assert (sampling.rate, sampling.max_bytes_per_s) == (0.01, 5_000_000)
