@@ -16,14 +16,17 @@ BENCH_STAMP := $(VENV)/.installed-bench
 ## Everything a developer needs (running, tests, benchmarks).
 venv: $(TEST_STAMP) $(BENCH_STAMP)
 
-# Debian packages the tests and benchmarks drive, installed when missing: wrk (the load generator),
-# iptables (the transparent-mode tests), curl (a client of the peer matrix). Each package is named after its command.
-SYSTEM_PACKAGES := wrk iptables curl
+# Debian packages the tests and benchmarks drive, installed when missing, as COMMAND:PACKAGE: wrk (the
+# load generator), iptables (the transparent-mode tests), curl (a client of the peer matrix),
+# PostgreSQL (the runtime's shared store; its server binaries live off PATH), nginx (the load balancer
+# in front of two `serve` replicas), Chromium (the suite's HTML report, driven by Playwright).
+SYSTEM_PACKAGES := wrk:wrk iptables:iptables curl:curl pg_ctl:postgresql nginx:nginx chromium:chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$p >/dev/null || echo $$p; done); \
-	[ -z "$$missing" ] || $(SUDO) apt-get install -y $$missing || \
-		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y $$missing; }
+	@missing=$$(for pair in $(SYSTEM_PACKAGES); do c=$${pair%%:*}; p=$${pair#*:}; \
+		PATH="$$PATH:/usr/sbin:/sbin:$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tr '\n' ':')" command -v $$c >/dev/null || echo $$p; done); \
+	[ -z "$$missing" ] || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing || \
+		{ $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
