@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 # Istio's CRDs (Apache-2.0, from istio/istio manifests), vendored so a clone anywhere can validate.
 ISTIO_CRDS = ROOT / "tests" / "schemas" / "istio-crds.gen.yaml"
+# CloudNativePG's Cluster CRD, pruned to the fields k8s/components/postgres-cluster uses (stricter).
+CNPG_CRDS = ROOT / "tests" / "schemas" / "cnpg-cluster-crd.pruned.yaml"
+CRD_GROUPS = (".istio.io/", "postgresql.cnpg.io/")
 KUBERNETES_VERSION = "1.30"
 KUBECTL = shutil.which("kubectl")
 
@@ -45,14 +48,18 @@ ENTRY_POINTS = {
     "explicit-proxy": K8S / "overlays" / "explicit-proxy",
     "otel-collector": K8S / "overlays" / "otel-collector",
     "embedded-backend": K8S / "overlays" / "embedded-backend",
+    "postgres-backend": K8S / "overlays" / "postgres-backend",
+    "postgres-in-cluster": K8S / "overlays" / "postgres-in-cluster",
     "service-name-header": K8S / "overlays" / "service-name-header",
     "examples/travel": ROOT / "examples" / "travel",
     "examples/transparent": ROOT / "examples" / "transparent",
 }
 # Templates users copy to create Secrets by hand; never part of a kustomization.
-SECRET_TEMPLATES = [K8S / "public-key-secret.example.yaml",
+SECRET_TEMPLATES = [K8S / "public-key-secret.example.yaml", K8S / "store-secret.example.yaml",
                     K8S / "overlays" / "explicit-proxy" / "mitmproxy-ca-secret.example.yaml"]
 GATEWAY = "softprobe-gateway"
+STORE_URL_ENV = "SOFTPROBE_STORE_URL"
+CNPG_APP_SECRET = "softprobe-db-app"
 
 pytestmark = pytest.mark.skipif(
     KUBECTL is None, reason="kubectl is not installed: install it (e.g. `apt-get install kubectl` "
@@ -87,10 +94,11 @@ def _strict(schema: Any) -> Any:
 
 
 @functools.cache
-def istio_schemas() -> dict[tuple[str, str], dict[str, Any]]:
-    """(apiVersion, kind) -> the CRD's OpenAPI schema for that served version."""
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> the CRD's OpenAPI schema for that served version (Istio, CloudNativePG)."""
     schemas = {}
-    for crd in yaml.safe_load_all(ISTIO_CRDS.read_text()):
+    crds = [crd for path in (ISTIO_CRDS, CNPG_CRDS) for crd in yaml.safe_load_all(path.read_text())]
+    for crd in crds:
         if not crd or crd.get("kind") != "CustomResourceDefinition":
             continue
         spec = crd["spec"]
@@ -107,9 +115,9 @@ def istio_schemas() -> dict[tuple[str, str], dict[str, Any]]:
 def validate(obj: dict[str, Any]) -> None:
     name = f"{obj['kind']}/{obj['metadata']['name']}"
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", obj["metadata"]["name"]), name
-    if ".istio.io/" in obj["apiVersion"]:
-        schema = istio_schemas().get((obj["apiVersion"], obj["kind"]))
-        assert schema, f"{name}: {obj['apiVersion']} is not served by the Istio CRDs"
+    if any(group in obj["apiVersion"] for group in CRD_GROUPS):
+        schema = crd_schemas().get((obj["apiVersion"], obj["kind"]))
+        assert schema, f"{name}: {obj['apiVersion']} {obj['kind']} is not served by the vendored CRDs"
         errors = list(jsonschema.Draft7Validator(schema).iter_errors(obj))
         assert not errors, f"{name}: " + "; ".join(
             f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
@@ -183,8 +191,10 @@ def container_ports(pod: dict[str, Any]) -> dict[str | int, int]:
     return ports
 
 
-GATEWAY_ENTRIES = ["egress", "inbound", "explicit-proxy", "otel-collector", "embedded-backend"]
-ISTIO_ENTRIES = ["egress", "inbound", "otel-collector", "embedded-backend", "examples/travel"]
+GATEWAY_ENTRIES = ["egress", "inbound", "explicit-proxy", "otel-collector", "embedded-backend",
+                   "postgres-backend", "postgres-in-cluster"]
+ISTIO_ENTRIES = ["egress", "inbound", "otel-collector", "embedded-backend", "postgres-backend",
+                 "examples/travel"]
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
@@ -265,8 +275,12 @@ def test_secret_references_match_the_templates(entry: str) -> None:
         for container in pod["containers"] + pod.get("initContainers", []):
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
-                    assert env["name"] == PUBLIC_KEY_ENV
+                if ref and ref["name"] == CNPG_APP_SECRET:
+                    # Written by the CloudNativePG operator for the Cluster, not by hand.
+                    assert (env["name"], ref["key"]) == (STORE_URL_ENV, "uri")
+                elif ref:
+                    assert env["name"] == {"softprobe-public-key": PUBLIC_KEY_ENV,
+                                           "softprobe-store": STORE_URL_ENV}[ref["name"]]
                     assert ref["key"] in keys[ref["name"]]
         for volume in pod["volumes"]:
             if "secret" in volume:
@@ -499,3 +513,45 @@ def test_the_overlay_runs_serve_as_tested() -> None:
             for c in (backend, gateway)]
     assert refs[0] == refs[1] == {"name": "softprobe-public-key", "key": "public-key"}
     assert "tcpSocket" in backend["readinessProbe"] and "tcpSocket" in backend["livenessProbe"]
+
+
+@pytest.mark.parametrize("entry", ["postgres-backend", "postgres-in-cluster"])
+def test_the_postgres_overlay_rolls_without_downtime(entry: str) -> None:
+    """Stateless replicas: at least 2, a rollout that adds before it removes, a disruption budget
+    and an autoscaler that never go below one and two, ready only while the database answers, the
+    schema migrated before serving, the DSN from a Secret (never in the manifest)."""
+    objects = render(entry)
+    backend = next(d for d in of_kind(objects, "Deployment") if d["metadata"]["name"] == "softprobe-backend")
+    spec = backend["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pdb = next(p for p in of_kind(objects, "PodDisruptionBudget") if p["metadata"]["name"] == "softprobe-backend")
+    hpa = next(h for h in of_kind(objects, "HorizontalPodAutoscaler")
+               if h["spec"]["scaleTargetRef"]["name"] == "softprobe-backend")
+    assert pdb["spec"]["minAvailable"] >= 1 and hpa["spec"]["minReplicas"] >= 2
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    (migrate,) = pod["initContainers"]
+    assert container["command"] + container["args"] == ["softprobe", "serve", "--listen", "0.0.0.0:8090"]
+    assert migrate["command"] + migrate["args"] == ["softprobe", "store", "migrate"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    for c in (container, migrate):
+        url = next(e for e in c["env"] if e["name"] == STORE_URL_ENV)
+        assert "value" not in url and url["valueFrom"]["secretKeyRef"]["name"] in {"softprobe-store", CNPG_APP_SECRET}
+    assert "postgresql://" not in yaml.safe_dump_all(objects).replace("REPLACE-WITH-postgresql://", "")
+    clusters = list(of_kind(objects, "Cluster"))
+    if entry == "postgres-in-cluster":
+        (cluster,) = clusters
+        assert cluster["spec"]["instances"] == 3
+        # The operator writes `<cluster>-app` with the application DSN as `uri`.
+        assert CNPG_APP_SECRET == f"{cluster['metadata']['name']}-app"
+    else:
+        assert not clusters
+
+
+def test_the_cloudnative_pg_schema_bites() -> None:
+    cluster = next(of_kind(render("postgres-in-cluster"), "Cluster"))
+    for bad_spec in ({**cluster["spec"], "instance": 3}, {**cluster["spec"], "instances": 0}):
+        with pytest.raises(AssertionError):
+            validate({**cluster, "spec": bad_spec})
