@@ -29,11 +29,24 @@ class Rig:
     blackhole: int
     addon: Path  # a snapshot of addon/, so commits landing during a run do not change it
 
+    @property
+    def lean(self) -> Path:
+        """The lean floor's script, beside the snapshot's entry script (see `snapshot_addon`)."""
+        return self.addon.parent / LEAN_SCRIPT
+
+
+# mitmdump with the gateway's dispatch of the addons in use (`proxy.addon_chain`), no gateway.
+LEAN_SCRIPT = "lean_floor.py"
+LEAN = ("from softprobe_gateway.proxy.addon_chain import AddonChain\n\n"
+        "addons = [AddonChain()]\n")
+
 
 def snapshot_addon(tmp: Path) -> Path:
-    """Copy addon/ (mitmdump imports `softprobe_gateway` from next to the script)."""
+    """Copy addon/ (mitmdump imports `softprobe_gateway` from next to the script), and write the
+    lean floor's script beside the entry script."""
     copy = tmp / "addon"
     shutil.copytree(ADDON.parent, copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (copy / LEAN_SCRIPT).write_text(LEAN)
     return copy / ADDON.name
 
 
@@ -67,6 +80,7 @@ SCENARIOS = [
     Scenario("envoy", "Envoy pass-through", "envoy"),
     Scenario("mitmdump", "bare mitmdump", "mitmdump"),
     Scenario("mitmdump-w", "mitmdump -w (own capture)", "mitmdump", mitm_args=("-w", "{tmp}/flows.mitm")),
+    Scenario("lean", "lean floor: mitmdump, addons in use only", "mitmdump", mitm_args=("-s", "{lean}")),
     Scenario("record", "gateway: record + export", "gateway", backend_path="/record", config=SHUTDOWN),
     # wrk sends no session header: every request is a session of its own, 1 in 100 recorded.
     Scenario("sampled", "gateway: sampled at 1%", "gateway", backend_path="/record",
@@ -112,7 +126,7 @@ def start(scenario: Scenario, rig: Rig, body_bytes: int, tmp: Path,
             "--listen-host", LOOPBACK, "--listen-port", str(port),
             "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
             "--set", f"confdir={tmp / 'mitmproxy'}",
-            *(a.format(tmp=tmp) for a in scenario.mitm_args)]
+            *(a.format(tmp=tmp, lean=rig.lean) for a in scenario.mitm_args)]
     admin, env = None, None
     if scenario.exports:
         admin = free_port()

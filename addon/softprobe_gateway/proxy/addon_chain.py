@@ -1,0 +1,197 @@
+"""Only the mitmproxy addons in use in the flow dispatch.
+
+mitmproxy calls every addon of its chain (about thirty-five in mitmdump) for every event of every
+flow, and an `update` after each, though a gateway uses a handful of them. `AddonChain` replaces,
+on the running addon manager only, the one method every flow event goes through
+(`AddonManager.handle_lifecycle`: the proxy server's connections, flows read with `-r`, client
+replay) with one that calls, for each hook, only the addons that have a handler for it and can act
+under the options as they are. Everything else stays mitmproxy's: the chain, `load`, `configure`,
+`running`, `done`, commands. A left-out addon is still configured, so an option set while running
+(mitmweb's options editor, `:set`) brings it back before the next flow: `configure` drops the
+table and the next event builds it anew.
+
+The one module that touches mitmproxy's internals (that method, `invoke_addon`, `safecall`, and
+the default addons' hooks below, as mitmproxy 11.0 defines them): tests/addon/test_addon_chain.py
+fails when mitmproxy changes any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import addonmanager, ctx, exceptions, flow, hooks
+from mitmproxy.addons import (anticache, anticomp, block, blocklist, browser, clientplayback, command_history,
+                              comment, core, cut, disable_h2c, dns_resolver, dumper, errorcheck, export,
+                              keepserving, maplocal, mapremote, modifybody, modifyheaders, next_layer,
+                              onboarding, proxyauth, proxyserver, readfile, save, savehar, serverplayback,
+                              stickyauth, stickycookie, strip_dns_https_records, termlog, tlsconfig,
+                              update_alt_svc, upstream_auth)
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
+
+log = logging.getLogger(__name__)
+
+# Hooks every addon keeps receiving from mitmproxy itself, never through the flow dispatch.
+LIFECYCLE = frozenset({"load", "configure", "running", "done", "add_log"})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """When a default addon has something to do with a flow, given the options (and, for server
+    replay, the flows a command loaded)."""
+
+    in_use: Callable[[Any, Any], bool]  # (addon, options)
+    idle: str  # why it is left out, for the log
+
+
+def _reverse(options: Any) -> bool:
+    return any(isinstance(ProxyMode.parse(m), ReverseMode) for m in options.mode)
+
+
+RULES: dict[type, Rule] = {
+    anticache.AntiCache: Rule(lambda a, o: o.anticache, "anticache off"),
+    anticomp.AntiComp: Rule(lambda a, o: o.anticomp, "anticomp off"),
+    blocklist.BlockList: Rule(lambda a, o: bool(o.block_list), "no block_list"),
+    dumper.Dumper: Rule(lambda a, o: o.flow_detail > 0, "flow_detail=0"),
+    maplocal.MapLocal: Rule(lambda a, o: bool(o.map_local), "no map_local"),
+    mapremote.MapRemote: Rule(lambda a, o: bool(o.map_remote), "no map_remote"),
+    modifybody.ModifyBody: Rule(lambda a, o: bool(o.modify_body), "no modify_body"),
+    modifyheaders.ModifyHeaders: Rule(lambda a, o: bool(o.modify_headers), "no modify_headers"),
+    onboarding.Onboarding: Rule(lambda a, o: o.onboarding, "onboarding off"),
+    proxyauth.ProxyAuth: Rule(lambda a, o: bool(o.proxyauth), "no proxyauth"),
+    save.Save: Rule(lambda a, o: bool(o.save_stream_file), "no -w/save_stream_file"),
+    savehar.SaveHar: Rule(lambda a, o: bool(o.hardump), "no hardump"),
+    # `replay.server` (a command, not an option) loads flows too: it sends an `update` without flows.
+    serverplayback.ServerPlayback: Rule(lambda a, o: bool(o.server_replay or a.flowmap), "no server_replay"),
+    stickyauth.StickyAuth: Rule(lambda a, o: bool(o.stickyauth), "no stickyauth"),
+    stickycookie.StickyCookie: Rule(lambda a, o: bool(o.stickycookie), "no stickycookie"),
+    strip_dns_https_records.StripDnsHttpsRecords: Rule(lambda a, o: o.strip_ech, "strip_ech off"),
+    update_alt_svc.UpdateAltSvc: Rule(lambda a, o: not o.keep_alt_svc_header and _reverse(o),
+                                      "no reverse mode"),
+    upstream_auth.UpstreamAuth: Rule(lambda a, o: o.upstream_auth is not None, "no upstream_auth"),
+}
+
+# The flow hooks of mitmproxy's own addons (every hook but LIFECYCLE's) as the rules above were
+# written for: the unit test compares them with the installed mitmproxy. Those without a rule
+# always act (`block_global`/`block_private`, h2c, the proxy server, DNS, TLS) or have no flow hook.
+FLOW_HOOKS: dict[type, frozenset[str]] = {
+    anticache.AntiCache: frozenset({"request"}),
+    anticomp.AntiComp: frozenset({"request"}),
+    block.Block: frozenset({"client_connected"}),
+    blocklist.BlockList: frozenset({"request"}),
+    browser.Browser: frozenset(),
+    clientplayback.ClientPlayback: frozenset(),
+    command_history.CommandHistory: frozenset(),
+    comment.Comment: frozenset(),
+    core.Core: frozenset(),
+    cut.Cut: frozenset(),
+    disable_h2c.DisableH2C: frozenset({"request"}),
+    dns_resolver.DnsResolver: frozenset({"dns_request"}),
+    dumper.Dumper: frozenset({"response", "error", "websocket_message", "websocket_end", "tcp_error",
+                              "tcp_message", "udp_error", "udp_message", "dns_response", "dns_error"}),
+    errorcheck.ErrorCheck: frozenset(),
+    export.Export: frozenset(),
+    keepserving.KeepServing: frozenset(),
+    maplocal.MapLocal: frozenset({"request"}),
+    mapremote.MapRemote: frozenset({"request"}),
+    modifybody.ModifyBody: frozenset({"request", "response"}),
+    modifyheaders.ModifyHeaders: frozenset({"requestheaders", "responseheaders"}),
+    next_layer.NextLayer: frozenset({"next_layer"}),
+    onboarding.Onboarding: frozenset({"request"}),
+    proxyauth.ProxyAuth: frozenset({"http_connect", "requestheaders", "socks5_auth"}),
+    proxyserver.Proxyserver: frozenset({"server_connect"}),
+    readfile.ReadFileStdin: frozenset(),
+    save.Save: frozenset({"request", "response", "error", "websocket_end", "tcp_start", "tcp_end", "tcp_error",
+                          "udp_start", "udp_end", "udp_error", "dns_request", "dns_response", "dns_error"}),
+    savehar.SaveHar: frozenset({"response", "error", "websocket_end"}),
+    serverplayback.ServerPlayback: frozenset({"request"}),
+    stickyauth.StickyAuth: frozenset({"request"}),
+    stickycookie.StickyCookie: frozenset({"request", "response"}),
+    strip_dns_https_records.StripDnsHttpsRecords: frozenset({"dns_response"}),
+    termlog.TermLog: frozenset(),
+    tlsconfig.TlsConfig: frozenset({"tls_clienthello", "tls_start_client", "tls_start_server",
+                                    "quic_start_client", "quic_start_server"}),
+    update_alt_svc.UpdateAltSvc: frozenset({"responseheaders"}),
+    upstream_auth.UpstreamAuth: frozenset({"http_connect_upstream", "requestheaders"}),
+}
+
+
+def idle(addon: Any, options: Any) -> str | None:
+    """Why `addon` can do nothing with a flow under `options` (None: it can). Matched by exact
+    class: a subclass may have hooks of its own."""
+    rule = RULES.get(type(addon))
+    return None if rule is None or rule.in_use(addon, options) else rule.idle
+
+
+def handlers(chain: Sequence[Any], hook: str, options: Any) -> tuple[Any, ...]:
+    """The addons of `chain`, in order, that one `hook` event goes to: those with a handler for
+    it that are not idle, and every addon with sub-addons (the scripts, ours included: reloaded
+    at will, they are looked up at each event as mitmproxy does)."""
+    return tuple(a for a in chain if hasattr(a, "addons")
+                 or (callable(getattr(a, hook, None)) and idle(a, options) is None))
+
+
+def left_out(chain: Sequence[Any], options: Any) -> list[str]:
+    """`Name (why)` of each addon of `chain` left out of the flow dispatch by its rule."""
+    return [f"{type(a).__name__} ({why})" for a in chain if (why := idle(a, options))]
+
+
+class AddonChain:
+    """The flow dispatch of mitmproxy's addon manager, over the handlers in use, from `running`
+    until `done` (a reload of the script puts a new one in place)."""
+
+    def __init__(self) -> None:
+        self.manager: addonmanager.AddonManager | None = None
+        self._table: dict[str, tuple[Any, ...]] = {}  # hook name -> handlers, built on first use
+        self._chain: tuple[int, int] = (0, 0)  # the chain's identity and length the table is for
+        self._left_out: list[str] | None = None  # as last logged
+
+    def running(self) -> None:
+        self.manager = ctx.master.addons
+        self.manager.handle_lifecycle = self.handle_lifecycle  # shadows the class's method
+        self._left_out = left_out(self.manager.chain, ctx.options)
+        log.info("softprobe: mitmproxy addons out of the flow dispatch, nothing to do with the options as they "
+                 f"are: {', '.join(self._left_out) or 'none'}; each flow event goes only to the addons with a "
+                 "handler for it")
+
+    def configure(self, updated: set[str]) -> None:
+        self._table = {}
+        if self._left_out is not None and (now := left_out(self.manager.chain, ctx.options)) != self._left_out:
+            back = [name for name in self._left_out if name not in now]
+            log.info(f"softprobe: mitmproxy addons back in the flow dispatch: {', '.join(back) or 'none'}; "
+                     f"out of it: {', '.join(now) or 'none'}")
+            self._left_out = now
+
+    def update(self, flows: Sequence[flow.Flow]) -> None:
+        if not flows:  # a command changed an addon's state (server replay's flows)
+            self._table = {}
+
+    def done(self) -> None:
+        if self.manager is not None and vars(self.manager).get("handle_lifecycle") == self.handle_lifecycle:
+            del self.manager.handle_lifecycle
+        self.manager = None
+
+    async def handle_lifecycle(self, event: hooks.Hook) -> None:
+        """`AddonManager.handle_lifecycle`: the event, then `update` when it is a flow's."""
+        await self._trigger(event)
+        message = event.args()[0]
+        if isinstance(message, flow.Flow):
+            await self._trigger(hooks.UpdateHook([message]))
+
+    async def _trigger(self, event: hooks.Hook) -> None:
+        """`AddonManager.trigger_event` over the event's handlers: errors logged, `AddonHalt` stops."""
+        manager = self.manager
+        chain = manager.chain
+        if self._chain != (id(chain), len(chain)):  # an addon added or removed
+            self._table, self._chain = {}, (id(chain), len(chain))
+        todo = self._table.get(event.name)
+        if todo is None:
+            todo = self._table[event.name] = handlers(chain, event.name, manager.master.options)
+        for addon in todo:
+            try:
+                with addonmanager.safecall():
+                    await manager.invoke_addon(addon, event)
+            except exceptions.AddonHalt:
+                return
