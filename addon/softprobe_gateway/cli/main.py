@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from softprobe_gateway import __version__
-from softprobe_gateway.cli import browse, ca, case, common, har, replay, serve, session
+from softprobe_gateway.cli import browse, ca, case, common, har, replay, serve, session, suite
 from softprobe_gateway.config.schema import ConfigError
 from softprobe_gateway.formats.casefile import CaseError
 from softprobe_gateway.formats.har import HarError
@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
         group.register(commands, store_options)
     ca.register(commands)
     session.register(commands)
+    suite.register(commands)
     return top
 
 

@@ -1,0 +1,140 @@
+"""`softprobe suite run SUITE.yaml`: Softprobe's suite files run against a runtime's control API and
+the app, with the flags, output and exit codes of Softprobe's CLI reference (`suite run`): 0 when
+every case passed, 20 when one failed; 5 for a suite file that cannot be run, 2 for a bad flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+from softprobe_gateway.cli.session import DEFAULT_RUNTIME
+from softprobe_gateway.config.schema import ConfigError
+from softprobe_gateway.suite import model, runner
+from softprobe_gateway.suite.hooks import HookFileError, Hooks
+from softprobe_gateway.suite.results import CaseResult, SuiteResult
+
+EXIT_OK, EXIT_INVALID, EXIT_SUITE_FAILED = 0, 5, 20
+DEFAULT_APP = "http://127.0.0.1:8081"
+DIFF_LINES = 10  # per failed case in the human output; every entry is in --json and the reports
+_LABELS = {"passed": "OK  ", "failed": "FAIL", "skipped": "SKIP"}
+
+
+def default_parallel() -> int:
+    return min(32, (os.cpu_count() or 1) * 4)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `softprobe suite ...` to the CLI."""
+    suite = commands.add_parser("suite", help="run Softprobe suite files (*.suite.yaml) against a runtime and an app")
+    actions = suite.add_subparsers(required=True, metavar="ACTION")
+    run = actions.add_parser("run", help="run every case of a suite; exit 20 when one fails")
+    run.add_argument("suite", metavar="SUITE.yaml")
+    run.add_argument("--runtime-url", default=os.environ.get("SOFTPROBE_RUNTIME_URL", DEFAULT_RUNTIME),
+                     help="the runtime (default: $SOFTPROBE_RUNTIME_URL, else %(default)s)")
+    run.add_argument("--app-url", default=os.environ.get("APP_URL", ""),
+                     help=f"the app, best through the ingress gateway (default: $APP_URL, else {DEFAULT_APP}; "
+                          "a suite's request.url wins)")
+    run.add_argument("--parallel", type=_positive, default=default_parallel(), metavar="N",
+                     help="cases at once (default: min(32, cpus*4) = %(default)s)")
+    run.add_argument("--hooks", action="append", default=[], metavar="PATH",
+                     help="a hook file (.py, .js, .mjs, .ts), repeatable or comma-separated")
+    run.add_argument("--filter", default="", metavar="SUBSTR",
+                     help="only the cases whose path or name contains SUBSTR (a glob when it has *, ? or [)")
+    run.add_argument("--fail-fast", action="store_true", help="start no case after the first failure")
+    run.add_argument("--env-file", metavar="PATH", help="KEY=VALUE lines for ${VAR} (the shell's environment wins)")
+    run.add_argument("--json", action="store_true", help="one JSON document: suite, totals, cases[]")
+    run.set_defaults(command=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace, settings: object, out: TextIO) -> int:
+    try:
+        suite = model.load(args.suite, args.env_file)
+        cases = suite.cases(args.filter)
+    except model.SuiteError as e:
+        print(f"softprobe: suite run: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    if not cases:
+        print("softprobe: suite run: no cases selected", file=sys.stderr)
+    files = [part.strip() for value in args.hooks for part in value.split(",") if part.strip()]
+    try:
+        hooks = Hooks(files, sys.stderr) if files else None
+    except HookFileError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        result = runner.run(suite, cases, runner.Settings(args.runtime_url, args.app_url or DEFAULT_APP,
+                                                          args.parallel, args.fail_fast), hooks)
+    finally:
+        if hooks is not None:
+            hooks.close()
+    code = EXIT_OK if result.ok else EXIT_SUITE_FAILED
+    if args.json:
+        write_json(out, result, code)
+    else:
+        write_human(out, result)
+    return code
+
+
+def write_human(out: TextIO, result: SuiteResult) -> None:
+    """Softprobe's human output, a failed case's differences indented under its line."""
+    print(f"suite: {result.name}", file=out)
+    for case in result.cases:
+        line = f"  {_LABELS[case.status]} {case.label} ({case.duration_ms}ms)"
+        print(f"{line}: {case.failure}" if case.failure else line, file=out)
+        if case.status == "failed":
+            for diff in case.diffs[:DIFF_LINES]:
+                where = "status" if diff.what == "status" else f"{diff.what} {diff.where}"
+                said = f"expected {_show(diff.expected)}, got {_show(diff.actual)}"
+                extra = "; ".join(x for x in (diff.reason if diff.reason != "differs" else "", diff.source) if x)
+                print(f"       {where}: {said}" + (f"  ({extra})" if extra else ""), file=out)
+            if len(case.diffs) > DIFF_LINES:
+                print(f"       ... {len(case.diffs) - DIFF_LINES} more", file=out)
+    print(f"result: passed={result.passed} failed={result.failed} total={result.total}", file=out)
+
+
+def write_json(out: TextIO, result: SuiteResult, code: int) -> None:
+    """The `--json` answer: the envelope's `status`, `exitCode`, `error`, and the reference's stable
+    fields for `suite run` (`suite`, `total`, `passed`, `failed`, `cases[]` with `caseId`, `status`,
+    `durationMs`, `error?`), with more beside them (`displayName`, `path`, `diffs`)."""
+    document = {"status": "ok" if code == EXIT_OK else "fail", "exitCode": code,
+                "error": None if code == EXIT_OK else {"code": "suite_failed",
+                                                       "message": f"{result.failed} of {result.total} cases failed"},
+                **json_fields(result)}
+    print(json.dumps(document, ensure_ascii=False, default=str), file=out)
+
+
+def json_fields(result: SuiteResult) -> dict[str, Any]:
+    return {"suite": result.name, "total": result.total, "passed": result.passed, "failed": result.failed,
+            "skipped": result.skipped, "durationMs": result.duration_ms,
+            "cases": [_case_json(case) for case in result.cases]}
+
+
+def _case_json(case: CaseResult) -> dict[str, Any]:
+    fields: dict[str, Any] = {"caseId": case.case_id, "displayName": case.name, "path": case.path,
+                              "status": case.status, "durationMs": case.duration_ms}
+    if case.failure:
+        fields["error"] = case.failure
+    if case.diffs:
+        fields["diffs"] = [{"what": d.what, "where": d.where, "expected": d.expected, "actual": d.actual,
+                            "reason": d.reason, **({"source": d.source} if d.source else {})} for d in case.diffs]
+    if case.notes:
+        fields["notes"] = list(case.notes)
+    return fields
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number expected") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1")
+    return value
