@@ -138,6 +138,18 @@ def left_out(chain: Sequence[Any], options: Any) -> list[str]:
     return [f"{type(a).__name__} ({why})" for a in chain if (why := idle(a, options))]
 
 
+class _Errors(logging.Handler):
+    """Whether an error was logged: mitmproxy then exits after `running` (its `ErrorCheck`), and
+    the error stays the one line start-up printed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = True
+
+
 class AddonChain:
     """The flow dispatch of mitmproxy's addon manager, over the handlers in use, from `running`
     until `done` (a reload of the script puts a new one in place)."""
@@ -147,14 +159,20 @@ class AddonChain:
         self._table: dict[str, tuple[Any, ...]] = {}  # hook name -> handlers, built on first use
         self._chain: tuple[int, int] = (0, 0)  # the chain's identity and length the table is for
         self._left_out: list[str] | None = None  # as last logged
+        self._errors = _Errors()
+
+    def load(self, loader: Any) -> None:
+        logging.getLogger().addHandler(self._errors)
 
     def running(self) -> None:
         self.manager = ctx.master.addons
         self.manager.handle_lifecycle = self.handle_lifecycle  # shadows the class's method
         self._left_out = left_out(self.manager.chain, ctx.options)
-        log.info("softprobe: mitmproxy addons out of the flow dispatch, nothing to do with the options as they "
-                 f"are: {', '.join(self._left_out) or 'none'}; each flow event goes only to the addons with a "
-                 "handler for it")
+        logging.getLogger().removeHandler(self._errors)
+        if not self._errors.seen:
+                log.info("softprobe: mitmproxy addons out of the flow dispatch, nothing to do with the options as "
+                     f"they are: {', '.join(self._left_out) or 'none'}; each flow event goes only to the addons "
+                     "with a handler for it")
 
     def configure(self, updated: set[str]) -> None:
         self._table = {}
@@ -169,6 +187,7 @@ class AddonChain:
             self._table = {}
 
     def done(self) -> None:
+        logging.getLogger().removeHandler(self._errors)  # start-up failed before `running`
         if self.manager is not None and vars(self.manager).get("handle_lifecycle") == self.handle_lifecycle:
             del self.manager.handle_lifecycle
         self.manager = None
