@@ -136,10 +136,10 @@ def test_case_import_refuses_what_is_not_a_case_and_imports_nothing(tmp_path: Pa
     bad.write_text(json.dumps({"version": "1.0.0", "caseId": "x", "traces": [{"resourceSpans": [
         {"scopeSpans": [{"spans": [{"traceId": "not-hex", "spanId": "00", "attributes": []}]}]}]}]}))
     code, out, err = run(capsys, "case", "import", good, bad, "--db", db)
-    assert code == 2 and err.startswith(f"softprobe: {bad}: traces[0]: not OTLP JSON traces") and not out
+    assert code == 5 and err.startswith(f"softprobe: {bad}: traces[0]: not OTLP JSON traces") and not out
     assert len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, "case", "import", tmp_path / "missing.json", "--db", db)
-    assert code == 2 and "No such file" in err
+    assert code == 1 and "No such file" in err
     assert recorded_count(db) == 0
 
 
@@ -199,20 +199,21 @@ def test_har_import_refuses_a_file_that_is_not_har(tmp_path: Path, capsys) -> No
     path = tmp_path / "x.har"
     path.write_text('{"log": {}}')
     code, _, err = run(capsys, "har", "import", path, "--db", tmp_path / "x.db")
-    assert code == 2 and err.strip() == f"softprobe: {path}: not a HAR file: no log.entries list"
+    assert code == 5 and err.strip() == f"softprobe: {path}: not a HAR file: no log.entries list"
 
 
-@pytest.mark.parametrize("argv, error", [
-    (["case", "export", "nope"], "no session 'nope'"),
-    (["replay", "nope", "--target", "http://127.0.0.1:9"], "no session 'nope'"),
-    (["replay", "s", "--target", "nope:8080"], "--target: expected http(s)://"),
-    (["replay", "s", "--target", "http://a", "--ignore", "$"], "--ignore: no field in '$'"),
+@pytest.mark.parametrize("argv, error, exit_code", [  # Softprobe's exit codes: 4 no such session, 2 a bad argument
+    (["case", "export", "nope"], "no session 'nope'", 4),
+    (["replay", "nope", "--target", "http://127.0.0.1:9"], "no session 'nope'", 4),
+    (["replay", "s", "--target", "nope:8080"], "--target: expected http(s)://", 2),
+    (["replay", "s", "--target", "http://a", "--ignore", "$"], "--ignore: no field in '$'", 2),
 ])
-def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys, argv: list[str], error: str) -> None:
+def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys, argv: list[str], error: str,
+                                           exit_code: int) -> None:
     db = tmp_path / "empty.db"
     Store(StoreConfig(path=str(db))).close()
     code, _, err = run(capsys, *argv, "--db", db)
-    assert code == 2 and error in err and len(err.strip().splitlines()) == 1
+    assert code == exit_code and error in err and len(err.strip().splitlines()) == 1
 
 
 def test_lookups_answer_from_an_imported_case_in_the_store_the_gateway_uses(tmp_path: Path, capsys) -> None:

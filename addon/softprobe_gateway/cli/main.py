@@ -2,44 +2,57 @@
 test sessions on a runtime's control API.
 
 The store is `--db`, else `store.path` of the config file (`--config`, else $SOFTPROBE_CONFIG),
-else ./softprobe.db: the same file the gateway records into with the same config.
+else ./softprobe.db: the same file the gateway records into with the same config. Exit codes and
+`--json` envelopes are Softprobe's CLI's (`envelope`).
 """
 
 from __future__ import annotations
 
-import argparse
+import io
 import sys
 from collections.abc import Sequence
 
 from softprobe_gateway import __version__
-from softprobe_gateway.cli import browse, ca, case, common, har, replay, serve, session, suite
-from softprobe_gateway.config.schema import ConfigError
-from softprobe_gateway.formats.casefile import CaseError
-from softprobe_gateway.formats.har import HarError
-from softprobe_gateway.store.store import StoreError
+from softprobe_gateway.cli import (
+    browse, ca, capture, case, common, completion, doctor, envelope, export_otlp, har, inspect, parsers, replay,
+    scrub, serve, session, suite, validate,
+)
+from softprobe_gateway.store.control_api import SPEC_VERSION
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser().parse_args(argv)
+    except envelope.UsageError as e:
+        print(e.usage + str(e), file=sys.stderr, end="\n")
+        if "--json" in argv:
+            envelope.usage_failure(e, sys.stdout)
+        return e.exit_code
+    as_json = getattr(args, "json", False) or args.json_first
+    out = envelope.JsonOut() if as_json else io.StringIO() if args.quiet else sys.stdout
+    failure = None
     try:
         # The config is read here, once per command; `ca` alone has no --config and reads none.
         settings = common.load(args) if "config" in args else None
-        return args.command(args, settings, sys.stdout)
-    except (ConfigError, StoreError, CaseError, HarError) as e:
-        print(f"softprobe: {e}", file=sys.stderr)
-        return 2
-    except session.SessionError as e:
-        print(f"softprobe: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # a file named on the command line (`-o`)
-        print(f"softprobe: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        code = args.command(args, settings, out)
+    except Exception as e:
+        failure = envelope.classify(e)
+        if failure is None:
+            raise
+        print(f"softprobe: {failure}", file=sys.stderr)
+        code = failure.exit_code
+    if isinstance(out, envelope.JsonOut):
+        envelope.finish(out, code, failure, sys.stdout)
+    return code
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> envelope.Parser:
     """Every command; each group's module adds its own (and its options)."""
-    top = argparse.ArgumentParser(prog="softprobe", description=__doc__.split("\n\n")[0])
-    top.add_argument("--version", action="version", version=f"softprobe {__version__}")
+    top = envelope.Parser(prog="softprobe", description=__doc__.split("\n\n")[0])
+    top.add_argument("--version", action="version", version=f"softprobe {__version__} (spec {SPEC_VERSION})")
+    top.add_argument("--json", dest="json_first", action="store_true", help="a JSON envelope (as COMMAND --json)")
+    top.add_argument("-q", "--quiet", action="store_true", help="no output but errors")
     commands = top.add_subparsers(required=True, metavar="COMMAND")
     store_options = common.store_options()
     for group in (browse, har, case, replay, serve):
@@ -47,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
     ca.register(commands)
     session.register(commands)
     suite.register(commands)
+    for tool in (doctor, inspect, validate, scrub, capture, export_otlp):
+        tool.register(commands)
+    completion.register(commands, top)
+    parsers.add_json(top)
     return top
 
 

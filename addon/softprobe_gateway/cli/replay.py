@@ -27,7 +27,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.common import Settings, find_session, read_case
+from softprobe_gateway.cli.session import Runtime, runtime_options
 from softprobe_gateway.config.schema import ConfigError, StoreConfig
 from softprobe_gateway.decisions.tracecontext import SESSION_HEADERS, SP_SESSION, run_session
 from softprobe_gateway.formats.casefile import CaseError
@@ -47,11 +49,13 @@ MAX_TEXT_DIFF = 20  # lines of a text body's unified diff that are shown
 
 def register(commands: argparse._SubParsersAction, store_options: argparse.ArgumentParser) -> None:
     replay = commands.add_parser(
-        "replay", parents=[store_options], help="send recorded inbound requests to a new version and compare",
+        "replay", parents=[store_options, runtime_options()],
+        help="send recorded inbound requests to a new version and compare (also as `replay run`)",
         description=__doc__.split("\n\n")[1].replace("\n", " "))
     replay.add_argument("sources", nargs="+", metavar="SESSION_ID|CASE_FILE",
                         help="a session in the store, or *.case.json files")
-    replay.add_argument("--target", required=True, metavar="URL", help="the service under test")
+    replay.add_argument("--target", metavar="URL", help="the service under test (required but for "
+                                                          "`replay run --session ID`: a live session's hits and misses)")
     replay.add_argument("--ignore", action="append", default=[], metavar="PATH",
                         help="a JSON body field left out of the comparison (repeatable): $.a.b is a "
                              "path from the root (list items are transparent: $.items[*].id), a "
@@ -186,12 +190,22 @@ class Suite:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """`replay run ...` is this command too (Softprobe's CLI's name for it); `replay run --session ID`
+    without sources or target is Softprobe's diagnostic of a live session on the runtime."""
+    if args.sources[0] == "run":
+        args.sources = args.sources[1:]
+        if not args.sources and not args.target and args.session:
+            return _live(args, out)
+    if not args.sources:
+        raise ConfigError("replay: SESSION_ID|CASE_FILE... required (or `replay run --session ID` for a live session)")
+    if not args.target:
+        raise ConfigError("replay: --target URL required")
     target = urlsplit(args.target)
     if target.scheme not in ("http", "https") or not target.netloc:
         raise ConfigError(f"--target: expected http(s)://HOST[:PORT][/PATH], got {args.target!r}")
     try:
         checks = Checks.parse(args.check_header, args.ignore)
-        extra = dict(_header(h) for h in args.header)
+        extra = dict(header_field(h) for h in args.header)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     suites = list(_suites(args.sources, settings.store, args.service))
@@ -213,13 +227,34 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     errors = sum(bool(r.error) for r in results)
     if args.junit:
         Path(args.junit).write_bytes(junit(suites, elapsed))
+    envelope.report(out, total=len(results), passed=len(results) - failed - errors, differed=failed, errors=errors,
+                    durationMs=round(elapsed * 1000), cases=[{"name": s.name, "results": [
+                        {"name": r.name, "status": r.status, "durationMs": round(r.seconds * 1000, 1),
+                         "differences": r.differences, **({"error": r.error} if r.error else {})}
+                        for r in s.results]} for s in suites])
     print(f"replay: {len(results)} exchanges in {len(suites)} {'case' if len(suites) == 1 else 'cases'}: "
           f"{len(results) - failed - errors} passed, {failed} differed, {errors} failed to run, "
           f"in {elapsed:.2f} s" + (f"; JUnit XML in {args.junit}" if args.junit else ""), file=out)
     return 1 if failed or errors else 0
 
 
-def _header(text: str) -> tuple[str, str]:
+def _live(args: argparse.Namespace, out: TextIO) -> int:
+    """A live replay session's counters: hits (lookups answered) and strict misses, and whether a
+    case is loaded (none answered from a loaded case: the case is stale)."""
+    runtime = Runtime(args.runtime_url)
+    state = runtime.call("GET", f"/v1/sessions/{args.session}/state")
+    counters = state.get("stats", {})
+    hits, misses = counters.get("injectedSpans", 0), counters.get("strictMisses", 0)
+    loaded = bool(state.get("caseSummary", {}).get("caseId"))
+    problem = "code_regression" if misses else "case_staleness" if loaded and not hits else ""
+    envelope.report(out, sessionId=args.session, caseLoaded=loaded, stats={"hits": hits, "misses": misses, **counters},
+                    **({"errorType": problem} if problem else {}))
+    print(f"session {args.session}\nhits: {hits}\nmisses: {misses}\n"
+          + "".join(f"{k}: {v}\n" for k, v in counters.items()), file=out, end="")
+    return 0
+
+
+def header_field(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip():
         raise ValueError(f"--header: expected 'NAME: VALUE', got {text!r}")

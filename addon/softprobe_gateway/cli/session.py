@@ -20,19 +20,26 @@ from urllib.parse import urlencode
 import httpx
 import yaml
 
+from softprobe_gateway.cli import envelope
+from softprobe_gateway.cli.envelope import EXIT_FAILED, EXIT_INVALID, EXIT_NO_SESSION, EXIT_UNREACHABLE, CliError
 from softprobe_gateway.config.schema import ConfigError
+from softprobe_gateway.store.control_api import SCHEMA_VERSION, SPEC_VERSION
 
 DEFAULT_RUNTIME = "http://127.0.0.1:8080"
-EXIT_FAILED, EXIT_UNREACHABLE, EXIT_NO_SESSION, EXIT_INVALID = 1, 3, 4, 5
-_EXITS = {"unknown_session": EXIT_NO_SESSION, "invalid_request": EXIT_INVALID}
+_EXITS = {"unknown_session": EXIT_NO_SESSION, "session_not_found": EXIT_NO_SESSION, "invalid_request": EXIT_INVALID}
+
+
+def runtime_options() -> argparse.ArgumentParser:
+    """`--runtime-url`, a parent of every command that talks to a runtime's control API."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--runtime-url", default=os.environ.get("SOFTPROBE_RUNTIME_URL", DEFAULT_RUNTIME),
+                         help="the runtime (default: $SOFTPROBE_RUNTIME_URL, else %(default)s)")
+    return options
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `softprobe session ...` to the CLI."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--runtime-url", default=os.environ.get("SOFTPROBE_RUNTIME_URL", DEFAULT_RUNTIME),
-                        help="the runtime (default: $SOFTPROBE_RUNTIME_URL, else %(default)s)")
-    common.add_argument("--json", action="store_true", help="print the runtime's JSON answer")
+    common = argparse.ArgumentParser(add_help=False, parents=[runtime_options()])
     sessions = commands.add_parser("session", help="drive a test session on a runtime's control API")
     actions = sessions.add_subparsers(required=True, metavar="ACTION")
 
@@ -77,7 +84,8 @@ class Runtime:
         try:
             reply = self.client.request(method, path, json=document)
         except httpx.HTTPError as e:
-            raise SessionError(f"runtime {self.url} unreachable: {e}", EXIT_UNREACHABLE) from None
+            raise SessionError(f"runtime {self.url} unreachable: {e}", EXIT_UNREACHABLE,
+                               "runtime_unreachable") from None
         try:
             body = reply.json()
         except ValueError:
@@ -87,16 +95,14 @@ class Runtime:
             code = problem.get("code", "") if isinstance(problem, dict) else ""
             message = problem.get("message", reply.text) if isinstance(problem, dict) else reply.text
             raise SessionError(f"{method} {path}: {reply.status_code} {code}: {message}".replace(" : ", ": "),
-                               _EXITS.get(code, EXIT_FAILED))
+                               _EXITS.get(code, EXIT_INVALID if reply.status_code in (400, 422) else EXIT_FAILED),
+                               code)
         return body
 
 
-class SessionError(Exception):
-    """The runtime refused or could not be reached; `exit_code` says which, as Softprobe's CLI does."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+class SessionError(CliError):
+    """The runtime refused or could not be reached; `exit_code` says which, as Softprobe's CLI does,
+    `code` is the runtime's error code."""
 
 
 def _document(path: str) -> Any:
@@ -106,15 +112,16 @@ def _document(path: str) -> Any:
         raise SessionError(f"{path}: not JSON or YAML: {e}", EXIT_INVALID) from None
 
 
-def _run(args: argparse.Namespace, out: TextIO, method: str, route: str, document: Any = None) -> int:
-    _print(args, out, Runtime(args.runtime_url).call(method, route, document))
+def _run(args: argparse.Namespace, out: TextIO, method: str, route: str, document: Any = None,
+         **fields: Any) -> int:
+    _print(out, {**Runtime(args.runtime_url).call(method, route, document), **fields})
     return 0
 
 
-def _print(args: argparse.Namespace, out: TextIO, reply: dict[str, Any]) -> None:
-    if args.json:
-        print(json.dumps(reply, sort_keys=True), file=out)
-    else:
+def _print(out: TextIO, reply: dict[str, Any]) -> None:
+    """The answer as `key=value` pairs, or under `--json` as the envelope's fields."""
+    envelope.report(out, **reply)
+    if not envelope.wanted(out):
         print("  ".join(f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in reply.items()), file=out)
 
 
@@ -126,21 +133,27 @@ def cmd_start(args: argparse.Namespace, settings: object, out: TextIO) -> int:
         reply = runtime.call("POST", f"/v1/sessions/{sid}/policy", _document(args.policy))
     if args.case:
         reply = runtime.call("POST", f"/v1/sessions/{sid}/load-case", _document(args.case))
+    envelope.report(out, **reply, mode=args.mode, specVersion=SPEC_VERSION, schemaVersion=SCHEMA_VERSION)
     if args.shell:
         print(f"export SOFTPROBE_SESSION_ID={sid}", file=out)
-    elif args.json:
-        _print(args, out, reply)
     else:
         print(sid, file=out)
     return 0
 
 
 def cmd_load_case(args: argparse.Namespace, settings: object, out: TextIO) -> int:
-    return _run(args, out, "POST", f"/v1/sessions/{args.session}/load-case", _document(args.file))
+    case = _document(args.file)
+    traces = case.get("traces") if isinstance(case, dict) else None
+    return _run(args, out, "POST", f"/v1/sessions/{args.session}/load-case", case,
+                caseId=case.get("caseId", "") if isinstance(case, dict) else "",
+                traceCount=len(traces) if isinstance(traces, list) else 0)
 
 
 def cmd_rules_apply(args: argparse.Namespace, settings: object, out: TextIO) -> int:
-    return _run(args, out, "POST", f"/v1/sessions/{args.session}/rules", _document(args.file))
+    rules = _document(args.file)
+    listed = rules.get("rules") if isinstance(rules, dict) else None
+    return _run(args, out, "POST", f"/v1/sessions/{args.session}/rules", rules,
+                ruleCount=len(listed) if isinstance(listed, list) else 0)
 
 
 def cmd_policy_set(args: argparse.Namespace, settings: object, out: TextIO) -> int:
@@ -153,18 +166,29 @@ def cmd_policy_set(args: argparse.Namespace, settings: object, out: TextIO) -> i
 
 
 def cmd_stats(args: argparse.Namespace, settings: object, out: TextIO) -> int:
-    """The counters beside the session's id, revision and mode, flat, as Softprobe's CLI prints them."""
+    """The counters beside the session's id, revision and mode, flat as cli.md's example shows them;
+    the envelope also has them under `stats`, as its table of stable fields says."""
     reply = Runtime(args.runtime_url).call("GET", f"/v1/sessions/{args.session}/stats")
     stats = reply.pop("stats", {})
-    _print(args, out, {**reply, **(stats if isinstance(stats, dict) else {})})
+    stats = stats if isinstance(stats, dict) else {}
+    envelope.report(out, stats=stats)
+    _print(out, {**reply, **stats})
     return 0
 
 
-def cmd_close(args: argparse.Namespace, settings: object, out: TextIO) -> int:
-    """`--out` travels as the runtime's `?out=`, a path made absolute (the runtime resolves it, not
-    this shell; a local runtime then writes where the caller meant), a URL as it is."""
-    target = args.out
+def close_route(session_id: str, target: str | None) -> str:
+    """The close of a session, `target` (`--out`) travelling as the runtime's `?out=`: a path made
+    absolute (the runtime resolves it, not this shell; a local runtime then writes where the caller
+    meant), a URL as it is."""
     if target and "://" not in target:
         target = str(Path(target).absolute())
     query = f"?{urlencode({'out': target})}" if target else ""
-    return _run(args, out, "POST", f"/v1/sessions/{args.session}/close{query}")
+    return f"/v1/sessions/{session_id}/close{query}"
+
+
+def cmd_close(args: argparse.Namespace, settings: object, out: TextIO) -> int:
+    runtime = Runtime(args.runtime_url)
+    if envelope.wanted(out):  # the envelope's `stats`: the counters as they were at the close
+        envelope.report(out, stats=runtime.call("GET", f"/v1/sessions/{args.session}/stats").get("stats", {}))
+    _print(out, runtime.call("POST", close_route(args.session, args.out)))
+    return 0
