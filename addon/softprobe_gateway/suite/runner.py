@@ -21,7 +21,7 @@ import httpx
 
 from softprobe_gateway.cli.session import Runtime, SessionError
 from softprobe_gateway.formats.casefile import CaseError
-from softprobe_gateway.suite import building, caseview, compare
+from softprobe_gateway.suite import building, caseview, compare, noise
 from softprobe_gateway.suite.hooks import HookError, Hooks
 from softprobe_gateway.suite.model import PlannedCase, Suite
 from softprobe_gateway.suite.results import CaseResult, DiffEntry, HttpMessage, MockUsed, SuiteResult
@@ -41,6 +41,7 @@ class Settings:
     app_url: str = ""
     parallel: int = 1
     fail_fast: bool = False
+    detect_noise: bool = False  # each case replayed once more first (suite.noise)
 
 
 class _CaseFailed(Exception):
@@ -83,21 +84,43 @@ def run_case(case: PlannedCase, suite: Suite, runtime: Runtime, app: httpx.Clien
     started = time.monotonic()
     state: dict[str, Any] = {"case_id": case.name or case.display_path()}
     try:
+        probe = _probe(case, suite, runtime, app, settings, hooks) if settings.detect_noise else None
         _steps(case, suite, runtime, app, settings, hooks, state)
+        if settings.detect_noise:
+            state["diffs"], state["notes"] = noise.apply(state["diffs"], probe, state.get("response"))
         failure = _summary(state["diffs"])
     except _CaseFailed as e:
         failure = str(e)
     finally:
-        if state.get("session_id"):
-            try:
-                runtime.call("POST", f"/v1/sessions/{state['session_id']}/close")
-            except SessionError:
-                pass  # the case's outcome stands; the session expires with the runtime
+        _close(runtime, state)
     return CaseResult(
         case_id=state["case_id"], name=case.name, path=case.display_path(),
         status="failed" if failure else "passed", duration_ms=_ms(started), failure=failure,
         diffs=tuple(state.get("diffs", ())), mocks=tuple(state.get("mocks", ())), request=state.get("request"),
-        response=state.get("response"), expected=state.get("expected"), session_id=state.get("session_id", ""))
+        response=state.get("response"), expected=state.get("expected"), session_id=state.get("session_id", ""),
+        notes=tuple(state.get("notes", ())))
+
+
+def _probe(case: PlannedCase, suite: Suite, runtime: Runtime, app: httpx.Client, settings: Settings,
+           hooks: Hooks | None) -> HttpMessage | None:
+    """`--detect-noise`: the case replayed once before its run, in a session of its own; its answer
+    (None when it failed before one came: the run then fails the same way, saying why)."""
+    state: dict[str, Any] = {"case_id": ""}
+    try:
+        _steps(case, suite, runtime, app, settings, hooks, state)
+    except _CaseFailed:
+        return None
+    finally:
+        _close(runtime, state)
+    return state.get("response")
+
+
+def _close(runtime: Runtime, state: dict[str, Any]) -> None:
+    if state.get("session_id"):
+        try:
+            runtime.call("POST", f"/v1/sessions/{state['session_id']}/close")
+        except SessionError:
+            pass  # the case's outcome stands; the session expires with the runtime
 
 
 def _steps(case: PlannedCase, suite: Suite, runtime: Runtime, app: httpx.Client, settings: Settings,
