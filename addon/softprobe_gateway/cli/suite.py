@@ -11,13 +11,13 @@ import os
 import sys
 from typing import Any, TextIO
 
+from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.session import DEFAULT_RUNTIME
-from softprobe_gateway.config.schema import ConfigError
 from softprobe_gateway.suite import model, runner
 from softprobe_gateway.suite.hooks import HookFileError, Hooks
 from softprobe_gateway.suite.results import CaseResult, SuiteResult
 
-EXIT_OK, EXIT_INVALID, EXIT_SUITE_FAILED = 0, 5, 20
+EXIT_OK, EXIT_INVALID, EXIT_SUITE_FAILED = envelope.EXIT_OK, envelope.EXIT_INVALID, envelope.EXIT_SUITE
 DEFAULT_APP = "http://127.0.0.1:8081"
 DIFF_LINES = 10  # per failed case in the human output; every entry is in --json and the reports
 _LABELS = {"passed": "OK  ", "failed": "FAIL", "skipped": "SKIP"}
@@ -46,7 +46,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="only the cases whose path or name contains SUBSTR (a glob when it has *, ? or [)")
     run.add_argument("--fail-fast", action="store_true", help="start no case after the first failure")
     run.add_argument("--env-file", metavar="PATH", help="KEY=VALUE lines for ${VAR} (the shell's environment wins)")
-    run.add_argument("--json", action="store_true", help="one JSON document: suite, totals, cases[]")
+    run.add_argument("--json", action="store_true", help="one JSON envelope: status, exitCode, error, suite, "
+                     "total, passed, failed, cases[]")
     run.set_defaults(command=cmd_run)
 
 
@@ -55,15 +56,14 @@ def cmd_run(args: argparse.Namespace, settings: object, out: TextIO) -> int:
         suite = model.load(args.suite, args.env_file)
         cases = suite.cases(args.filter)
     except model.SuiteError as e:
-        print(f"softprobe: suite run: {e}", file=sys.stderr)
-        return EXIT_INVALID
+        raise envelope.CliError(f"suite run: {e}", EXIT_INVALID, "invalid_suite") from None
     if not cases:
         print("softprobe: suite run: no cases selected", file=sys.stderr)
     files = [part.strip() for value in args.hooks for part in value.split(",") if part.strip()]
     try:
         hooks = Hooks(files, sys.stderr) if files else None
     except HookFileError as e:
-        raise ConfigError(str(e)) from None
+        raise envelope.CliError(f"suite run: {e}", envelope.EXIT_USAGE, "invalid_hooks") from None
     try:
         result = runner.run(suite, cases, runner.Settings(args.runtime_url, args.app_url or DEFAULT_APP,
                                                           args.parallel, args.fail_fast), hooks)
@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace, settings: object, out: TextIO) -> int:
         if hooks is not None:
             hooks.close()
     code = EXIT_OK if result.ok else EXIT_SUITE_FAILED
-    if args.json:
+    if envelope.wanted(out):
         write_json(out, result, code)
     else:
         write_human(out, result)
@@ -96,14 +96,13 @@ def write_human(out: TextIO, result: SuiteResult) -> None:
 
 
 def write_json(out: TextIO, result: SuiteResult, code: int) -> None:
-    """The `--json` answer: the envelope's `status`, `exitCode`, `error`, and the reference's stable
-    fields for `suite run` (`suite`, `total`, `passed`, `failed`, `cases[]` with `caseId`, `status`,
-    `durationMs`, `error?`), with more beside them (`displayName`, `path`, `diffs`)."""
-    document = {"status": "ok" if code == EXIT_OK else "fail", "exitCode": code,
-                "error": None if code == EXIT_OK else {"code": "suite_failed",
-                                                       "message": f"{result.failed} of {result.total} cases failed"},
-                **json_fields(result)}
-    print(json.dumps(document, ensure_ascii=False, default=str), file=out)
+    """The `--json` answer: the envelope's `status`, `exitCode`, `error` (written by `envelope`),
+    and the reference's stable fields for `suite run` (`suite`, `total`, `passed`, `failed`,
+    `cases[]` with `caseId`, `status`, `durationMs`, `error?`), with more beside them
+    (`displayName`, `path`, `diffs`, `skipped`, `durationMs`)."""
+    envelope.report(out, **json_fields(result))
+    if code != EXIT_OK:
+        envelope.outcome(out, code="suite_failed", message=f"{result.failed} of {result.total} cases failed")
 
 
 def json_fields(result: SuiteResult) -> dict[str, Any]:
