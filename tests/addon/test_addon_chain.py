@@ -56,8 +56,8 @@ def test_every_default_addon_has_the_flow_hooks_its_rule_was_written_for() -> No
 # `AddonChain.handle_lifecycle` and `_trigger` (then update the digest).
 REPLACED = [addonmanager.AddonManager.handle_lifecycle, addonmanager.AddonManager.trigger_event,
             addonmanager.AddonManager.invoke_addon, addonmanager.AddonManager._iter_hooks,
-            addonmanager.safecall]
-REPLACED_DIGEST = "cb3ceb688495d39f"
+            addonmanager.traverse, addonmanager.safecall]
+REPLACED_DIGEST = "39d92a1584707fe0"
 
 
 def test_the_dispatch_it_stands_in_for_is_unchanged() -> None:
@@ -132,13 +132,26 @@ class Spy:
         self.seen.append("update")
 
 
-def test_the_dispatch_reaches_the_addons_in_use_and_follows_the_options() -> None:
+class Parent:
+    """An addon with sub-addons, as a script is: they are looked up at each event."""
+
+    def __init__(self) -> None:
+        self.addons = [Spy("nested")]
+
+
+class Faulty:
+    def request(self, flow) -> None:
+        raise RuntimeError("a bug in someone's addon")
+
+
+def test_the_dispatch_reaches_the_addons_in_use_and_follows_the_options(caplog) -> None:
     asyncio.run(dispatch())
+    assert "Addon error: a bug in someone's addon" in caplog.text  # logged by mitmproxy, the event went on
 
 
 async def dispatch() -> None:
-    chain, spy, after = AddonChain(), Spy("spy", halt=True), Spy("after")
-    with taddons.context(*default_addons(), chain, spy, after, loadcore=False) as tctx:
+    chain, parent, spy, after = AddonChain(), Parent(), Spy("spy", halt=True), Spy("after")
+    with taddons.context(*default_addons(), chain, parent, Faulty(), spy, after, loadcore=False) as tctx:
         manager = tctx.master.addons
         chain.running()
         assert manager.handle_lifecycle == chain.handle_lifecycle
@@ -152,12 +165,16 @@ async def dispatch() -> None:
         await manager.handle_lifecycle(http_layer.HttpRequestHook(idle))
         assert "if-none-match" in idle.request.headers  # AntiCache left out
         assert spy.seen == ["request", "update"] and after.seen == ["update"]  # AddonHalt stops the event
+        assert parent.addons[0].seen == ["request", "update"]
+        parent.addons.append(Spy("late"))
+        await manager.handle_lifecycle(http_layer.HttpRequestHook(flow()))
+        assert parent.addons[1].seen == ["request", "update"]
 
         tctx.options.update(anticache=True)  # as mitmweb's editor or `:set` does
         on = flow()
         await manager.handle_lifecycle(http_layer.HttpRequestHook(on))
         assert "if-none-match" not in on.request.headers
-        assert after.seen == ["update", "update"]
+        assert after.seen == ["update"] * 3
 
         recorded = tflow.tflow(resp=True)  # `replay.server`, a command: an `update` without flows follows
         tctx.master.commands.call("replay.server", [recorded])
