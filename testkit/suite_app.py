@@ -9,10 +9,39 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
 import httpx
 
-from testkit.support import HttpServer, Received, Reply
+from softprobe_gateway.formats.casefile import case_document
+from softprobe_gateway.store.model import Fields, Recording
+from testkit.recording import FAST_EXPORT
+from testkit.serve import Backend
+from testkit.support import Gateway, HttpServer, Received, Reply
+
+
+@dataclass
+class FragmentStack:
+    runtime: Backend
+    ingress: Gateway
+    upstream: HttpServer
+
+
+@contextmanager
+def fragment_stack(tmp: Path, message: str = "hello") -> Iterator[FragmentStack]:
+    """`softprobe serve` as the runtime; the live upstream behind an egress gateway; the app behind
+    an ingress gateway (both gateways look up in serve). On the way out: no session left open."""
+    with Backend(tmp / "runtime.db") as runtime, fragment_upstream() as upstream:
+        config = {"sp_backend_url": runtime.url, "enable_inject": True, "export": FAST_EXPORT}
+        with Gateway({**config, "traffic_direction": "outbound"}, tmp, mode=f"reverse:{upstream.url}") as egress, \
+                hello_app(egress.proxy, message) as app, \
+                Gateway({**config, "traffic_direction": "inbound"}, tmp, mode=f"reverse:{app.url}") as ingress:
+            yield FragmentStack(runtime, ingress, upstream)
+            assert runtime.client.get("/v1/sessions").json()["sessions"] == []  # every case closed its own
 
 
 def fragment_upstream() -> HttpServer:
@@ -52,3 +81,21 @@ def _propagated(headers: dict[str, str]) -> dict[str, str]:
     if "tracestate" in headers:
         out["tracestate"] = headers["tracestate"]
     return out
+
+
+def ingress_case(path: Path, case_id: str, method: str, target: str, status: int, response: object,
+                 request_body: str = "", request_headers: dict[str, str] | None = None,
+                 response_headers: dict[str, str] | None = None) -> Path:
+    """A case file recording one inbound exchange (what `request.source: case.ingress` sends again
+    and what the answer is compared with), written as `softprobe case export` writes cases."""
+    body = response if isinstance(response, str) else json.dumps(response)
+    exchange = Recording(
+        session_id=case_id, trace_id="ab" * 16, span_id="cd" * 8, parent_span_id="", service="orders",
+        direction="inbound", kind="server", method=method, host="orders.test", path=target, status=status,
+        error=status >= 500, start_ns=1, end_ns=2,
+        request_headers=Fields([(":method", method), (":path", target), *(request_headers or {}).items()]),
+        response_headers=Fields([(":status", str(status)), ("content-type", "application/json"),
+                                 *(response_headers or {}).items()]),
+        request_body=request_body, response_body=body)
+    path.write_text(json.dumps(case_document(case_id, [exchange], datetime.now(timezone.utc))))
+    return path

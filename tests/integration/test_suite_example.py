@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.recording import FAST_EXPORT
-from testkit.serve import Backend
-from testkit.suite_app import fragment_upstream, hello_app
-from testkit.support import BIN, Gateway
+from testkit.suite_app import FragmentStack, fragment_stack
+from testkit.support import BIN
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "cli-suite-run"
 EXAMPLE = DATA / "e2e" / "cli-suite-run"  # the example's own directory: its README runs from there
@@ -28,12 +26,11 @@ HOOKS = ["--hooks", "hooks/rewrite-dep.ts", "--hooks", "hooks/assert-hello.ts"]
 
 @dataclass
 class Stack:
-    runtime: Backend
-    ingress: Gateway
+    stack: FragmentStack
 
     def suite(self, *args: str, **env: str) -> subprocess.CompletedProcess:
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("SOFTPROBE_", "APP_URL"))}
-        environment.update(SOFTPROBE_RUNTIME_URL=self.runtime.url, INGRESS_URL=self.ingress.proxy, **env)
+        environment.update(SOFTPROBE_RUNTIME_URL=self.stack.runtime.url, INGRESS_URL=self.stack.ingress.proxy, **env)
         if "SOFTPROBE_CACHE_DIR" in os.environ:  # where the tsx loader is kept between runs
             environment["SOFTPROBE_CACHE_DIR"] = os.environ["SOFTPROBE_CACHE_DIR"]
         return subprocess.run([str(BIN / "softprobe"), "suite", "run", *args], cwd=EXAMPLE, env=environment,
@@ -42,14 +39,9 @@ class Stack:
 
 @contextmanager
 def stack(tmp: Path, message: str = "hello") -> Iterator[Stack]:
-    with Backend(tmp / "runtime.db") as runtime, fragment_upstream() as upstream:
-        config = {"sp_backend_url": runtime.url, "enable_inject": True, "export": FAST_EXPORT}
-        with Gateway({**config, "traffic_direction": "outbound"}, tmp, mode=f"reverse:{upstream.url}") as egress, \
-                hello_app(egress.proxy, message) as app, \
-                Gateway({**config, "traffic_direction": "inbound"}, tmp, mode=f"reverse:{app.url}") as ingress:
-            yield Stack(runtime, ingress)
-            assert runtime.client.get("/v1/sessions").json()["sessions"] == []  # every case closed its own
-        assert not upstream.received  # the mock answered every /fragment: the live "ok" never asked
+    with fragment_stack(tmp, message) as s:
+        yield Stack(s)
+        assert not s.upstream.received  # the mock answered every /fragment: the live "ok" never asked
 
 
 @pytest.fixture(scope="module")
