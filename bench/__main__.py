@@ -17,7 +17,7 @@ from .scenarios import BY_NAME, SCENARIOS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BODIES = [1024, 64 * 1024, 1024 * 1024]
-QUICK_SCENARIOS = ["direct", "mitmdump", "record", "lookup-miss", "blackhole"]
+QUICK_SCENARIOS = ["direct", "mitmdump", "lean", "record", "lookup-miss", "blackhole"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

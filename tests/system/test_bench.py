@@ -27,13 +27,15 @@ def test_quick_mode_writes_the_three_outputs(tmp_path):
 
     result = json.loads((tmp_path / "latest.json").read_text())
     rows = {r["name"]: r for r in result["scenarios"]}
-    assert {"direct", "mitmdump", "record", "lookup-miss", "blackhole"} <= set(rows)
+    assert {"direct", "mitmdump", "lean", "record", "lookup-miss", "blackhole"} <= set(rows)
     for row in rows.values():
         assert FIELDS <= set(row), row
         assert row["rps"] > 0 and row["sent"] > 0 and row["errors"] == 0, row
         assert 0 < row["p50_ms"] <= row["p99_ms"], row
     assert rows["direct"]["cpu_ms_per_req"] is None
     assert rows["mitmdump"]["cpu_ms_per_req"] > 0 and rows["mitmdump"]["rss_mb"] > 10
+    assert rows["lean"]["cpu_ms_per_req"] > 0  # the lean floor (issue 27)
+    assert "| lean floor: mitmdump, addons in use only | 1 KiB |" in (tmp_path / "latest.md").read_text()
 
     record = rows["record"]
     # Nothing lost: every request wrk completed reached the backend. wrk stops by closing its
