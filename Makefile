@@ -19,8 +19,9 @@ venv: $(TEST_STAMP) $(BENCH_STAMP)
 # Debian packages the tests and benchmarks drive, installed when missing, as COMMAND:PACKAGE: wrk (the
 # load generator), iptables (the transparent-mode tests), curl (a client of the peer matrix),
 # PostgreSQL (the runtime's shared store; its server binaries live off PATH), nginx (the load balancer
-# in front of two `serve` replicas), Chromium (the suite's HTML report, driven by Playwright).
-SYSTEM_PACKAGES := wrk:wrk iptables:iptables curl:curl pg_ctl:postgresql nginx:nginx chromium:chromium
+# in front of two `serve` replicas), Chromium (the suite's HTML report, driven by Playwright), zsh and
+# fish (`softprobe completion`'s scripts run in the real shells).
+SYSTEM_PACKAGES := wrk:wrk iptables:iptables curl:curl pg_ctl:postgresql nginx:nginx chromium:chromium zsh:zsh fish:fish
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=$$(for pair in $(SYSTEM_PACKAGES); do c=$${pair%%:*}; p=$${pair#*:}; \

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import urllib.request
+from dataclasses import asdict
 from datetime import datetime
 from typing import TextIO
 
+from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.common import Settings, browse, resolve
 from softprobe_gateway.formats.har import body_bytes, readable
 from softprobe_gateway.store.model import Fields, Recording, SessionSummary
@@ -41,10 +43,12 @@ def _count(text: str) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    envelope.report(out, sessions=[])  # --json: as the read API's fields (GET /api/sessions/{id})
     if args.limit == 0:
         return 0
     with browse(settings.store) as store:
         page = store.sessions(size=args.limit, service=args.service)
+    envelope.report(out, sessions=[asdict(s) for s in page.sessions])
     if not page.sessions:
         print(f"no sessions recorded in {settings.store.path}", file=out)
         if skipped := gateway_skips(settings.config.admin_listen or DEFAULT_ADMIN):
@@ -63,6 +67,11 @@ def cmd_show(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     with browse(settings.store) as store:
         kind, id = resolve(store, args.session_id, ("session", "exchange"))
         text = _exchange(store.exchange(id)) if kind == "exchange" else _timeline(*store.session(id))
+        if envelope.wanted(out) and kind == "exchange":
+            envelope.report(out, kind=kind, exchange=asdict(store.exchange(id)))
+        elif envelope.wanted(out):
+            summary, exchanges = store.session(id)
+            envelope.report(out, kind=kind, session=asdict(summary), exchanges=[asdict(ex) for ex in exchanges])
     print(text, file=out)
     return 0
 
@@ -70,6 +79,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
 def cmd_misses(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     with browse(settings.store) as store:
         misses = store.misses(args.limit)
+    envelope.report(out, misses=[asdict(miss) for miss in misses])
     if not misses:
         print("no lookup misses recorded", file=out)
     for miss in misses:

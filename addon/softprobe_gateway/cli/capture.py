@@ -1,7 +1,8 @@
 """`softprobe capture run --driver CMD --out PATH`: one capture in one command, as Softprobe's CLI
 runs it. A capture session is started on the runtime, CMD runs in a shell with the session in
 `$SOFTPROBE_SESSION_ID` (it sends its traffic with `x-softprobe-session-id`, through the gateway),
-then the session is closed and the runtime writes its case to PATH (the close's `?out=`, as
+then, once the session's span count has settled (a gateway exports a moment after it answers),
+the session is closed and the runtime writes its case to PATH (the close's `?out=`, as
 `session close --out`). The session is closed whatever the driver did; the exit code is the
 driver's when it failed, 1 when it ran out of `--timeout`."""
 
@@ -13,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from argparse import Namespace
 from typing import TextIO
 
@@ -22,6 +24,7 @@ from softprobe_gateway.cli.session import Runtime, close_route, runtime_options
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
+SETTLE_MAX = 30.0
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -37,13 +40,16 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="a gateway config whose redaction rules scrub the written case (softprobe scrub)")
     run.add_argument("--timeout", type=duration, default=duration("10m"), metavar="DURATION",
                      help="the driver's longest run: 300s, 10m, 1h (default 10m)")
+    run.add_argument("--settle", type=duration, default=duration("1s"), metavar="DURATION",
+                     help="after the driver, how long the session's span count must hold still before the "
+                          "close, for the gateways' last exports to arrive (default 1s; at most 30 s in all)")
     run.set_defaults(command=cmd_run)
 
 
 def duration(text: str) -> float:
     """`300s`, `10m`, `200ms`, `1h` or plain seconds."""
     match = _DURATION.fullmatch(text.strip())
-    if not match or float(match[1]) <= 0:
+    if not match:
         raise argparse.ArgumentTypeError(f"expected a duration such as 300s, 10m or 200ms, got {text!r}")
     return float(match[1]) * _UNITS[match[2]]
 
@@ -55,7 +61,7 @@ def cmd_run(args: argparse.Namespace, settings: object, out: TextIO) -> int:
     try:
         driver_code = _drive(args.driver, session_id, args.timeout, json_out=envelope.wanted(out))
     finally:  # the session never outlives the command, whatever the driver did
-        stats = runtime.call("GET", f"/v1/sessions/{session_id}/stats").get("stats", {})
+        stats = _settled(runtime, session_id, args.settle)
         closed = runtime.call("POST", close_route(session_id, args.out))
     case = closed.get("capturePath", "")
     if args.redact_file and case:
@@ -71,6 +77,20 @@ def cmd_run(args: argparse.Namespace, settings: object, out: TextIO) -> int:
     if driver_code:
         envelope.outcome(out, code="driver_failed", message=f"the driver exited with {driver_code}")
     return driver_code
+
+
+def _settled(runtime: Runtime, session_id: str, quiet: float) -> dict:
+    """The session's counters once `extractedSpans` has not moved for `quiet` seconds (30 s at most):
+    a gateway batches its exports (every 200 ms by default), so the last ones arrive after the driver."""
+    deadline, last, since = time.monotonic() + SETTLE_MAX, None, time.monotonic()
+    while True:
+        stats = runtime.call("GET", f"/v1/sessions/{session_id}/stats").get("stats", {})
+        now = time.monotonic()
+        if stats.get("extractedSpans") != last:
+            last, since = stats.get("extractedSpans"), now
+        if now - since >= quiet or now >= deadline:
+            return stats
+        time.sleep(0.05)
 
 
 def _drive(command: str, session_id: str, timeout: float, json_out: bool) -> int | None:

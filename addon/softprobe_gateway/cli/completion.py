@@ -42,7 +42,7 @@ class Tree:
         self.values: dict[str, list[str]] = {}  # PATH@OPTION of an option that takes a value: its choices
         for path, parser in parsers.walk(top):
             key = " ".join((top.prog, *path))  # never empty: a bash array has no "" key
-            self.commands[key] = list(parsers.subcommands(parser))
+            self.commands[key] = list(parsers.subcommands(parser)) or parsers.choices(parser)
             self.options[key] = []
             for flag, takes_value, choices in parsers.options(parser):
                 self.options[key].append(flag)

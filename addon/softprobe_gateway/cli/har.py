@@ -9,6 +9,7 @@ import hashlib
 from typing import TextIO
 
 from softprobe_gateway.capture.encoding import Capture
+from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.common import Settings, already, find_session, read_json, write_json
 from softprobe_gateway.formats.har import HarError, har, har_traces
 from softprobe_gateway.store.store import Store
@@ -37,13 +38,18 @@ def register(commands: argparse._SubParsersAction, store_options: argparse.Argum
 
 def cmd_export(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     _, exchanges = find_session(settings.store, args.session_id)
-    write_json(har(exchanges), args.output, out)
+    document = har(exchanges)
+    write_json(document, args.output, out)
+    envelope.report(out, entries=len(document["log"]["entries"]),
+                    **({"outputPath": args.output} if args.output else {"har": document}))
     return 0
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """Each file goes through the config's capture and redaction rules, as live traffic would."""
     capture = Capture(settings.config.capture, settings.config.redaction)
+    imported = []
+    envelope.report(out, files=imported)
     with Store(settings.store) as store:
         for path in args.files:
             try:
@@ -54,6 +60,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             except HarError as e:
                 raise HarError(f"{path}: {e}") from None
             added = store.ingest(traces)
+            imported.append({"path": path, "sessionId": session, "imported": added, "skipped": skipped})
             print(f"{path}: {added} exchanges imported into {settings.store.path} as session {session}"
                   f"{already(kept, added)}" + (f"; {skipped} entries skipped (static resources, "
                                                "framework internals, failed requests)" if skipped else ""),

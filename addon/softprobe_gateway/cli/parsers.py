@@ -30,6 +30,12 @@ def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterato
         yield from walk(sub, path + (name,))
 
 
+def choices(parser: argparse.ArgumentParser) -> list[str]:
+    """The values a command's positional arguments allow (`completion bash|zsh|fish`)."""
+    return [str(c) for a in parser._actions if not a.option_strings and a.choices
+            and not isinstance(a, argparse._SubParsersAction) for c in a.choices]
+
+
 def options(parser: argparse.ArgumentParser) -> list[tuple[str, bool, tuple[str, ...] | None]]:
     """A parser's options: (option string, whether it takes a value, the values it allows)."""
     found = []

@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
+from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.common import Settings
 from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, ConfigError
 from softprobe_gateway.store.captures import CAPTURE_PATH_ENV, CaptureCases
@@ -60,6 +62,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     # SIGTERM (docker stop, kubectl) shuts down like Ctrl-C: the store is closed cleanly.
     signal.signal(signal.SIGTERM, _interrupt)
     bound_host, bound_port = server.server_address[:2]
+    envelope.announce(out, sys.stdout, url=f"http://{bound_host}:{bound_port}", store=str(settings.store.path),
+                      keyRequired=bool(key))
     print(f"softprobe backend on http://{bound_host}:{bound_port}, store {settings.store.path}, "
           f"{'key required' if key else 'no key (loopback only)'}", file=out, flush=True)
     try:

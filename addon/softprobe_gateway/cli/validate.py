@@ -1,6 +1,7 @@
 """`softprobe validate case|rules|suite FILE`: a file checked against Softprobe's published schema
 (`formats.schemas`) before a run trips over it; a case also as this project reads it (its OTLP
-spans decoded). Exit 0 when valid, 5 when not, as Softprobe's CLI."""
+spans decoded); a suite is `suite validate` itself (Softprobe publishes no suite schema: its checks
+are the suite reference's). Exit 0 when valid, 5 when not, as Softprobe's CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from softprobe_gateway.cli import envelope
+from softprobe_gateway.cli import envelope, suite_authoring
 from softprobe_gateway.formats import schemas
 from softprobe_gateway.formats.casefile import CaseError, case_exchanges
 
@@ -24,6 +25,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser = actions.add_parser(kind, help=f"validate {what}")
         parser.add_argument("file", metavar="FILE", help=what)
         parser.set_defaults(command=run)
+    suite = actions.add_parser("suite", help="validate a *.suite.yaml: `softprobe suite validate`")
+    suite.add_argument("suite", metavar="SUITE.yaml")
+    suite.add_argument("--hooks", action="append", default=[], metavar="PATH",
+                       help="the hook files the suite's hooks must be in (as for suite run)")
+    suite.add_argument("--env-file", metavar="PATH", help="KEY=VALUE lines for ${VAR} (the shell's environment wins)")
+    suite.set_defaults(command=suite_authoring.cmd_validate)
 
 
 def _read(path: str, yaml_too: bool) -> tuple[Any, list[str]]:
