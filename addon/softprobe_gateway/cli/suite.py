@@ -11,9 +11,9 @@ import os
 import sys
 from typing import Any, TextIO
 
-from softprobe_gateway.cli import envelope
+from softprobe_gateway.cli import envelope, suite_authoring
 from softprobe_gateway.cli.session import DEFAULT_RUNTIME
-from softprobe_gateway.suite import model, runner
+from softprobe_gateway.suite import junit, model, report, runner
 from softprobe_gateway.suite.hooks import HookFileError, Hooks
 from softprobe_gateway.suite.results import CaseResult, SuiteResult
 
@@ -48,7 +48,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--env-file", metavar="PATH", help="KEY=VALUE lines for ${VAR} (the shell's environment wins)")
     run.add_argument("--json", action="store_true", help="one JSON envelope: status, exitCode, error, suite, "
                      "total, passed, failed, cases[]")
+    run.add_argument("--junit", metavar="PATH", help="write JUnit XML (caseId in name, the case file in classname)")
+    run.add_argument("--report", metavar="PATH", help="write a standalone HTML report with each failed case's diff")
+    run.add_argument("--detect-noise", action="store_true",
+                     help="replay each case once more first and ignore the body JSONPaths that differ between the two")
     run.set_defaults(command=cmd_run)
+    suite_authoring.register(actions)
 
 
 def cmd_run(args: argparse.Namespace, settings: object, out: TextIO) -> int:
@@ -66,10 +71,14 @@ def cmd_run(args: argparse.Namespace, settings: object, out: TextIO) -> int:
         raise envelope.CliError(f"suite run: {e}", envelope.EXIT_USAGE, "invalid_hooks") from None
     try:
         result = runner.run(suite, cases, runner.Settings(args.runtime_url, args.app_url or DEFAULT_APP,
-                                                          args.parallel, args.fail_fast), hooks)
+                                                          args.parallel, args.fail_fast, args.detect_noise), hooks)
     finally:
         if hooks is not None:
             hooks.close()
+    if args.junit:
+        junit.write(result, args.junit)
+    if args.report:
+        report.write(result, args.report)
     code = EXIT_OK if result.ok else EXIT_SUITE_FAILED
     if envelope.wanted(out):
         write_json(out, result, code)

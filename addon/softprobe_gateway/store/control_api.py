@@ -252,3 +252,16 @@ _ACTIONS = {"load-case": "POST", "rules": "POST", "policy": "POST", "fixtures/au
             "close": "POST", "stats": "GET", "state": "GET"}
 _CHECKS: dict[str, Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]] = {
     "load-case": _check_case, "rules": _check_rules, "policy": _check_policy, "fixtures/auth": _check_fixtures}
+
+
+def refusal(action: str, document: Any) -> str:
+    """Why `POST /v1/sessions/{id}/{action}` (`rules`, `policy`, `load-case`) would refuse
+    `document`, empty when it takes it: `suite validate` checks a suite's mocks and policy with the
+    runtime's own checks before any session is opened."""
+    if not isinstance(document, dict):
+        return f"{action}: an object expected"
+    try:
+        _CHECKS[action](document)
+    except ApiError as e:
+        return str(e)
+    return ""
