@@ -32,15 +32,21 @@ class FragmentStack:
 
 
 @contextmanager
-def fragment_stack(tmp: Path, message: str = "hello") -> Iterator[FragmentStack]:
+def fragment_stack(tmp: Path, message: str = "hello", egress: dict | None = None,
+                   ingress: dict | None = None) -> Iterator[FragmentStack]:
     """`softprobe serve` as the runtime; the live upstream behind an egress gateway; the app behind
-    an ingress gateway (both gateways look up in serve). On the way out: no session left open."""
+    an ingress gateway (both gateways look up in serve; `egress` and `ingress` are their configs,
+    `{runtime}` in a value the runtime's URL). On the way out: no session left open."""
+    egress = egress or {"sp_backend_url": "{runtime}", "enable_inject": True, "traffic_direction": "outbound"}
+    ingress = ingress or {**egress, "traffic_direction": "inbound"}
     with Backend(tmp / "runtime.db") as runtime, fragment_upstream() as upstream:
-        config = {"sp_backend_url": runtime.url, "enable_inject": True, "export": FAST_EXPORT}
-        with Gateway({**config, "traffic_direction": "outbound"}, tmp, mode=f"reverse:{upstream.url}") as egress, \
-                hello_app(egress.proxy, message) as app, \
-                Gateway({**config, "traffic_direction": "inbound"}, tmp, mode=f"reverse:{app.url}") as ingress:
-            yield FragmentStack(runtime, ingress, upstream)
+        def config(c: dict) -> dict:
+            return {**{k: v.replace("{runtime}", runtime.url) if isinstance(v, str) else v for k, v in c.items()},
+                    "export": FAST_EXPORT}
+        with Gateway(config(egress), tmp, mode=f"reverse:{upstream.url}") as out, \
+                hello_app(out.proxy, message) as app, \
+                Gateway(config(ingress), tmp, mode=f"reverse:{app.url}") as into:
+            yield FragmentStack(runtime, into, upstream)
             assert runtime.client.get("/v1/sessions").json()["sessions"] == []  # every case closed its own
 
 
