@@ -6,7 +6,6 @@ every case passed, 20 when one failed; 5 for a suite file that cannot be run, 2 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, TextIO
@@ -95,10 +94,7 @@ def write_human(out: TextIO, result: SuiteResult) -> None:
         print(f"{line}: {case.failure}" if case.failure else line, file=out)
         if case.status == "failed":
             for diff in case.diffs[:DIFF_LINES]:
-                where = "status" if diff.what == "status" else f"{diff.what} {diff.where}"
-                said = f"expected {_show(diff.expected)}, got {_show(diff.actual)}"
-                extra = "; ".join(x for x in (diff.reason if diff.reason != "differs" else "", diff.source) if x)
-                print(f"       {where}: {said}" + (f"  ({extra})" if extra else ""), file=out)
+                print(f"       {junit.diff_line(diff)}", file=out)  # as the JUnit failure text says it
             if len(case.diffs) > DIFF_LINES:
                 print(f"       ... {len(case.diffs) - DIFF_LINES} more", file=out)
     print(f"result: passed={result.passed} failed={result.failed} total={result.total}", file=out)
@@ -131,11 +127,6 @@ def _case_json(case: CaseResult) -> dict[str, Any]:
     if case.notes:
         fields["notes"] = list(case.notes)
     return fields
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _positive(text: str) -> int:
