@@ -53,8 +53,14 @@ run: $(STAMP)
 		--set softprobe_config=$(CONFIG) $(foreach option,$(SET),--set $(option))
 
 ## Run the whole test suite (every tier: unit, addon, integration, system; what CI runs).
-test: $(TEST_STAMP) $(BENCH_STAMP) system-deps
+test: $(TEST_STAMP) $(BENCH_STAMP) system-deps hook-loader
 	$(BIN)/python -m pytest -q
+
+# TypeScript suite hooks on a Node without type stripping load through tsx, installed from the npm
+# registry into ~/.cache/softprobe on first use: here, before the tests, which reach only loopback.
+.PHONY: hook-loader
+hook-loader: $(STAMP)
+	if command -v node >/dev/null; then $(BIN)/python -m softprobe_gateway.suite.node; fi
 
 ## The inner loop: the unit and addon tiers, no process of their own beyond the export worker (about 20 s).
 .PHONY: test-fast

@@ -216,3 +216,13 @@ def _loader_in(prefix: Path) -> Path | None:
         entry = entry.get("default") if isinstance(entry, dict) else entry
     loader = package.parent / str(entry)
     return loader if loader.is_file() else None
+
+
+if __name__ == "__main__":  # `make test`: the TypeScript loader in place before any test needs it
+    found = shutil.which("node")
+    if found is None:
+        sys.exit("node is not on PATH")
+    if _strips_types(found):
+        print(f"{found} strips TypeScript types itself: no loader needed")
+    else:
+        print(f"TypeScript hooks load with {tsx_loader()}")
