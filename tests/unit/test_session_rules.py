@@ -4,11 +4,13 @@ session in `tracestate` under both proxies' keys (`decisions.tracecontext`)."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from softprobe_gateway.decisions.session_rules import Request, decide, matches, strict_miss
 from softprobe_gateway.decisions.tracecontext import (
     SpanContext,
+    new_session,
     parse_tracestate,
     propagated_headers,
     session,
@@ -86,3 +88,11 @@ def test_tracestate_session_read_under_either_key_and_written_under_both() -> No
     out = propagated_headers(ctx, "sess_a", state, has_traceparent=True, sp_num=None)["tracestate"]
     assert parse_tracestate(out) == [("x-sp-traceparent", ctx.traceparent), ("x-sp-session-id", "sess_a"),
                                      ("x-softprobe-session-id", "sess_a"), ("k", "v")]
+
+
+def test_a_new_session_is_a_random_version_4_uuid() -> None:
+    ids = [new_session() for _ in range(200)]
+    assert len(set(ids)) == 200
+    for value in ids:
+        parsed = uuid.UUID(value.removeprefix("sp-session-"))
+        assert (parsed.version, parsed.variant, f"sp-session-{parsed}") == (4, uuid.RFC_4122, value)
