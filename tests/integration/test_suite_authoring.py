@@ -24,6 +24,7 @@ import pytest
 import xmlschema
 import yaml
 
+from testkit.browser import chromium
 from testkit.recording import FAST_EXPORT
 from testkit.serve import Backend
 from testkit.suite_app import fragment_upstream
@@ -135,8 +136,15 @@ def test_without_detect_noise_the_stamped_case_fails_on_the_stamps(mesh: Mesh) -
     quote = report["cases"][1]
     assert quote["caseId"] == "rec-quote" and quote["status"] == "failed"
     assert sorted(d["where"] for d in quote["diffs"]) == ["$.generatedAt", "$.quoteId"]
-    html = (mesh.work / "out" / "failed.html").read_text()
-    assert 'id="case-1"' in html and "$.generatedAt" in html
+    with chromium() as browser:  # the real run's report, as a person opens it
+        page = browser.new_page()
+        page.goto((mesh.work / "out" / "failed.html").as_uri())
+        page.screenshot(path=str(mesh.work / "out" / "failed.png"), full_page=True)
+        rows = page.locator("section#case-1 table.diffs tbody tr")
+        assert sorted(rows.nth(i).locator("td").nth(1).inner_text() for i in range(rows.count())) == [
+            "$.generatedAt", "$.quoteId"]
+        assert page.locator("section#case-1 table.mocks").inner_text().count("get-fragment") == 1
+        assert page.locator("section#case-0").count() == 0  # the case that passed has a row, no section
 
 
 def test_suite_validate_names_every_problem_and_exits_5(tmp_path: Path) -> None:

@@ -17,11 +17,9 @@ import xmlschema
 
 from softprobe_gateway.suite import junit, report
 from softprobe_gateway.suite.results import CaseResult, DiffEntry, HttpMessage, MockUsed, SuiteResult
+from testkit.browser import chromium
 
 XSD = Path(__file__).resolve().parents[1] / "data" / "junit" / "junit.xsd"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 HOSTILE = "<script>window.__pwned=1;alert(1)</script><img src=x onerror=\"window.__pwned=2\">"
 
 
@@ -78,11 +76,8 @@ def test_junit_of_a_run_that_passed_has_no_failure_elements(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def test_the_html_report_in_chromium_shows_the_failed_cases_diff_side_by_side(browser, tmp_path: Path) -> None:
