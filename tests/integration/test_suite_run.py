@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from softprobe_gateway.suite import model, runner
 from testkit.cli import run
 from testkit.serve import Backend
 from testkit.suite_app import FragmentStack, fragment_stack, ingress_case
@@ -295,3 +296,22 @@ def test_a_strict_policy_refuses_what_no_mock_answers(capsys, tmp_path: Path, fr
     case = mock_run(capsys, fragment, path, "--hooks", dep_hook(tmp_path, ""))
     assert case["status"] == "passed", case
     assert not fragment.upstream.received
+
+
+def test_the_api_token_is_the_bearer(capsys, tmp_path: Path, app: OrdersApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$SOFTPROBE_API_TOKEN as `Authorization: Bearer`, which a keyed runtime requires; and what a
+    passed case keeps (no bodies: a suite of thousands stays small), against a failed one."""
+    ingress_case(tmp_path / "a.case.json", "a", "GET", "/slow", 200, {"slow": True})
+    path = suite(tmp_path, "name: keyed\ncases: [{path: a.case.json, name: ok}, "
+                           "{path: a.case.json, name: bad, overrides: {assertions: {status: 201}}}]\n")
+    with Backend(tmp_path / "keyed.db", "k-suite-31f") as keyed:
+        monkeypatch.delenv("SOFTPROBE_API_TOKEN", raising=False)
+        code, out, _ = run_suite(capsys, keyed, app.url, path)
+        assert code == 20 and "start session: POST /v1/sessions: 401 missing_bearer_token" in out
+        monkeypatch.setenv("SOFTPROBE_API_TOKEN", "k-suite-31f")
+        loaded = model.load(path, shell={})
+        result = runner.run(loaded, loaded.cases(), runner.Settings(keyed.url, app.url))
+    passed, failed = result.cases
+    assert (passed.status, failed.status) == ("passed", "failed")
+    assert passed.response.status == 200 and passed.response.body == "" and passed.expected.body == ""
+    assert failed.response.body == '{"slow": true}' and failed.expected.body == '{"slow": true}'

@@ -66,7 +66,9 @@ class CaseResult:
     file as the suite resolved it (relative to the working directory when it is under it).
     `failure` is one line saying why the case failed (the first diff, a hook's error, the
     runtime unreachable), empty when it passed. `expected` is the case's recorded ingress
-    response (what the comparison ran against), when the case had one.
+    response (what the comparison ran against), when the case had one. The bodies of `request`,
+    `response`, `expected` and the mocks' answers are kept for a failed case only (a passed
+    case's are empty), so that a run of thousands of cases holds little.
     """
 
     case_id: str

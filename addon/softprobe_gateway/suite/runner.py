@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -93,12 +93,18 @@ def run_case(case: PlannedCase, suite: Suite, runtime: Runtime, app: httpx.Clien
         failure = str(e)
     finally:
         _close(runtime, state)
+    kept = (lambda m: m) if failure else _without_body  # a passed case's bodies are not kept: bounded memory
     return CaseResult(
         case_id=state["case_id"], name=case.name, path=case.display_path(),
         status="failed" if failure else "passed", duration_ms=_ms(started), failure=failure,
-        diffs=tuple(state.get("diffs", ())), mocks=tuple(state.get("mocks", ())), request=state.get("request"),
-        response=state.get("response"), expected=state.get("expected"), session_id=state.get("session_id", ""),
-        notes=tuple(state.get("notes", ())))
+        diffs=tuple(state.get("diffs", ())),
+        mocks=tuple(replace(m, response=kept(m.response)) for m in state.get("mocks", ())),
+        request=kept(state.get("request")), response=kept(state.get("response")), expected=kept(state.get("expected")),
+        session_id=state.get("session_id", ""), notes=tuple(state.get("notes", ())))
+
+
+def _without_body(message: HttpMessage | None) -> HttpMessage | None:
+    return None if message is None else replace(message, body="")
 
 
 def _probe(case: PlannedCase, suite: Suite, runtime: Runtime, app: httpx.Client, settings: Settings,
