@@ -323,6 +323,24 @@ def test_config_errors_name_the_key(tmp_path, text, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("public_key: [SECRET]\n", "'public_key': expected a string, got list (its value is not shown"),
+    ("redaction: {salt: {SECRET: 1}}\n", "'redaction.salt': expected a string, got dict"),
+    ("sp_backend_url: 'https://o.softprobe.ai/SECRET/v1?token=SECRET'\n",
+     "URL 'https://o.softprobe.ai/...?...' must not have a query"),
+    ("sp_backend_url: 'https://o.softprobe.ai:SECRET'\n", "malformed port in URL 'https://o.softprobe.ai:...'"),
+    ("sp_backend_url: [SECRET]\n", "'sp_backend_url': expected a string, got list"),
+    ("sp_backend_url: SECRET\n", "expected an http(s)://, sqlite: or file: URL, got a value of 6 characters"),
+])
+def test_config_errors_never_show_a_secret(tmp_path, text, message):
+    """Errors reach the log and the unauthenticated /metrics of a rejected reload."""
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(cfg.ConfigError) as e:
+        load_config(p, {})
+    assert message in str(e.value) and "SECRET" not in str(e.value), str(e.value)
+
+
 def test_backend_kinds():
     assert cfg.Config().backend_kind == "store" and cfg.Config().local_path == "softprobe.db"
     c = cfg.Config(sp_backend_url="sqlite:/data/x.db")

@@ -1,4 +1,9 @@
-"""Validation of YAML data against the schema, key by key, driven by the fields' metadata."""
+"""Validation of YAML data against the schema, key by key, driven by the fields' metadata.
+
+An error names the key and, briefly, the value, except a secret's: a field kept out of its
+dataclass's repr (`public_key`, `redaction.salt`) is never echoed, nor the backend URL's
+userinfo, query or path (a token hides there). These messages reach the log and the unauthenticated /metrics
+(`softprobe_config_reload_error_info`), so they are made safe here, where they are built."""
 
 from __future__ import annotations
 
@@ -29,7 +34,13 @@ def build(cls: type, data: Any, prefix: str) -> Any:
         if f is None:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"key '{name}': unknown key (known here: {known})")
-        value = _coerce(hints[f.name], raw, name)
+        try:
+            value = _coerce(hints[f.name], raw, name)
+        except ConfigError:
+            if f.repr and f.metadata.get("check") != "backend_url":
+                raise
+            raise ConfigError(f"key '{name}': expected a string, got {type(raw).__name__} "
+                              "(its value is not shown: it may hold a secret)") from None
         _check(f.metadata, value, name)
         values[f.name] = value
     return cls(**values)
@@ -118,6 +129,7 @@ def _is_host(entry: str) -> bool:
 
 def _check_backend_url(value: str, name: str) -> None:
     parts = urlsplit(value)
+    shown = shown_url(value)
     if "@" in parts.netloc:  # credentials would be logged and committed: use public_key
         raise ConfigError(f"key '{name}': credentials do not belong in the URL "
                           f"(use public_key or ${PUBLIC_KEY_ENV})")
@@ -125,17 +137,37 @@ def _check_backend_url(value: str, name: str) -> None:
         try:
             parts.port  # noqa: B018 - raises on a malformed port
         except ValueError:
-            raise ConfigError(f"key '{name}': malformed port in URL {value!r}") from None
+            raise ConfigError(f"key '{name}': malformed port in URL {shown}") from None
         if not parts.hostname:
-            raise ConfigError(f"key '{name}': URL {value!r} has no host")
+            raise ConfigError(f"key '{name}': URL {shown} has no host")
         if parts.query or parts.fragment:
-            raise ConfigError(f"key '{name}': URL {value!r} must not have a query or fragment")
+            raise ConfigError(f"key '{name}': URL {shown} must not have a query or fragment")
     elif parts.scheme in ("file", "sqlite"):
         if not (parts.netloc + parts.path):
-            raise ConfigError(f"key '{name}': URL {value!r} names no file")
+            raise ConfigError(f"key '{name}': URL {shown} names no file")
     else:
         raise ConfigError(
-            f"key '{name}': expected an http(s)://, sqlite: or file: URL, got {value!r}")
+            f"key '{name}': expected an http(s)://, sqlite: or file: URL, got {shown}")
+
+
+def shown_url(value: str) -> str:
+    """A URL as an error may show it, quoted: the scheme and the host (and port) of a network
+    URL, its path as `/...`, and `?...` for a query or fragment; userinfo never (a password or a
+    token in any of them would reach the log and /metrics). A local path (`sqlite:`, `file:`) is
+    shown; what is no URL at all (a key pasted in the wrong place?) only by its length."""
+    parts = urlsplit(value)
+    rest = "?..." if parts.query or parts.fragment else ""
+    if parts.scheme in ("file", "sqlite") and "@" not in parts.netloc:
+        return repr(value.split("?", 1)[0].split("#", 1)[0] + rest)
+    if not parts.netloc:
+        return f"{parts.scheme}:... (not a URL)" if parts.scheme else f"a value of {len(value)} characters"
+    host = parts.hostname or ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ":..."
+    path = "/..." if parts.path.strip("/") else parts.path
+    return repr(f"{parts.scheme}://{f'[{host}]' if ':' in host else host}{port}{path}{rest}")
 
 
 def _kind(value: Any) -> str:

@@ -1,5 +1,10 @@
 """The admin endpoint: `/healthz`, `/readyz` and the Prometheus `/metrics`, on a thread of its
-own (`admin_listen`), so a scrape never waits on the proxy's event loop."""
+own (`admin_listen`), so a scrape never waits on the proxy's event loop.
+
+`/readyz` answers 503 while no export worker runs; its body's second line says the export
+path's state (the worker, the backend and whether it could be reached). A backend that is down
+does not make the gateway unready: traffic flows without it (fail open), and what cannot be
+exported is counted."""
 
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ class _AdminHttpServer(ThreadingHTTPServer):
 class AdminServer:
     """`/healthz`, `/readyz` and `/metrics` on their own port, served from a daemon thread."""
 
-    def __init__(self, listen: str, metrics: Metrics, ready: Callable[[], bool]) -> None:
+    def __init__(self, listen: str, metrics: Metrics, ready: Callable[[], bool],
+                 export_state: Callable[[], str]) -> None:
         host, _, port = listen.rpartition(":")
         registry = metrics.registry
 
@@ -43,7 +49,8 @@ class AdminServer:
                     self._send(200, b"ok\n")
                 elif path == "/readyz":
                     ok = ready()
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                    body = f"{'ready' if ok else 'not ready'}\n{export_state()}\n"
+                    self._send(200 if ok else 503, body.encode())
                 else:
                     self._send(404, b"not found\n")
 

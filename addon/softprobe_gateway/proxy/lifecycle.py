@@ -20,7 +20,7 @@ from softprobe_gateway.config.loader import CONFIG_ENV, ConfigFile
 from softprobe_gateway.config.schema import Config, ConfigError
 from softprobe_gateway.decisions.interception import upstream_trust
 from softprobe_gateway.metrics import Metrics
-from softprobe_gateway.proxy import options
+from softprobe_gateway.proxy import backend_check, options
 from softprobe_gateway.proxy.admin import AdminServer
 from softprobe_gateway.proxy.routing import listen_addresses
 from softprobe_gateway.proxy.runtime import Runtime
@@ -42,6 +42,7 @@ class Lifecycle:
         self.admin: AdminServer | None = None
         self._watcher: asyncio.Task | None = None
         self._retiring: dict[asyncio.Task, Runtime] = {}  # replaced runtimes finishing their flows
+        self.backend_state = backend_check.UNCHECKED  # the current runtime's HTTP backend, as last seen
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -58,6 +59,8 @@ class Lifecycle:
             return
         path = ctx.options.softprobe_config or os.environ.get(CONFIG_ENV, "")
         try:
+            if self.runtime is None:
+                options.refuse_unknown(ctx.options.deferred, OPTIONS)
             config_file = ConfigFile(path or None, options.overrides(ctx.options))
             if self.runtime is None:
                 self._checked, self.config_file = config_file.load(), config_file
@@ -108,10 +111,24 @@ class Lifecycle:
             task = asyncio.get_running_loop().create_task(old.retire(RETIRE_GRACE_S))
             self._retiring[task] = old
             task.add_done_callback(self._retiring.pop)
-        described = runtime.describe(self.config_file.source)
+        described = runtime.describe(self.config_file.source, "reloaded" if old else "loaded")
         if self.config_file.overrides:
             described += f"; options: {options.describe(self.config_file.overrides)}"
         log.info(described)
+        self._check_backend(runtime)
+
+    def _check_backend(self, runtime: Runtime) -> None:
+        """An HTTP backend that is down or mistyped is said at once (the store and a file are
+        opened by the worker at start-up, where an error already stops it)."""
+        self.backend_state = backend_check.UNCHECKED
+        if runtime.config.backend_kind != "http":
+            return
+
+        def report(state: str) -> None:
+            if self.runtime is runtime:
+                self.backend_state = state
+
+        backend_check.check_in_background(runtime.config.sp_backend_url, runtime.config.export.timeout_s, report)
 
     @staticmethod
     def _set_mitmproxy_options(runtime: Runtime) -> None:
@@ -135,11 +152,11 @@ class Lifecycle:
             self.admin = None
         if listen and self.admin is None:
             try:
-                self.admin = AdminServer(listen, self.metrics, self.ready)
+                self.admin = AdminServer(listen, self.metrics, self.ready, self.export_state)
             except OSError as e:
                 if current:  # a refused move at runtime is rolled back: keep serving where it was
                     with contextlib.suppress(OSError):
-                        self.admin = AdminServer(current, self.metrics, self.ready)
+                        self.admin = AdminServer(current, self.metrics, self.ready, self.export_state)
                 raise exceptions.OptionsError(
                     f"softprobe: admin_listen: cannot listen on {listen}: {e.strerror} (another "
                     "gateway running? choose another address with --set softprobe_admin=HOST:PORT)"
@@ -148,6 +165,19 @@ class Lifecycle:
     def ready(self) -> bool:
         """Started, and an export worker runs (not while a dead one is being restarted)."""
         return self.runtime is not None and self.runtime.exporter.running
+
+    def export_state(self) -> str:
+        """The export path, for `/readyz`: the worker, and where exports go (for an HTTP backend,
+        whether it could be reached when the config was loaded)."""
+        runtime = self.runtime
+        if runtime is None:
+            return "export: not started"
+        worker = "running" if runtime.exporter.running else "not running (being restarted)"
+        backend = runtime.backend.describe()
+        if runtime.config.backend_kind == "http":
+            state = self.backend_state
+            backend += f": {state}" + ("" if state == backend_check.UNCHECKED else " when the config was loaded")
+        return f"export worker {worker}; exporting to {backend}"
 
     async def _watch(self) -> None:
         """Apply edits of the config file (a ConfigMap update swaps a symlink) without a restart."""

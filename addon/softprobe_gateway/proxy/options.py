@@ -8,7 +8,8 @@ mitmweb; it comes from $SOFTPROBE_PUBLIC_KEY (or the file) only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -110,6 +111,16 @@ def overrides(options: Any) -> dict[str, Any]:
             raise exceptions.OptionsError(f"{o.name}: {e}") from None
         out[o.key] = value
     return out
+
+
+def refuse_unknown(deferred: Iterable[str], known: Collection[str]) -> None:
+    """An OptionsError for a `softprobe_*` option that no addon declares, naming the closest one:
+    mitmproxy keeps an unknown `--set` aside in silence (for an addon that might declare it
+    later), so `softprobe_lookup=on` would start with lookups off."""
+    for name in sorted(n for n in deferred if n.startswith("softprobe")):
+        closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {closest[0]}?" if closest else f"the options are {', '.join(sorted(known))}"
+        raise exceptions.OptionsError(f"{name}: no such option ({hint})")
 
 
 def describe(values: dict[str, Any]) -> str:

@@ -69,9 +69,10 @@ class Runtime:
     def direction(self, reverse_listener: bool) -> str:
         return resolve_direction(self.config.traffic_direction, reverse_listener)
 
-    def describe(self, source: str) -> str:
+    def describe(self, source: str, done: str = "loaded") -> str:
+        """The start-up line (`loaded`), or a live reload's (`reloaded`)."""
         lookups = "on" if self.config.enable_inject else "off"
-        return f"softprobe: config {source} loaded; exporting to {self.backend.describe()}; lookups {lookups}"
+        return f"softprobe: config {source} {done}; exporting to {self.backend.describe()}; lookups {lookups}"
 
     def hold(self) -> None:
         """A flow started with this runtime."""
