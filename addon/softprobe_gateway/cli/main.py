@@ -9,6 +9,7 @@ else ./softprobe.db: the same file the gateway records into with the same config
 from __future__ import annotations
 
 import io
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -30,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             envelope.usage_failure(e, sys.stdout)
         return e.exit_code
     as_json = getattr(args, "json", False) or args.json_first
+    if args.verbose:  # every HTTP request a command makes, and its answer's status line, on stderr
+        logging.basicConfig(stream=sys.stderr, format="softprobe: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.INFO)
     out = envelope.JsonOut() if as_json else io.StringIO() if args.quiet else sys.stdout
     failure = None
     try:
@@ -53,6 +57,7 @@ def parser() -> envelope.Parser:
     top.add_argument("--version", action="version", version=f"softprobe {__version__} (spec {SPEC_VERSION})")
     top.add_argument("--json", dest="json_first", action="store_true", help="a JSON envelope (as COMMAND --json)")
     top.add_argument("-q", "--quiet", action="store_true", help="no output but errors")
+    top.add_argument("-v", "--verbose", action="store_true", help="each HTTP request made, on stderr")
     commands = top.add_subparsers(required=True, metavar="COMMAND")
     store_options = common.store_options()
     for group in (browse, har, case, replay, serve):
