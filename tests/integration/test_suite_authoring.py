@@ -2,14 +2,16 @@
 behind an ingress gateway calling its dependency through an egress gateway (real mitmdump with the
 addon), both recording into `softprobe serve`, which is the suite's runtime too. `case export --all`
 writes a case per session, `suite init` a suite over them, `suite run --detect-noise` passes
-although the app stamps every answer with the time and a new id; without `--detect-noise` that
-case fails on exactly those paths. Also `suite validate` (exit 5, each problem named) and `suite diff`.
+although the app stamps every answer with the time and a new id (the commands as docs/suites.md
+writes them); without `--detect-noise` that case fails on exactly those paths. Also `suite
+validate` (exit 5, each problem named; the page's example and its output) and `suite diff`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -34,6 +36,14 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 FRAGMENT_CASE = DATA / "cli-suite-run" / "spec" / "examples" / "cases" / "fragment-happy-path.case.json"
 EXAMPLE = DATA / "cli-suite-run" / "e2e" / "cli-suite-run"
 XSD = DATA / "junit" / "junit.xsd"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "suites.md"
+
+
+def doc_block(language: str, containing: str) -> str:
+    """The one fenced block of docs/suites.md in `language` holding `containing`."""
+    found = re.findall(r"^```(\w*)\n(.*?)^```$", DOC.read_text(), re.DOTALL | re.MULTILINE)
+    (block,) = [body for lang, body in found if lang == language and containing in body]
+    return block
 
 
 def stamping_app(egress_url: str) -> HttpServer:
@@ -85,13 +95,22 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             yield Mesh(runtime, ingress, upstream, work)
 
 
-def test_record_export_init_run_is_three_commands(mesh: Mesh) -> None:
-    exported = mesh.softprobe("case", "export", "--all", "--db", str(mesh.runtime.db), "-o", "cases")
+def documented(mesh: Mesh, command: str) -> subprocess.CompletedProcess:
+    """A command of the page's three, run as written (its store the runtime's file)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOFTPROBE_", "APP_URL"))}
+    env |= {"SOFTPROBE_RUNTIME_URL": mesh.runtime.url, "APP_URL": mesh.ingress.proxy, "PATH": f"{BIN}:{env['PATH']}"}
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", command.replace("suites.db", str(mesh.runtime.db))],
+                          cwd=mesh.work, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_record_export_init_run_is_three_commands_as_documented(mesh: Mesh) -> None:
+    export, init, run = doc_block("sh", "suite init").strip().splitlines()
+    exported = documented(mesh, export)
     assert exported.returncode == 0, exported.stderr
     assert sorted(p.name for p in (mesh.work / "cases").iterdir()) == ["rec-flights.case.json", "rec-quote.case.json"]
     assert "cases/rec-quote.case.json: case rec-quote, 2 exchanges" in exported.stdout
 
-    init = mesh.softprobe("suite", "init", "cases/*.case.json", "-o", "recorded.suite.yaml")
+    init = documented(mesh, init)
     assert init.returncode == 0, init.stderr
     assert init.stdout.strip() == "recorded.suite.yaml: suite recorded, 2 cases, 1 mocks"
     suite = yaml.safe_load((mesh.work / "recorded.suite.yaml").read_text())
@@ -108,8 +127,7 @@ def test_record_export_init_run_is_three_commands(mesh: Mesh) -> None:
     assert (checked.returncode, checked.stdout.strip()) == (0, "recorded.suite.yaml: valid (suite recorded, 2 cases)")
 
     live_calls = len(mesh.upstream.received)
-    run = mesh.softprobe("suite", "run", "recorded.suite.yaml", "--detect-noise", "--junit", "out/junit.xml",
-                         "--report", "out/report.html")
+    run = documented(mesh, run)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert lines[1].startswith("  OK   cases/rec-flights.case.json [rec-flights] (")
@@ -122,7 +140,7 @@ def test_record_export_init_run_is_three_commands(mesh: Mesh) -> None:
     assert [(c.get("name"), c.get("classname")) for c in cases] == [
         ("rec-flights", "cases/rec-flights.case.json"), ("rec-quote", "cases/rec-quote.case.json")]
     noted = cases[1].find("system-out").text
-    assert "noise: ignored $.generatedAt, $.quoteId (differed between two replays of the same version)" in noted
+    assert doc_block("text", "noise: ignored").strip() in noted
     assert cases[0].find("system-out").text.startswith("session: ")  # the same answer twice: no note
     assert "noise: ignored $.generatedAt, $.quoteId" in (mesh.work / "out" / "report.html").read_text()
 
@@ -196,22 +214,15 @@ cases:
     assert errors.count("findInCase") == 1  # the bad case's own problems, each once
 
 
-def test_softprobes_example_validates_with_its_hooks_and_not_without(tmp_path: Path) -> None:
-    hooks = ["--hooks", "hooks/rewrite-dep.ts", "--hooks", "hooks/assert-hello.ts"]
+def test_softprobes_example_validates_with_its_hooks_and_not_without_as_documented() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOFTPROBE_")}
-    if "SOFTPROBE_CACHE_DIR" in os.environ:
+    if "SOFTPROBE_CACHE_DIR" in os.environ:  # where the tsx loader is kept between runs
         env["SOFTPROBE_CACHE_DIR"] = os.environ["SOFTPROBE_CACHE_DIR"]
-
-    def validate(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "softprobe"), "suite", "validate", *extra, "suites/fragment.suite.yaml"],
-                              cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=60)
-
-    good = validate(*hooks)
-    assert (good.returncode, good.stdout.strip()) == (
-        0, "suites/fragment.suite.yaml: valid (suite fragment-hooks-cli, 2 cases)"), good.stderr
-    bad = validate()
-    assert bad.returncode == 5
-    assert 'mocks[0].hook: hook "rewriteDep": no --hooks file given' in bad.stdout
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    done = subprocess.run(["bash", "-eu", "-c", doc_block("sh", "suite validate")], cwd=EXAMPLE, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == doc_block("text", "valid (suite fragment-hooks-cli")
 
 
 def test_suite_diff_lists_the_outbound_calls_added_and_removed(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ in every field the reports print."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from softprobe_gateway.suite.results import CaseResult, DiffEntry, HttpMessage, 
 from testkit.browser import chromium
 
 XSD = Path(__file__).resolve().parents[1] / "data" / "junit" / "junit.xsd"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "suites.md"
 HOSTILE = "<script>window.__pwned=1;alert(1)</script><img src=x onerror=\"window.__pwned=2\">"
 
 
@@ -65,6 +67,19 @@ def test_the_junit_xml_is_valid_by_the_junit_schema_with_case_ids_and_paths(tmp_
     assert '(assertNote)' in (failure.text or "")
     assert cases[2].find("skipped").get("message") == "not run: --fail-fast after a failure"
     assert "noise: ignored $.generatedAt" in cases[1].find("system-out").text
+
+
+def test_the_junit_example_of_the_docs_is_what_the_writer_writes(tmp_path: Path) -> None:
+    (example,) = re.findall(r"^```xml\n(.*?)^```$", DOC.read_text(), re.DOTALL | re.MULTILINE)
+    body = DiffEntry("body", "$.message", "hello", "bye", "differs", source="helloShape")
+    path = "../../spec/examples/cases/fragment-happy-path.case.json"
+    run = SuiteResult("fragment-hooks-cli", "suites/fragment.suite.yaml", (
+        CaseResult("happy-path", "happy-path", path, "failed", 24, session_id="sess_1", diffs=(body,),
+                   failure='body $.message (helloShape): expected "hello", got "bye"'),
+        CaseResult("fragment-down", "fragment-down", path, "passed", 22, session_id="sess_2")), 61)
+    assert junit.document(run) == example
+    (tmp_path / "example.xml").write_text(example)
+    xmlschema.XMLSchema(XSD).validate(str(tmp_path / "example.xml"))
 
 
 def test_junit_of_a_run_that_passed_has_no_failure_elements(tmp_path: Path) -> None:
