@@ -18,6 +18,8 @@ from testkit.cli import run
 from testkit.serve import case_for
 from testkit.support import BIN
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def envelope(capsys, *argv: object) -> tuple[int, dict[str, Any]]:
     code, out, _ = run(capsys, *argv, "--json")
@@ -60,6 +62,11 @@ def test_validate_case_rules_and_suite(capsys, tmp_path: Path) -> None:
     code, doc = envelope(capsys, "validate", "case", undecodable)
     assert code == 5 and "not OTLP JSON traces" in doc["errors"][0]
     assert envelope(capsys, "validate", "case", tmp_path / "missing.json")[0] == 1  # unreadable is not invalid
+    softprobes = ROOT / "tests/data/cli-suite-run/spec/examples/cases/fragment-happy-path.case.json"  # Softprobe's own
+    assert envelope(capsys, "validate", "case", softprobes)[1]["valid"] is True
+    summary = envelope(capsys, "inspect", "case", softprobes)[1]["spanSummary"]
+    assert [(s["direction"], s["method"], s["host"], s["path"], s["status"]) for s in summary] == [
+        ("outbound", "GET", "softprobe-proxy:8084", "/fragment", 200)]
 
     rules = tmp_path / "rules.yaml"
     rules.write_text("- when: {host: a.test}\n  then: {action: mock, response: {status: 200}}\n")  # a bare list
