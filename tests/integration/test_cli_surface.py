@@ -77,6 +77,8 @@ def test_doctor_all_green_against_serve_and_a_gateway(capsys, runtime: Backend, 
     code, out, _ = run(capsys, "doctor", "--runtime-url", runtime.url, "--admin", admin)
     assert code == 0 and out.startswith("softprobe 0.") and "✓ gateway-ready" in out
     assert "· header-echo: --proxy URL" in out  # not asked for: skipped, not failed
+    verbose = softprobe("-v", "doctor", "--runtime-url", runtime.url, "--admin", admin)
+    assert verbose.returncode == 0 and f'HTTP Request: GET {runtime.url}/health "HTTP/1.1 200 OK"' in verbose.stderr
 
 
 def test_doctor_failures_exit_10(capsys, runtime: Backend, app: HttpServer) -> None:
