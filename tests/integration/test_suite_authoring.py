@@ -171,6 +171,8 @@ def test_suite_validate_names_every_problem_and_exits_5(tmp_path: Path) -> None:
     (tmp_path / "hooks.py").write_text("def other(**_):\n    return None\n")
     (tmp_path / "broken.suite.yaml").write_text("""
 name: broken
+mocks:
+  - {name: shared, match: {methd: GET}, response: {status: 200}}
 cases:
   - cases/*.case.json
   - path: missing.case.json
@@ -199,10 +201,11 @@ cases:
     for expected in ("cases[0]: 'cases/*.case.json' matches no file",
                      "cases[1]: ", "missing.case.json: no such case file",
                      "not-a-case.case.json: not a case file",
-                     'mocks[0] nowhere: findInCase {"path": "/nowhere"}: 0 spans match, exactly one expected',
-                     "mocks[1] typo: match: unknown field 'hostsufix'",
-                     "mocks[2] jsonpath: match: '$.items[?(@.x ==': not a JSONPath",
-                     "mocks[3] badsource: source 'somewhere': `case` or `inline` expected",
+                     "mocks[0] shared: match: unknown field 'methd'",
+                     'mocks[1] nowhere: findInCase {"path": "/nowhere"}: 0 spans match, exactly one expected',
+                     "mocks[2] typo: match: unknown field 'hostsufix'",
+                     "mocks[3] jsonpath: match: '$.items[?(@.x ==': not a JSONPath",
+                     "mocks[4] badsource: source 'somewhere': `case` or `inline` expected",
                      "assertions.status: 'ok': an integer, a list or {min, max} expected",
                      "assertions.headers.include.etag: bad regular expression",
                      "assertions.body.mode: 'fuzzy': one of json-subset, exact, string, ignore expected",
@@ -212,6 +215,7 @@ cases:
         assert expected in errors, expected
     assert "'$.fine'" not in errors
     assert errors.count("findInCase") == 1  # the bad case's own problems, each once
+    assert errors.count("'methd'") == 1  # the defaults' problem once, not once per case
 
 
 def test_softprobes_example_validates_with_its_hooks_and_not_without_as_documented() -> None:
