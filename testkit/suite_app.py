@@ -37,7 +37,8 @@ def fragment_stack(tmp: Path, message: str = "hello", egress: dict | None = None
     """`softprobe serve` as the runtime; the live upstream behind an egress gateway; the app behind
     an ingress gateway (both gateways look up in serve; `egress` and `ingress` are their configs,
     `{runtime}` in a value the runtime's URL). On the way out: no session left open."""
-    egress = egress or {"sp_backend_url": "{runtime}", "enable_inject": True, "traffic_direction": "outbound"}
+    egress = egress or {"sp_backend_url": "{runtime}", "enable_inject": True, "traffic_direction": "outbound",
+                        "lookup": {"timeout_ms": 2000}}  # a loaded machine must not show as a difference
     ingress = ingress or {**egress, "traffic_direction": "inbound"}
     with Backend(tmp / "runtime.db") as runtime, fragment_upstream() as upstream:
         def config(c: dict) -> dict:

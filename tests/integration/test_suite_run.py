@@ -315,3 +315,13 @@ def test_the_api_token_is_the_bearer(capsys, tmp_path: Path, app: OrdersApp, mon
     assert (passed.status, failed.status) == ("passed", "failed")
     assert passed.response.status == 200 and passed.response.body == "" and passed.expected.body == ""
     assert failed.response.body == '{"slow": true}' and failed.expected.body == '{"slow": true}'
+
+
+def test_secret_headers_are_masked_in_what_is_kept(capsys, tmp_path: Path, runtime: Backend, app: OrdersApp) -> None:
+    (tmp_path / "c.case.json").write_text(json.dumps({"version": "1.0.0", "caseId": "c", "traces": []}))
+    path = suite(tmp_path, "name: secret\ncases: c.case.json\nassertions: {status: 500}\n"
+                           "request: {method: GET, path: /echo, headers: {authorization: Bearer s3cr3t-t0ken, x-tenant: t}}\n")
+    loaded = model.load(path, shell={})
+    (case,) = runner.run(loaded, loaded.cases(), runner.Settings(runtime.url, app.url)).cases
+    assert case.request.headers == {"authorization": "***", "x-tenant": "t"}
+    assert json.loads(case.response.body)["auth"] == "Bearer s3cr3t-t0ken"  # the app got it

@@ -68,7 +68,8 @@ class CaseResult:
     runtime unreachable), empty when it passed. `expected` is the case's recorded ingress
     response (what the comparison ran against), when the case had one. The bodies of `request`,
     `response`, `expected` and the mocks' answers are kept for a failed case only (a passed
-    case's are empty), so that a run of thousands of cases holds little.
+    case's are empty), so that a run of thousands of cases holds little; the values of secret
+    headers (`authorization`, `cookie`, ...: the gateway's own list) are `***` in all of them.
     """
 
     case_id: str

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from softprobe_gateway.capture.encoding import SENSITIVE_HEADERS
 from softprobe_gateway.cli.session import Runtime, SessionError
 from softprobe_gateway.formats.casefile import CaseError
 from softprobe_gateway.suite import building, caseview, compare, noise
@@ -27,6 +28,7 @@ from softprobe_gateway.suite.model import PlannedCase, Suite
 from softprobe_gateway.suite.results import CaseResult, DiffEntry, HttpMessage, MockUsed, SuiteResult
 
 SESSION_HEADER = "x-softprobe-session-id"
+MASK = "***"  # a secret header's value in results and reports (the request itself carries it)
 APP_TIMEOUT_S = 30.0
 # The request under test reaches the app: an ingress gateway that looks up (enable_inject) is
 # never answered from the loaded case's recorded ingress or an older recording of it. Lowest
@@ -93,18 +95,23 @@ def run_case(case: PlannedCase, suite: Suite, runtime: Runtime, app: httpx.Clien
         failure = str(e)
     finally:
         _close(runtime, state)
-    kept = (lambda m: m) if failure else _without_body  # a passed case's bodies are not kept: bounded memory
+    keep = failure != ""  # a passed case's bodies are not kept: bounded memory
     return CaseResult(
         case_id=state["case_id"], name=case.name, path=case.display_path(),
         status="failed" if failure else "passed", duration_ms=_ms(started), failure=failure,
         diffs=tuple(state.get("diffs", ())),
-        mocks=tuple(replace(m, response=kept(m.response)) for m in state.get("mocks", ())),
-        request=kept(state.get("request")), response=kept(state.get("response")), expected=kept(state.get("expected")),
+        mocks=tuple(replace(m, response=_kept(m.response, keep)) for m in state.get("mocks", ())),
+        request=_kept(state.get("request"), keep), response=_kept(state.get("response"), keep),
+        expected=_kept(state.get("expected"), keep),
         session_id=state.get("session_id", ""), notes=tuple(state.get("notes", ())))
 
 
-def _without_body(message: HttpMessage | None) -> HttpMessage | None:
-    return None if message is None else replace(message, body="")
+def _kept(message: HttpMessage | None, body: bool) -> HttpMessage | None:
+    """What results (and so reports) keep of a message: secret headers masked, the body only when asked."""
+    if message is None:
+        return None
+    headers = {k: MASK if k.lower() in SENSITIVE_HEADERS else v for k, v in message.headers.items()}
+    return replace(message, headers=headers, body=message.body if body else "")
 
 
 def _probe(case: PlannedCase, suite: Suite, runtime: Runtime, app: httpx.Client, settings: Settings,
