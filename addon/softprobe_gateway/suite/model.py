@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,6 @@ class Suite:
 def _selected(case: PlannedCase, filter: str) -> bool:
     texts = (str(case.path), case.display_path(), case.name)
     if _GLOB.search(filter):
-        from fnmatch import fnmatch
         return any(fnmatch(t, filter) or fnmatch(t, f"*{filter}*") for t in texts)
     return any(filter in t for t in texts)
 
