@@ -81,7 +81,9 @@ class Mesh:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("suite-authoring")
     with Backend(tmp / "runtime.db") as runtime, fragment_upstream() as upstream:
-        config = {"sp_backend_url": runtime.url, "enable_inject": True, "export": FAST_EXPORT}
+        # A lookup of a loaded machine that timed out would go to the live dependency: given time.
+        config = {"sp_backend_url": runtime.url, "enable_inject": True, "export": FAST_EXPORT,
+                  "lookup": {"timeout_ms": 2000}}
         with Gateway({**config, "traffic_direction": "outbound"}, tmp, mode=f"reverse:{upstream.url}") as egress, \
                 stamping_app(egress.proxy) as app, \
                 Gateway({**config, "traffic_direction": "inbound"}, tmp, mode=f"reverse:{app.url}") as ingress:
