@@ -149,3 +149,17 @@ def test_a_report_of_thousands_of_cases_with_big_bodies_stays_bounded() -> None:
     html = report.page(SuiteResult("big", "big.suite.yaml", (case,) * 20, 1))
     assert len(html) < 20 * (2 * report.MAX_BODY + report.MAX_VALUE + 4000)
     assert "more characters)" in html
+
+
+def test_past_the_detailed_cases_failed_ones_keep_their_row_only(tmp_path: Path) -> None:
+    cases = tuple(CaseResult(f"c{i}", "", f"c{i}.case.json", "failed", 1, failure="status: expected 200, got 500",
+                             diffs=(DiffEntry("status", "", 200, 500, "differs"),))
+                  for i in range(report.MAX_DETAILED + 3))
+    report.write(SuiteResult("many", "many.suite.yaml", cases, 1), tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert html.count('<section class="case"') == report.MAX_DETAILED
+    assert html.count('<tr class="failed">') == report.MAX_DETAILED + 3
+    assert html.count('<a href="#case-') == report.MAX_DETAILED
+    assert "3 more failed cases are in the table above without their details" in html
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC")  # written in parts, the same page
+    assert stamp.sub("T", html) == stamp.sub("T", report.page(SuiteResult("many", "many.suite.yaml", cases, 1)))

@@ -5,13 +5,15 @@ mocks it registered and the request it sent.
 
 One file, nothing fetched: the style is inline and the page has no script at all, which its
 Content-Security-Policy enforces. Case data is hostile input (recorded bodies and headers, names
-from suite files): every value is escaped, and bodies are cut at `MAX_BODY` characters so a suite
-of thousands of cases writes a page of bounded size.
+from suite files): every value is escaped, bodies are cut at `MAX_BODY` characters and at most
+`MAX_DETAILED` failed cases are shown in full, so a suite of thousands of cases writes a page of
+bounded size, a part at a time.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
@@ -21,6 +23,7 @@ from softprobe_gateway.suite.results import CaseResult, DiffEntry, HttpMessage, 
 
 MAX_BODY = 32 * 1024  # characters of one body shown
 MAX_VALUE = 2000  # characters of one value in a table cell
+MAX_DETAILED = 500  # failed cases shown in full; every case has its row
 _POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; base-uri 'none'"
 
 STYLE = """
@@ -54,17 +57,23 @@ tr.differs td.expected{background:#fff4d6}tr.differs td.actual{background:#fde2e
 
 
 def write(result: SuiteResult, path: str | Path) -> None:
-    """Write the page (parent directories made), replacing the file."""
+    """Write the page (parent directories made), replacing the file, a part at a time."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page(result), encoding="utf-8")
+    with target.open("w", encoding="utf-8") as f:
+        for part in _parts(result, None):
+            f.write(part + "\n")
 
 
 def page(result: SuiteResult, now: datetime | None = None) -> str:
     """The whole report as one HTML document."""
+    return "".join(part + "\n" for part in _parts(result, now))
+
+
+def _parts(result: SuiteResult, now: datetime | None) -> Iterator[str]:
     when = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M:%S UTC")
     failed = [(index, case) for index, case in enumerate(result.cases) if case.status == "failed"]
-    parts = [
+    yield from (
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">',
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
@@ -74,13 +83,14 @@ def page(result: SuiteResult, now: datetime | None = None) -> str:
         f"{result.duration_ms / 1000:.2f} s</p></header><main>",
         _totals(result),
         *(f'<p class="notes">{_e(note)}</p>' for note in result.notes),
-        _summary_table(result),
-    ]
+        _summary_table(result, {index for index, _ in failed[:MAX_DETAILED]}))
     if failed:
-        parts.append("<h2>Failed cases</h2>")
-        parts += [_failed_case(index, case) for index, case in failed]
-    parts.append("</main></body></html>")
-    return "\n".join(parts) + "\n"
+        yield "<h2>Failed cases</h2>"
+        yield from (_failed_case(index, case) for index, case in failed[:MAX_DETAILED])
+    if len(failed) > MAX_DETAILED:
+        yield (f'<p class="notes" id="more">{len(failed) - MAX_DETAILED} more failed cases are in the table above '
+               f"without their details (the first {MAX_DETAILED} have them): --json and --junit hold every one.</p>")
+    yield "</main></body></html>"
 
 
 def _totals(result: SuiteResult) -> str:
@@ -90,12 +100,12 @@ def _totals(result: SuiteResult) -> str:
     return f'<div class="totals" id="totals">{inner}</div>'
 
 
-def _summary_table(result: SuiteResult) -> str:
+def _summary_table(result: SuiteResult, detailed: set[int]) -> str:
     rows = ["<table id=\"cases\"><thead><tr><th>status</th><th>case</th><th>path</th><th>time</th>"
             "<th>failure, notes</th></tr></thead><tbody>"]
     for index, case in enumerate(result.cases):
         label = _e(case.case_id)
-        if case.status == "failed":
+        if index in detailed:
             label = f'<a href="#case-{index}">{label}</a>'
         said = " ".join(x for x in (_e(case.failure), *(f'<span class="notes">{_e(n)}</span>' for n in case.notes)) if x)
         rows.append(f'<tr class="{case.status}"><td><span class="status {case.status}">{case.status}</span></td>'
