@@ -140,9 +140,12 @@ class LookupConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """The embedded SQLite backend (used when `sp_backend_url` is empty or `sqlite:`)."""
+    """The embedded SQLite backend (used when `sp_backend_url` is empty or `sqlite:`), or the
+    PostgreSQL database `softprobe serve` shares between replicas (`url`)."""
 
     path: str = "softprobe.db"
+    # postgresql://USER[:PASS]@HOST:PORT/DB (`--store`, $SOFTPROBE_STORE_URL); empty: the file at `path`.
+    url: str = field(default="", repr=False)
     max_exchanges: int = field(default=100_000, metadata={"min": 1})
     max_age_hours: float = field(default=0.0, metadata={"min": 0})
     ignore_fields: tuple[str, ...] = ()
@@ -257,7 +260,8 @@ class Config:
     @property
     def store_config(self) -> StoreConfig:
         """The embedded store's settings, at the path `sp_backend_url` names (if any)."""
-        return dataclasses.replace(self.store, path=self.local_path)
+        return dataclasses.replace(self.store, path=self.local_path,
+                                   url=self.store.url if not self.sp_backend_url else "")
 
     @property
     def local_path(self) -> str:
