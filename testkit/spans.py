@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
+import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -83,14 +86,40 @@ def answer_of(result: TracesData | None) -> tuple[int, str] | None:
     return attrs["http.response.status_code"].int_value, attrs["http.response.body"].string_value
 
 
-@pytest.fixture
-def open_store(tmp_path: Path):
-    stores: list[Store] = []
+class Stores:
+    """Stores of one engine on one database, for a test: `open_store(**options)` opens one (closed
+    when the test ends), `config` says where, `execute` changes its tables behind the store's back."""
 
-    def make(**options) -> Store:
-        store = Store(StoreConfig(path=str(tmp_path / "sp.db"), **options))
-        stores.append(store)
+    def __init__(self, engine: str, base: StoreConfig) -> None:
+        self.engine, self.base = engine, base
+        self.opened: list[Store] = []
+
+    def config(self, **options) -> StoreConfig:
+        return dataclasses.replace(self.base, **options)
+
+    def __call__(self, **options) -> Store:
+        store = Store(self.config(**options))
+        self.opened.append(store)
         return store
-    yield make
-    for store in stores:
+
+    def execute(self, statement: str) -> None:
+        if self.engine == "sqlite":
+            with sqlite3.connect(self.base.path) as db:
+                db.execute(statement)
+            db.close()
+        else:
+            with psycopg.connect(self.base.url, autocommit=True) as db:
+                db.execute(statement)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request, tmp_path: Path):
+    """The store's behaviour on both engines: a file of its own, or a database of its own."""
+    if request.param == "sqlite":
+        base = StoreConfig(path=str(tmp_path / "sp.db"))
+    else:
+        base = StoreConfig(url=request.getfixturevalue("postgres").database(migrated=True))
+    stores = Stores(request.param, base)
+    yield stores
+    for store in stores.opened:
         store.close()

@@ -3,6 +3,7 @@
 import pytest
 
 from testkit.recording import recording  # noqa: F401 (a fixture)
+from testkit.postgres import postgres  # noqa: F401 (a fixture)
 from testkit.spans import open_store  # noqa: F401 (a fixture)
 from testkit.support import OtlpBackend, echo_upstream
 

@@ -1,4 +1,5 @@
-"""The SQLite store with real files: recording, replay matching, sequences, retention, errors.
+"""The store on both engines (a real SQLite file, a real PostgreSQL database: the fixture
+`open_store` is parametrized over them): recording, replay matching, sequences, retention, errors.
 
 The span builders here follow protocol section 1 (extract) and section 2 (inject); the other
 backend tests import them.
@@ -7,7 +8,6 @@ backend tests import them.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -139,33 +139,29 @@ def test_retention_deletes_the_oldest_exchanges_and_their_sessions(open_store) -
     assert [s.id for s in store.sessions().sessions] == ["new"]
 
 
-def test_retention_by_age(tmp_path: Path) -> None:
-    path = str(tmp_path / "sp.db")
-    with Store(StoreConfig(path=path)) as store:
+def test_retention_by_age(open_store) -> None:
+    with open_store() as store:
         store.ingest(traces(extract_span(session="aged")))
-    with sqlite3.connect(path) as db:  # stored two hours ago
-        db.execute("UPDATE exchanges SET ingested_ns = ingested_ns - 7200e9")
-    with Store(StoreConfig(path=path, max_age_hours=1)) as store:
+    open_store.execute("UPDATE exchanges SET ingested_ns = ingested_ns - 7200000000000")  # stored 2 h ago
+    with open_store(max_age_hours=1) as store:
         assert store.session("aged") == (None, [])
 
 
-def test_restart_keeps_exchanges_sessions_and_misses(tmp_path: Path) -> None:
-    config = StoreConfig(path=str(tmp_path / "sp.db"))
-    with Store(config) as store:
+def test_restart_keeps_exchanges_sessions_and_misses(open_store) -> None:
+    with open_store() as store:
         store.ingest(traces(extract_span(session="kept", answer='"still here"')))
         assert store.lookup(inject(path="/nothing")) is None
-    with Store(config) as store:
+    with open_store() as store:
         assert answer_of(store.lookup(inject(session="kept"))) == (200, '"still here"')
         assert [s.id for s in store.sessions().sessions] == ["kept"]
         assert store.misses()[0].path == "/nothing"
 
 
-def test_changed_ignore_fields_apply_to_existing_recordings(tmp_path: Path) -> None:
-    path = str(tmp_path / "sp.db")
-    with Store(StoreConfig(path=path)) as store:
+def test_changed_ignore_fields_apply_to_existing_recordings(open_store) -> None:
+    with open_store() as store:
         store.ingest(traces(extract_span(path="/x?ts=1", answer='"x"')))
         assert store.lookup(inject(path="/x?ts=2")) is None
-    with Store(StoreConfig(path=path, ignore_fields=("ts",))) as store:
+    with open_store(ignore_fields=("ts",)) as store:
         assert answer_of(store.lookup(inject(path="/x?ts=2"))) == (200, '"x"')
 
 

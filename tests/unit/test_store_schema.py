@@ -89,15 +89,15 @@ def test_one_table_of_columns_makes_the_file_and_every_exchange_field(tmp_path: 
     assert sorted(read) == sorted(f.name for f in dataclasses.fields(Recording))
 
 
-def test_an_exchange_reads_back_as_it_was_added(tmp_path: Path) -> None:
+def test_an_exchange_reads_back_as_it_was_added(open_store) -> None:
     ex = Recording(session_id="s", trace_id="ab" * 16, span_id="cd" * 8, parent_span_id="ef" * 8,
                    service="svc", direction="outbound", kind="client", method="POST", host="api.test:80",
-                   path="/pay?x=1", status=502, error=True, start_ns=5, end_ns=9,
+                   path="/pay?x=1", status=502, error=True, start_ns=5, end_ns=1_700_000_000_000_000_009,
                    request_headers=Fields([(":method", "POST"), ("x-a", "1"), ("x-a", "2")]),
-                   response_headers=Fields([(":status", "502")]), request_body="{}", response_body="bad",
+                   response_headers=Fields([(":status", "502")]), request_body="{}", response_body="bad\x00 \u00e9",
                    answered_by="mock", error_message="upstream reset", request_original_size=7,
                    response_original_size=8, response_trailers=Fields([("grpc-status", "14")]))
-    with Store(StoreConfig(path=str(tmp_path / "sp.db"))) as store:
+    with open_store() as store:  # a NUL and a non-ASCII body, a time past 32 bits: as they were
         assert store.add([ex]) == 1
         stored = store.exchange(ex.span_id)
     assert stored.id > 0 and stored == dataclasses.replace(ex, id=stored.id)

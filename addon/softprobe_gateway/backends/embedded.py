@@ -112,7 +112,6 @@ class StoreLookups:
             raise LookupFailure(BAD_ANSWER, f"embedded store: {e}") from None
 
     async def aclose(self) -> None:
-        self.sessions.release()
         self.store.close()
 
 

@@ -13,6 +13,7 @@ from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.common import Settings, browse, resolve
 from softprobe_gateway.formats.har import body_bytes, readable
 from softprobe_gateway.store.model import Fields, Recording, SessionSummary
+from softprobe_gateway.store.store import describe
 
 PREVIEW = 100  # characters of a body shown by `show`
 DEFAULT_ADMIN = "127.0.0.1:9090"  # the shipped config's admin_listen (`make run`)
@@ -50,7 +51,7 @@ def cmd_sessions(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         page = store.sessions(size=args.limit, service=args.service)
     envelope.report(out, sessions=[asdict(s) for s in page.sessions])
     if not page.sessions:
-        print(f"no sessions recorded in {settings.store.path}", file=out)
+        print(f"no sessions recorded in {describe(settings.store)}", file=out)
         if skipped := gateway_skips(settings.config.admin_listen or DEFAULT_ADMIN):
             print(skipped, file=out)
         return 0

@@ -16,7 +16,7 @@ from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.common import Settings, already, browse, find_session, read_case, write_json
 from softprobe_gateway.formats.casefile import profile_warnings
 from softprobe_gateway.store.captures import recorded_case
-from softprobe_gateway.store.store import Store
+from softprobe_gateway.store.store import Store, describe
 
 
 def register(commands: argparse._SubParsersAction, store_options: argparse.ArgumentParser) -> None:
@@ -78,7 +78,7 @@ def _export_many(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         print(_written(str(path), case, recorded, left_out), file=out)
         written.append({"caseId": case["caseId"], "outputPath": str(path), "exchanges": recorded, "leftOut": left_out})
     if not written:
-        print(f"no sessions recorded in {settings.store.path}", file=out)
+        print(f"no sessions recorded in {describe(settings.store)}", file=out)
     envelope.report(out, cases=written, outputPath=str(target))
     return 0
 
@@ -131,6 +131,6 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             imported.append({"path": path, "exchanges": len(exchanges), "imported": added,
                              "sessions": sorted({ex.session_id for ex in exchanges})})
             sessions = ", ".join(sorted({ex.session_id for ex in exchanges})) or "none"
-            print(f"{path}: {added} exchanges imported into {settings.store.path}"
+            print(f"{path}: {added} exchanges imported into {describe(settings.store)}"
                   f"{already(len(exchanges), added)}; sessions: {sessions}", file=out)
     return 0

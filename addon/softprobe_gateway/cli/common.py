@@ -14,16 +14,16 @@ from typing import Any, TextIO
 
 from softprobe_gateway.cli.envelope import EXIT_NO_SESSION, EXIT_USAGE, CliError
 from softprobe_gateway.config.loader import CONFIG_ENV, load_config
-from softprobe_gateway.config.schema import Config, StoreConfig
+from softprobe_gateway.config.schema import Config, ConfigError, StoreConfig
 from softprobe_gateway.formats.casefile import CaseError, case_exchanges
 from softprobe_gateway.store.model import Recording, SessionSummary
-from softprobe_gateway.store.store import Store, StoreError
+from softprobe_gateway.store.store import STORE_URL_ENV, Store, StoreError, describe, parse_url
 
 
 @dataclass(frozen=True)
 class Settings:
     """The gateway's config as a command sees it: `store` is the store it records into (the
-    backend URL's file, else `store.path`), or `--db` when given."""
+    backend URL's file, else `store.path`), or `--db`, or `--store` (else $SOFTPROBE_STORE_URL)."""
 
     config: Config
     store: StoreConfig
@@ -33,6 +33,9 @@ def store_options() -> argparse.ArgumentParser:
     """`--db` and `--config`, a parent of every command that reads the gateway's config."""
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--db", help="the SQLite store (default: store.path of the config)")
+    options.add_argument("--store", metavar="URL",
+                         help=f"sqlite:PATH or postgresql://USER[:PASS]@HOST:PORT/DB (default: ${STORE_URL_ENV}, "
+                              "else --db, else the config's store)")
     options.add_argument("--config", help=f"gateway config YAML (default: ${CONFIG_ENV})")
     return options
 
@@ -41,7 +44,18 @@ def load(args: argparse.Namespace) -> Settings:
     """The config of `--config`, else $SOFTPROBE_CONFIG, else all defaults: read once, here."""
     config = load_config(args.config or os.environ.get(CONFIG_ENV) or None)
     store = config.store_config if config.backend_kind == "store" else config.store
-    return Settings(config, dataclasses.replace(store, path=args.db) if args.db else store)
+    if args.db:
+        store = dataclasses.replace(store, path=args.db, url="")
+    if args.store:
+        url, option = args.store, "--store"
+    else:  # $SOFTPROBE_STORE_URL, unless --db names a file
+        url, option = ("" if args.db else os.environ.get(STORE_URL_ENV, "")), f"${STORE_URL_ENV}"
+    if url:
+        try:
+            store = parse_url(url, store)
+        except ValueError as e:
+            raise ConfigError(f"{option}: {e}") from None
+    return Settings(config, store)
 
 
 def browse(config: StoreConfig) -> Store:
@@ -65,7 +79,7 @@ def resolve(store: Store, prefix: str, kinds: tuple[str, ...]) -> tuple[str, str
     """The one session or exchange an id, or the start of one, names; StoreError otherwise."""
     found = [(kind, id) for kind, id in store.find(prefix) if kind in kinds]
     if not found:
-        raise NotFound(f"no {' or '.join(kinds)} {prefix!r} in {store.path}")
+        raise NotFound(f"no {' or '.join(kinds)} {prefix!r} in {store.name}")
     if len(found) > 1:
         names = ", ".join(f"{kind} {id}" for kind, id in found)
         raise Ambiguous(f"{prefix!r} is ambiguous: it starts {names}; give more of the id")
@@ -78,7 +92,7 @@ def find_session(config: StoreConfig, prefix: str) -> tuple[SessionSummary, list
         _, session_id = resolve(store, prefix, ("session",))
         summary, exchanges = store.session(session_id)
         if summary is None:  # pruned since `find` named it
-            raise NotFound(f"no session {prefix!r} in {store.path}")
+            raise NotFound(f"no session {prefix!r} in {store.name}")
     return summary, exchanges
 
 

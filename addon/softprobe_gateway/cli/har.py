@@ -12,7 +12,7 @@ from softprobe_gateway.capture.encoding import Capture
 from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.common import Settings, already, find_session, read_json, write_json
 from softprobe_gateway.formats.har import HarError, har, har_traces
-from softprobe_gateway.store.store import Store
+from softprobe_gateway.store.store import Store, describe
 
 
 def register(commands: argparse._SubParsersAction, store_options: argparse.ArgumentParser) -> None:
@@ -61,7 +61,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
                 raise HarError(f"{path}: {e}") from None
             added = store.ingest(traces)
             imported.append({"path": path, "sessionId": session, "imported": added, "skipped": skipped})
-            print(f"{path}: {added} exchanges imported into {settings.store.path} as session {session}"
+            print(f"{path}: {added} exchanges imported into {describe(settings.store)} as session {session}"
                   f"{already(kept, added)}" + (f"; {skipped} entries skipped (static resources, "
                                                "framework internals, failed requests)" if skipped else ""),
                   file=out)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from softprobe_gateway import __version__
 from softprobe_gateway.cli import (
     browse, ca, capture, case, common, completion, doctor, envelope, export_otlp, har, inspect, parsers, replay,
-    scrub, serve, session, suite, validate,
+    scrub, serve, session, store_cmd, suite, validate,
 )
 from softprobe_gateway.store.control_api import SPEC_VERSION
 
@@ -60,7 +60,7 @@ def parser() -> envelope.Parser:
     top.add_argument("-v", "--verbose", action="store_true", help="each HTTP request made, on stderr")
     commands = top.add_subparsers(required=True, metavar="COMMAND")
     store_options = common.store_options()
-    for group in (browse, har, case, replay, serve):
+    for group in (browse, har, case, replay, serve, store_cmd):
         group.register(commands, store_options)
     ca.register(commands)
     session.register(commands)

@@ -4,15 +4,15 @@ answers). Only recordings answer, never what the gateway answered itself."""
 
 from __future__ import annotations
 
-import sqlite3
 
 from softprobe_gateway.store import matching, schema
+from softprobe_gateway.store.db import Db
 from softprobe_gateway.store.model import Recording
 from softprobe_gateway.store.positions import Replays
 from softprobe_gateway.store.schema import RECORDED
 
 
-def answer(db: sqlite3.Connection, replays: Replays, session_id: str,
+def answer(db: Db, replays: Replays, session_id: str,
            form: matching.RequestForm) -> Recording | None:
     """The recorded exchange answering the next lookup of `form` in `session_id`, or None."""
     exchange = _next(db, replays, session_id, form.fingerprint())
@@ -23,7 +23,7 @@ def answer(db: sqlite3.Connection, replays: Replays, session_id: str,
     return exchange
 
 
-def _next(db: sqlite3.Connection, replays: Replays, session_id: str, fingerprint: str) -> Recording | None:
+def _next(db: Db, replays: Replays, session_id: str, fingerprint: str) -> Recording | None:
     cue = replays.next(session_id, fingerprint, _Recordings(db))
     if cue is None:
         return None
@@ -34,13 +34,13 @@ def _next(db: sqlite3.Connection, replays: Replays, session_id: str, fingerprint
     if not rows:  # past the last recorded answer: repeat the last
         rows = db.execute(f"SELECT {schema.SELECT} FROM exchanges WHERE {where} "
                           "ORDER BY start_ns DESC, id DESC LIMIT 1", args).fetchall()
-    return schema.exchange(rows[0]) if rows else None
+    return db.exchange(rows[0]) if rows else None
 
 
 class _Recordings:
     """The replay state machine's questions (`positions.Recordings`), answered by one reader connection."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Db) -> None:
         self.db = db
 
     def has(self, fingerprint: str, session_id: str) -> bool:

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 from collections.abc import Iterable
 
 from softprobe_gateway.store import schema
+from softprobe_gateway.store.db import Db
 from softprobe_gateway.store.model import Recording, SessionPage, SessionSummary
 
 MAX_PAGE = 100  # sessions per page of a listing
 _SESSION = "SELECT id, service, first_ns, last_ns, exchanges, errors FROM sessions"
 
 
-def sessions(db: sqlite3.Connection, size: int, service: str, status: int, start_from_ns: int,
+def sessions(db: Db, size: int, service: str, status: int, start_from_ns: int,
              start_to_ns: int, cursor: str) -> SessionPage:
     """Keyset pagination on (last_ns, id): a page holds however many sessions were added since."""
-    clauses, args = ["1"], []
+    clauses, args = ["1 = 1"], []
     if service:
         clauses.append("(service = ? OR EXISTS (SELECT 1 FROM exchanges e "
                        "WHERE e.session_id = s.id AND e.service = ?))")
@@ -43,14 +43,14 @@ def sessions(db: sqlite3.Connection, size: int, service: str, status: int, start
     return SessionPage(page, _encode_cursor(page[-1]) if more else "")
 
 
-def session(db: sqlite3.Connection, session_id: str, limit: int) -> tuple[SessionSummary | None, list[Recording]]:
+def session(db: Db, session_id: str, limit: int) -> tuple[SessionSummary | None, list[Recording]]:
     row = db.execute(f"{_SESSION} WHERE id = ?", (session_id,)).fetchone()
     rows = db.execute(f"SELECT {schema.SELECT} FROM exchanges WHERE session_id = ? "
                       "ORDER BY start_ns, id LIMIT ?", (session_id, limit)).fetchall()
-    return (SessionSummary(*row) if row else None), [schema.exchange(r) for r in rows]
+    return (SessionSummary(*row) if row else None), [db.exchange(r) for r in rows]
 
 
-def find(db: sqlite3.Connection, prefix: str, limit: int) -> list[tuple[str, str]]:
+def find(db: Db, prefix: str, limit: int) -> list[tuple[str, str]]:
     if db.execute("SELECT 1 FROM sessions WHERE id = ?", (prefix,)).fetchone():
         return [("session", prefix)]
     # A range on the primary key, not LIKE: ids may hold % and _.
@@ -61,15 +61,15 @@ def find(db: sqlite3.Connection, prefix: str, limit: int) -> list[tuple[str, str
     return ([("session", r[0]) for r in sessions] + [("exchange", r[0]) for r in exchanges])[:limit]
 
 
-def count_stored(db: sqlite3.Connection, spans: Iterable[tuple[str, str]]) -> int:
+def count_stored(db: Db, spans: Iterable[tuple[str, str]]) -> int:
     return sum(db.execute("SELECT 1 FROM exchanges WHERE trace_id = ? AND span_id = ?", key).fetchone()
                is not None for key in spans)
 
 
-def exchange(db: sqlite3.Connection, span_id: str) -> Recording | None:
+def exchange(db: Db, span_id: str) -> Recording | None:
     row = db.execute(f"SELECT {schema.SELECT} FROM exchanges WHERE span_id = ? "
                      "ORDER BY id DESC LIMIT 1", (span_id,)).fetchone()
-    return schema.exchange(row) if row else None
+    return db.exchange(row) if row else None
 
 
 def _encode_cursor(last: SessionSummary) -> str:

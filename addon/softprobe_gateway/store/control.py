@@ -7,8 +7,11 @@ Every change of what the session decides with (case, rules, policy, fixtures) bu
 `sessionRevision`; counters do not.
 
 A gateway on the embedded store opens it read-only (its export worker is the store's writer), yet
-answering under a session counts: its counters go through a connection of their own, one short
+answering under a session counts: its counters go through the engine's `side_writing`, one short
 `UPDATE` each, taken on the lookup's thread.
+
+Two closes of one session at once (two replicas of `serve` on one database) are decided by the
+database: `close` is a conditional update, and only the close it reports True for writes the case.
 """
 
 from __future__ import annotations
@@ -16,19 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import sqlite3
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from softprobe_gateway.formats import spans
-from softprobe_gateway.store.db import StoreError, transaction
+from softprobe_gateway.store.db import Db, StoreError
 from softprobe_gateway.store.store import Store
 
 MODES = ("capture", "replay", "generate")
@@ -37,9 +36,6 @@ DOCUMENTS = {"policy": "policy", "rules": "rules", "case": "case_document", "fix
 COUNTERS = ("injected", "strict_misses")  # per lookup; `extracted` per export batch
 _COLUMNS = ("id, mode, revision, policy, rules, case_document, fixtures, injected, extracted, "
             "strict_misses")
-# A counter waits this long for the worker's write lock, then is logged and dropped: well under
-# the lookup's own timeout (lookup.timeout_ms, 300 by default), which it must not outlast.
-_BUSY_TIMEOUT_MS = 100
 ID_PREFIX = "sess_"
 
 log = logging.getLogger(__name__)
@@ -74,13 +70,10 @@ class ControlSession:
 
 
 class Sessions:
-    """The control sessions of one store (thread-safe: the store's connections are, and the
-    counters' own connection is used under a lock)."""
+    """The control sessions of one store (thread-safe: the store's connections are)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._lock = threading.Lock()
-        self._counters: sqlite3.Connection | None = None  # a read-only store's counters
 
     def create(self, mode: str, policy: dict[str, Any] | None = None) -> ControlSession:
         session = ControlSession(f"{ID_PREFIX}{secrets.token_hex(12)}", mode, policy=policy or {})
@@ -119,34 +112,11 @@ class Sessions:
         A counter that cannot be written is logged: it never fails the lookup it counts."""
         assert counter in COUNTERS
         try:
-            with self._counting() as db:
+            with self.store.engine.side_writing() as db:
                 db.execute(f"UPDATE control_sessions SET {counter} = {counter} + ? WHERE id = ? AND closed = 0",
                            (n, session_id))
-        except (StoreError, sqlite3.Error) as e:
+        except StoreError as e:
             log.warning(f"softprobe: control session {session_id}: {counter} not counted: {e}")
-
-    @contextmanager
-    def _counting(self) -> Iterator[sqlite3.Connection]:
-        if not self.store.read_only:
-            with self.store.transaction() as db:
-                yield db
-            return
-        with self._lock:
-            if self._counters is None:
-                self._counters = sqlite3.connect(self.store.path.absolute().as_uri(), uri=True,
-                                                 isolation_level=None, check_same_thread=False)
-                self._counters.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-                self._counters.execute("PRAGMA synchronous=NORMAL")  # as the store's: WAL, no fsync per commit
-                self._counters.execute("PRAGMA wal_autocheckpoint=0")  # the worker checkpoints, not a lookup
-            with transaction(self._counters) as db:
-                yield db
-
-    def release(self) -> None:
-        """Close the counters' own connection, if one was opened."""
-        with self._lock:
-            if self._counters is not None:
-                self._counters.close()
-                self._counters = None
 
     def ingest(self, traces: TracesData) -> None:
         """Store an export batch's exchanges, and count them under their control sessions
@@ -161,10 +131,15 @@ class Sessions:
                                [(n, sid) for sid, n in per_session.items()])
 
     def close(self, session_id: str) -> bool:
-        """Close the session for good; False when it was not open."""
+        """Close the session for good; False when it was not open (another close won)."""
         with self.store.transaction() as db:
             return db.execute("UPDATE control_sessions SET closed = 1 WHERE id = ? AND closed = 0",
                               (session_id,)).rowcount == 1
+
+    def reopen(self, session_id: str) -> None:
+        """Open a session this process closed again: its case could not be written."""
+        with self.store.transaction() as db:
+            db.execute("UPDATE control_sessions SET closed = 0 WHERE id = ?", (session_id,))
 
     def open_sessions(self) -> list[ControlSession]:
         with self.store.reader() as db:
@@ -173,7 +148,7 @@ class Sessions:
             return [s for s in (_read(db, i) for i in ids) if s is not None]
 
 
-def _read(db: sqlite3.Connection, session_id: str) -> ControlSession | None:
+def _read(db: Db, session_id: str) -> ControlSession | None:
     row = db.execute(f"SELECT {_COLUMNS} FROM control_sessions WHERE id = ? AND closed = 0",
                      (session_id,)).fetchone()
     if row is None:

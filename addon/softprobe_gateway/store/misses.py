@@ -9,13 +9,13 @@ so a lookup never waits behind an ingest batch.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 
 from softprobe_gateway.decisions.tracecontext import own_sessions
 from softprobe_gateway.store import matching, schema
+from softprobe_gateway.store.db import Db
 from softprobe_gateway.store.forms import Forms
 from softprobe_gateway.store.model import LookupRequest, Miss, Recording
 from softprobe_gateway.store.schema import RECORDED
@@ -24,16 +24,16 @@ MAX_MISSES = 1000  # kept in the file, newest first
 MAX_CANDIDATES = 20  # recorded requests compared with a miss
 
 
-def diagnose(db: sqlite3.Connection, req: LookupRequest, form: matching.RequestForm, forms: Forms,
+def diagnose(db: Db, req: LookupRequest, form: matching.RequestForm, forms: Forms,
              session_scope: str, at_ns: int = 0) -> Miss:
     """The closest recorded request (same method, host and path first; then same host; then
     anything recent) and how it differs from the lookup."""
     best: tuple[list[str], Recording] | None = None
     for where, args in (("method = ? AND host = ? AND route = ?", (form.method, req.host, form.route)),
-                        ("host = ?", (req.host,)), ("1", ())):
+                        ("host = ?", (req.host,)), ("1 = 1", ())):
         rows = db.execute(f"SELECT {schema.SELECT} FROM exchanges WHERE {where} AND {RECORDED} "
                           "ORDER BY id DESC LIMIT ?", (*args, MAX_CANDIDATES)).fetchall()
-        for ex in map(schema.exchange, rows):
+        for ex in map(db.exchange, rows):
             lines = matching.diff(forms.of_exchange(ex), form)
             if session_scope == "only" and ex.session_id not in own_sessions(req.session_id):
                 lines.append(f"session: recorded {ex.session_id!r}, got {req.session_id!r} "
@@ -63,7 +63,7 @@ class Pending:
         with self._lock:
             self._misses = [*self._misses, *misses][-MAX_MISSES:]
 
-    def flush(self, db: sqlite3.Connection) -> None:
+    def flush(self, db: Db) -> None:
         """Write them in the caller's write transaction, keeping the newest MAX_MISSES in the file."""
         with self._lock:
             pending, self._misses = self._misses, []
@@ -76,7 +76,7 @@ class Pending:
                    "LIMIT 1 OFFSET ?)", (MAX_MISSES,))
 
 
-def latest(db: sqlite3.Connection, limit: int) -> list[Miss]:
+def latest(db: Db, limit: int) -> list[Miss]:
     """The latest misses written, newest first."""
     rows = db.execute("SELECT at_ns, session_id, method, host, path, closest, diff FROM misses "
                       "ORDER BY id DESC LIMIT ?", (min(limit, MAX_MISSES),)).fetchall()

@@ -1,4 +1,6 @@
-"""Replay positions: which recorded answer serves the next lookup, kept in memory, without SQL.
+"""Replay positions: which recorded answer serves the next lookup, kept in memory, without SQL
+(the SQLite engine's; the PostgreSQL engine keeps the same state machine in its tables:
+`postgres_positions`).
 
 Each lookup session walks, per distinct request (its fingerprint), the answers one recorded
 session holds for that request, in recorded order; the store repeats the last once they run out.
@@ -112,13 +114,46 @@ class Replays:
 
     def _start(self, recordings: Recordings, own: tuple[str, ...], bound: str,
                fingerprint: str) -> _Sequence | None:
-        """Pick the recorded session to replay the request from, per `session_scope`; `own` are
-        the lookup session and the recorded session it names."""
-        scope = self.session_scope
-        candidates = [*(own if scope != "any" else ()), *((bound,) if bound and scope != "only" else ())]
-        recorded = next((s for s in candidates if recordings.has(fingerprint, s)), None)
-        if recorded is None and scope != "only":
-            recorded = recordings.latest_session(fingerprint)
-        if recorded is None:
-            return None
-        return _Sequence(session=recorded, max_id=recordings.last_id())
+        recorded = recorded_session(recordings, self.session_scope, own, bound, fingerprint)
+        return None if recorded is None else _Sequence(session=recorded, max_id=recordings.last_id())
+
+
+def recorded_session(recordings: Recordings, scope: str, own: tuple[str, ...], bound: str,
+                     fingerprint: str) -> str | None:
+    """The recorded session to replay the request from, per `session_scope`; `own` are the lookup
+    session and the recorded session it names, `bound` the one it fell back to first."""
+    candidates = [*(own if scope != "any" else ()), *((bound,) if bound and scope != "only" else ())]
+    recorded = next((s for s in candidates if recordings.has(fingerprint, s)), None)
+    if recorded is None and scope != "only":
+        recorded = recordings.latest_session(fingerprint)
+    return recorded
+
+
+class CasePositions:
+    """How many answers each control session's loaded case gave per request, in memory (one
+    process's: the SQLite engine's), safe to call from several threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._served: dict[tuple[str, int, str], int] = {}  # (session, revision, fingerprint) -> given
+        self._revisions: dict[str, int] = {}  # session -> the revision counted at
+
+    def next(self, session_id: str, revision: int, fingerprint: str) -> int:
+        key = (session_id, revision, fingerprint)
+        with self._lock:
+            if self._revisions.setdefault(session_id, revision) != revision:  # a new one starts over
+                self._forget(session_id)
+                self._revisions[session_id] = revision
+            n = self._served.get(key, 0)
+            self._served[key] = n + 1
+        return n
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._forget(session_id)
+            self._revisions.pop(session_id, None)
+
+    def _forget(self, session_id: str) -> None:
+        """The caller holds `_lock`."""
+        for key in [k for k in self._served if k[0] == session_id]:
+            del self._served[key]

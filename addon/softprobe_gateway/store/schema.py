@@ -89,9 +89,30 @@ COLUMNS: tuple[Column, ...] = (
 )
 _READ = tuple(c for c in COLUMNS if c.source is not Source.DERIVED)
 _WRITTEN = tuple(c for c in COLUMNS if c.source is not Source.ROW_ID)
-# (name, codec function) pairs, looked up once: every exchange stored or read goes through them.
-_WRITERS = tuple((c.name, c.codec.write) for c in _WRITTEN if c.source is Source.FIELD)
-_READERS = tuple((c.name, c.codec.read) for c in _READ)
+
+
+class Layout:
+    """How one engine keeps the columns: each column's codec, some replaced by the engine's own
+    (PostgreSQL keeps bodies as bytea). The (name, codec function) pairs are looked up once:
+    every exchange stored or read goes through them."""
+
+    def __init__(self, codecs: dict[str, Codec] | None = None) -> None:
+        codecs = codecs or {}
+        self.names = tuple(c.name for c in _WRITTEN)
+        self._writers = tuple((c.name, codecs.get(c.name, c.codec).write) for c in _WRITTEN
+                              if c.source is Source.FIELD)
+        self._readers = tuple((c.name, codecs.get(c.name, c.codec).read) for c in _READ)
+
+    def row(self, ex: Recording, **derived: Any) -> dict[str, Any]:
+        """The INSERT's parameters for `ex`; `derived` has the values of the DERIVED columns."""
+        return {**{name: write(getattr(ex, name)) for name, write in self._writers}, **derived}
+
+    def exchange(self, values: Sequence[Any]) -> Recording:
+        """The exchange in a row of `SELECT {SELECT}`."""
+        return Recording(**{name: read(value) for (name, read), value in zip(self._readers, values, strict=True)})
+
+
+SQLITE = Layout()
 
 # The columns of an exchange: `SELECT {SELECT} FROM exchanges ...`, each row read by `exchange`.
 SELECT = ", ".join(c.name for c in _READ)
@@ -129,9 +150,10 @@ CONTROL_SESSIONS = """CREATE TABLE IF NOT EXISTS control_sessions (
     created_ns INTEGER NOT NULL)"""
 
 
-def create_exchanges() -> str:
-    """The exchanges table as the first version created it; `added_in` gives the rest."""
-    columns = ", ".join(f"{c.name} {c.sql}" for c in added_in(1))
+def create_exchanges(columns: Sequence[Column] | None = None) -> str:
+    """The exchanges table as the first version created it (`added_in` gives the rest), or with
+    `columns` (an engine's whole current table)."""
+    columns = ", ".join(f"{c.name} {c.sql}" for c in (added_in(1) if columns is None else columns))
     return f"CREATE TABLE IF NOT EXISTS exchanges ({columns})"
 
 
@@ -139,12 +161,5 @@ def added_in(version: int) -> tuple[Column, ...]:
     return tuple(c for c in COLUMNS if c.since == version)
 
 
-def row(ex: Recording, **derived: Any) -> dict[str, Any]:
-    """The INSERT's parameters for `ex`; `derived` has the values of the DERIVED columns (SQLite
-    names any left out)."""
-    return {**{name: write(getattr(ex, name)) for name, write in _WRITERS}, **derived}
-
-
-def exchange(values: Sequence[Any]) -> Recording:
-    """The exchange in a row of `SELECT {SELECT}`."""
-    return Recording(**{name: read(value) for (name, read), value in zip(_READERS, values, strict=True)})
+row = SQLITE.row
+exchange = SQLITE.exchange

@@ -57,7 +57,6 @@ class SessionAnswers:
         self._lock = threading.Lock()
         self._sessions: dict[str, ControlSession] = {}  # id -> its documents, parsed, at one revision
         self._cases: dict[str, tuple[int, dict[str, list[Recording]]]] = {}  # id -> (revision, by fingerprint)
-        self._positions: dict[tuple[str, int, str], int] = {}  # (id, revision, fingerprint) -> answers given
 
     def lookup(self, traces: TracesData) -> Answer:
         """A lookup's answer, the one `softprobe serve`'s `/v1/inject` and the embedded backend both
@@ -123,14 +122,10 @@ class SessionAnswers:
             if cached is None or cached[0] != session.revision:
                 cached = (session.revision, self._index(session.case))
                 self._cases[session.id] = cached
-                self._drop_positions(session.id)  # a new revision replays from the start
         form = self.forms.of_lookup(req)
         for fingerprint in (form.fingerprint(), form.without_body().fingerprint()):
-            if answers := cached[1].get(fingerprint):
-                key = (session.id, session.revision, fingerprint)
-                with self._lock:
-                    n = self._positions.get(key, 0)
-                    self._positions[key] = n + 1
+            if answers := cached[1].get(fingerprint):  # a new revision replays from the start
+                n = self.store.engine.case_position(session.id, session.revision, fingerprint)
                 return answers[min(n, len(answers) - 1)]
         return None
 
@@ -145,12 +140,7 @@ class SessionAnswers:
         with self._lock:
             self._sessions.pop(session_id, None)
             self._cases.pop(session_id, None)
-            self._drop_positions(session_id)
-
-    def _drop_positions(self, session_id: str) -> None:
-        """The caller holds `_lock`."""
-        for key in [k for k in self._positions if k[0] == session_id]:
-            del self._positions[key]
+        self.store.engine.forget_case(session_id)
 
 
 def _rule_hit(decision: session_rules.Decision, req: LookupRequest) -> TracesData:
