@@ -10,7 +10,6 @@ schema validator), beside the rule fields Softprobe's own docs and SDKs send (`n
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -61,7 +60,6 @@ class ControlApi:
     def __init__(self, sessions: Sessions, on_close: Callable[[str], None],
                  captures: CaptureCases | None = None) -> None:
         self.sessions, self.on_close, self.captures = sessions, on_close, captures or CaptureCases()
-        self._closing = threading.Lock()  # two closes at once: one writes the case, the other gets 404
 
     def handle(self, method: str, path: str, body: bytes, query: str = "") -> Reply:
         try:
@@ -109,17 +107,18 @@ class ControlApi:
         except ValueError as e:
             raise invalid(f"out: {e}") from None
         reply = {"sessionId": session_id, "closed": True}
-        with self._closing:
-            session = self.sessions.get(session_id)
-            if session is not None and session.mode == "capture" and path is not None:
-                try:
-                    write_capture(self.sessions.store, session_id, path, now)
-                except OSError as e:
-                    raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error",
-                                   f"the captured case could not be written: {e}") from None
-                reply["capturePath"] = str(path)
-            if not self.sessions.close(session_id):
-                raise _unknown(session_id)
+        # The database decides which of two closes at once (two replicas) closes, and writes the case.
+        session = self.sessions.get(session_id)
+        if session is None or not self.sessions.close(session_id):
+            raise _unknown(session_id)
+        if session.mode == "capture" and path is not None:
+            try:
+                write_capture(self.sessions.store, session_id, path, now)
+            except OSError as e:
+                self.sessions.reopen(session_id)  # a failed write leaves the session open
+                raise ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error",
+                               f"the captured case could not be written: {e}") from None
+            reply["capturePath"] = str(path)
         self.on_close(session_id)
         return HTTPStatus.OK, reply
 
