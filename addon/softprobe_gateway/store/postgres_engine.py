@@ -30,7 +30,6 @@ from softprobe_gateway.store.schema import Codec, Layout
 
 POOL_SIZE = 16  # connections per process (serve's request threads, its lookups)
 CONNECT_TIMEOUT_S = 10
-INSERT_CHUNK = 200  # exchanges per multi-row INSERT
 DELETE_BATCH = 5000  # rows per retention transaction
 RETENTION_SLACK = 0.01  # of max_exchanges: how far past it the table may be before a replica prunes
 REPLAYS_EVERY_S = 60.0  # lookup sessions idle past their reset (or beyond MAX_REPLAYS) pruned this often
@@ -102,22 +101,19 @@ class PostgresEngine:
             yield Db(conn, self.layout, self.kind)
 
     def insert(self, db: Db, rows: ingest.Rows) -> list[Recording]:
-        """Multi-row INSERTs that skip spans already stored (`ON CONFLICT DO NOTHING`), then one
-        upsert of the sessions they add to."""
+        """INSERTs that skip spans already stored (`ON CONFLICT DO NOTHING`), then one upsert of
+        the sessions they add to."""
         names = self.layout.names
-        row_sql = f"({', '.join(['%s'] * len(names))})"
         stored: list[Recording] = []
-        seen: set[tuple[str, str]] = set()
-        for start in range(0, len(rows), INSERT_CHUNK):
-            chunk = rows[start:start + INSERT_CHUNK]
-            new = {tuple(r) for r in db.conn.execute(
-                f"INSERT INTO exchanges ({', '.join(names)}) VALUES {', '.join([row_sql] * len(chunk))} "
-                "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id",
-                [row[name] for _, row in chunk for name in names])}
-            for ex, _ in chunk:
-                if (key := (ex.trace_id, ex.span_id)) in new and key not in seen:
-                    seen.add(key)
+        with db.conn.cursor() as cursor:
+            # One statement, parsed and prepared once, its rows sent in a pipeline.
+            cursor.executemany(f"INSERT INTO exchanges ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "
+                               "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING 1",
+                               [[row[name] for name in names] for _, row in rows], returning=True)
+            for ex, _ in rows:  # one result per row: a row when it was new (a span twice: once)
+                if cursor.fetchone() is not None:
                     stored.append(ex)
+                cursor.nextset()
         if counts := ingest.session_counts(stored):
             db.conn.execute(
                 "INSERT INTO sessions (id, service, first_ns, last_ns, exchanges, errors) VALUES "
