@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from softprobe_gateway.decisions.tracecontext import own_sessions, run_session
-from softprobe_gateway.store.positions import Cue, Replays
+from softprobe_gateway.store.positions import CasePositions, Cue, Replays
 
 from testkit.support import ROOT
 
@@ -111,3 +111,12 @@ def test_otlp_is_a_protocol_module_and_backend_readers_need_no_capture() -> None
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                           cwd=ROOT, check=True)
     assert done.stdout.strip() == "['softprobe_gateway.otlp'] []"
+
+
+def test_case_positions_count_per_request_and_start_over_at_a_new_revision() -> None:
+    cases = CasePositions()
+    assert [cases.next("sess_a", 1, "f") for _ in range(3)] == [0, 1, 2]
+    assert cases.next("sess_a", 1, "g") == 0 and cases.next("sess_b", 1, "f") == 0
+    assert cases.next("sess_a", 2, "f") == 0  # the case was replaced: its answers from the first
+    cases.forget("sess_a")
+    assert cases.next("sess_a", 2, "f") == 0 and cases.next("sess_b", 1, "f") == 1

@@ -46,7 +46,7 @@ def load(args: argparse.Namespace) -> Settings:
     store = config.store_config if config.backend_kind == "store" else config.store
     if args.db:
         store = dataclasses.replace(store, path=args.db, url="")
-    if args.store:
+    if getattr(args, "store", None):  # commands with a --db of their own have no --store
         url, option = args.store, "--store"
     else:  # $SOFTPROBE_STORE_URL, unless --db names a file
         url, option = ("" if args.db else os.environ.get(STORE_URL_ENV, "")), f"${STORE_URL_ENV}"
