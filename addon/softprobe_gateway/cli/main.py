@@ -1,8 +1,9 @@
 """`softprobe`: browse what the gateway recorded, export it, serve the store over HTTP, and drive
 test sessions on a runtime's control API.
 
-The store is `--db`, else `store.path` of the config file (`--config`, else $SOFTPROBE_CONFIG),
-else ./softprobe.db: the same file the gateway records into with the same config. Exit codes and
+The store is `--store URL` (`sqlite:PATH` or `postgresql://...`), else $SOFTPROBE_STORE_URL, else `--db`,
+else `store.path` of the config file (`--config`, else $SOFTPROBE_CONFIG), else ./softprobe.db: the
+same file the gateway records into with the same config. Exit codes and
 `--json` envelopes are Softprobe's CLI's (`envelope`).
 """
 
