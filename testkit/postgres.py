@@ -1,5 +1,5 @@
 """A throwaway PostgreSQL cluster for the tests: Debian's `initdb` and `pg_ctl`, run as the
-unprivileged `postgres` user (PostgreSQL refuses to run as root, and the tests run as root) in a
+unprivileged `postgres` user (PostgreSQL refuses to run as root, and CI runs the tests as root) in a
 temporary directory it owns, listening on a free loopback port, removed afterwards.
 
 `database()` is a fresh, empty database per test (`CREATE DATABASE ... TEMPLATE`, a file copy);
@@ -23,7 +23,9 @@ import pytest
 
 from testkit.support import LOOPBACK, free_port
 
-USER = "postgres"  # the OS user the server runs as (Debian's postgresql package creates it)
+# The OS user the server runs as when the tests run as root (Debian's postgresql package creates
+# it); otherwise the tests' own user runs it.
+USER = "postgres" if os.geteuid() == 0 else None
 ROLE = "softprobe"  # the database superuser initdb creates, trusted on loopback
 _TEMPLATE = "softprobe_migrated"
 
@@ -38,10 +40,11 @@ def bin_dir() -> Path:
     if not found:
         raise MissingPostgres("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl): run "
                               "`make system-deps`")
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        raise MissingPostgres(f"no {USER!r} user to run PostgreSQL as: run `make system-deps`") from None
+    if USER is not None:
+        try:
+            pwd.getpwnam(USER)
+        except KeyError:
+            raise MissingPostgres(f"no {USER!r} user to run PostgreSQL as: run `make system-deps`") from None
     return Path(found[-1]).parent
 
 
@@ -54,8 +57,9 @@ class Cluster:
         self.port = free_port()
         self._names = itertools.count(1)
         self._template = False
-        user = pwd.getpwnam(USER)
-        os.chown(self.dir, user.pw_uid, user.pw_gid)
+        if USER is not None:
+            user = pwd.getpwnam(USER)
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
         try:
             self._run("initdb", "-D", str(self.dir / "data"), "-U", ROLE, "--auth=trust", "-E", "UTF8",
                       "--locale=C", "--no-sync")
