@@ -20,7 +20,7 @@ from softprobe_gateway.formats.casefile import case_document
 from softprobe_gateway.store import postgres_schema
 from softprobe_gateway.store.captures import CaptureCases
 from softprobe_gateway.store.control import Sessions
-from softprobe_gateway.store.control_api import ControlApi
+from softprobe_gateway.server.control_api import ControlApi
 from softprobe_gateway.store.session_answers import SessionAnswers
 from softprobe_gateway.store.store import Store, StoreError, open_store
 

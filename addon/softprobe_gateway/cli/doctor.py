@@ -26,7 +26,7 @@ from softprobe_gateway.cli.browse import DEFAULT_ADMIN
 from softprobe_gateway.cli.common import Settings
 from softprobe_gateway.cli.session import Runtime, runtime_options
 from softprobe_gateway.decisions.tracecontext import SESSION_HEADERS, SP_SESSION
-from softprobe_gateway.store.control_api import SCHEMA_VERSION, SPEC_VERSION
+from softprobe_gateway.server.control_api import SCHEMA_VERSION, SPEC_VERSION
 
 SUPPORTED_SCHEMAS = (SCHEMA_VERSION,)
 MARKS = {"ok": "✓", "warn": "⚠", "fail": "✗", "skip": "·"}

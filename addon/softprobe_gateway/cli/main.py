@@ -19,7 +19,7 @@ from softprobe_gateway.cli import (
     browse, ca, capture, case, common, completion, doctor, envelope, export_otlp, har, inspect, parsers, replay,
     scrub, serve, session, store_cmd, suite, validate,
 )
-from softprobe_gateway.store.control_api import SPEC_VERSION
+from softprobe_gateway.server.control_api import SPEC_VERSION
 
 
 def main(argv: Sequence[str] | None = None) -> int:

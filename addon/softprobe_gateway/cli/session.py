@@ -23,7 +23,7 @@ import yaml
 from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.envelope import EXIT_FAILED, EXIT_INVALID, EXIT_NO_SESSION, EXIT_UNREACHABLE, CliError
 from softprobe_gateway.config.schema import ConfigError
-from softprobe_gateway.store.control_api import SCHEMA_VERSION, SPEC_VERSION
+from softprobe_gateway.server.control_api import SCHEMA_VERSION, SPEC_VERSION
 
 DEFAULT_RUNTIME = "http://127.0.0.1:8080"
 _EXITS = {"unknown_session": EXIT_NO_SESSION, "session_not_found": EXIT_NO_SESSION, "invalid_request": EXIT_INVALID}

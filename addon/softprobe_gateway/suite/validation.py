@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from softprobe_gateway.formats.casefile import CaseError
-from softprobe_gateway.store.control_api import refusal
+from softprobe_gateway.server.control_api import refusal
 from softprobe_gateway.suite import caseview, compare
 from softprobe_gateway.suite.caseview import CaseFile, CaseLookupError
 from softprobe_gateway.suite.model import PlannedCase, Suite

@@ -1,6 +1,6 @@
 """The control API's routes (Softprobe's `spec/protocol/http-control-api.md`, the schemas under
 `spec/schemas/` and its runtime's `openapi.yaml`): a request in, (status, JSON document) out, so
-`server` only carries bytes. Errors are the spec's envelope `{"error": {"code", "message"}}`.
+`app` only carries bytes. Errors are the spec's envelope `{"error": {"code", "message"}}`.
 
 Requests are checked against the published request schemas by hand (the gateway does not ship a
 schema validator), beside the rule fields Softprobe's own docs and SDKs send (`name`,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Any
@@ -19,10 +20,12 @@ from urllib.parse import parse_qs
 from softprobe_gateway import __version__
 from softprobe_gateway.decisions.session_rules import ACTIONS
 from softprobe_gateway.formats.casefile import CaseError, case_exchanges
+from softprobe_gateway.server.strict_json import loads
 from softprobe_gateway.store.captures import CaptureCases, write_capture
 from softprobe_gateway.store.control import MODES, ControlSession, Sessions
 
 SPEC_VERSION, SCHEMA_VERSION = "http-control-api@v1", "1"
+NAME_MAX = 255  # bytes in one file name, on every file system a case is written to
 Reply = tuple[HTTPStatus, dict[str, Any]]
 _RULE_KEYS = {"id", "name", "priority", "consume", "when", "then"}
 # Each `when` field and the JSON types it takes.
@@ -88,12 +91,13 @@ class ControlApi:
             return self._read(session_id, action)
         if self.sessions.revision(session_id) is None:  # before the body: an unknown id is 404 whatever it holds
             raise _unknown(session_id)
-        document = _json(body) if body.strip() else {}
         if action == "close":
-            if document:
+            if body.strip() and _json(body):
                 raise invalid("close takes no fields")
             return self._close(session_id, parse_qs(query).get("out", [""])[-1].strip())
-        name, value = _CHECKS[action](document)
+        if not body.strip():
+            raise invalid(f"{action}: a JSON object body is required")
+        name, value = _CHECKS[action](_json(body))
         session = self.sessions.replace(session_id, name, value)
         if session is None:
             raise _unknown(session_id)
@@ -106,6 +110,8 @@ class ControlApi:
             path = self.captures.path(out, session_id, now)
         except ValueError as e:
             raise invalid(f"out: {e}") from None
+        if path is not None and (long := _long_name(path)):
+            raise invalid(f"out: a file name of {len(long.encode())} bytes (at most {NAME_MAX})")
         reply = {"sessionId": session_id, "closed": True}
         # The database decides which of two closes at once (two replicas) closes, and writes the case.
         session = self.sessions.get(session_id)
@@ -158,9 +164,14 @@ def _allow(method: str, *allowed: str) -> None:
                        f"{method} not allowed here (allowed: {', '.join(allowed)})")
 
 
+def _long_name(path: Path) -> str:
+    """The first part of `path` longer than a file system takes, else empty."""
+    return next((part for part in path.parts if len(part.encode()) > NAME_MAX), "")
+
+
 def _json(body: bytes) -> dict[str, Any]:
     try:
-        document = json.loads(body or b"null")
+        document = loads(body or b"null")
     except ValueError as e:
         raise invalid(f"body is not JSON: {e}") from None
     if not isinstance(document, dict):
@@ -242,8 +253,9 @@ def _check_fixtures(document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if not (isinstance(cookies, list) and all(isinstance(c, dict) and isinstance(c.get("name"), str)
                                               and isinstance(c.get("value"), str) for c in cookies)):
         raise invalid("auth fixtures cookies: objects with name and value strings expected")
-    if not isinstance(document.get("metadata", {}), dict):
-        raise invalid("auth fixtures metadata: an object expected")
+    metadata = document.get("metadata", {})
+    if not (isinstance(metadata, dict) and all(isinstance(v, str | int | float) for v in metadata.values())):
+        raise invalid("auth fixtures metadata: an object of strings, numbers and booleans expected")
     return "fixtures", document
 
 
