@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 from pathlib import Path
@@ -26,16 +27,23 @@ class Backend:
     (`client` then sends it as a bearer token); `args` and `env` added to its command and environment."""
 
     def __init__(self, db: Path, key: str = "", args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, store: str = "", nofile: int = 0) -> None:
+        """`store`: a store URL instead of the file `db` (beside which its stderr goes, in `log`);
+        `nofile`: its descriptor limit."""
         self.db, self.key, port = db, key, free_port()
-        self.url = f"http://{LOOPBACK}:{port}"
+        self.url, self.port = f"http://{LOOPBACK}:{port}", port
+        self.log = db.with_name(f"{db.name}.serve-{port}.log")
         environment = {k: v for k, v in os.environ.items()
-                       if k not in ("SOFTPROBE_PUBLIC_KEY", "SOFTPROBE_CAPTURE_CASE_PATH")}
+                       if k not in ("SOFTPROBE_PUBLIC_KEY", "SOFTPROBE_CAPTURE_CASE_PATH", "SOFTPROBE_STORE_URL")}
         if key:
             environment["SOFTPROBE_PUBLIC_KEY"] = key
-        self.process = subprocess.Popen(
-            [str(BIN / "softprobe"), "serve", "--listen", f"{LOOPBACK}:{port}", "--db", str(db), *args],
-            env={**environment, **(env or {})}, stdout=subprocess.DEVNULL, cwd=cwd)
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "softprobe"), "serve", "--listen", f"{LOOPBACK}:{port}",
+                 *(("--store", store) if store else ("--db", str(db))), *args],
+                env={**environment, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log, cwd=cwd,
+                preexec_fn=limit)
         wait_port(port)
         headers = {"authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(base_url=self.url, trust_env=False, timeout=10, headers=headers)
