@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import gzip
+import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -17,7 +19,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from testkit.serve import Backend
 from testkit.spans import answer_of, extract_span, inject, traces
-from testkit.support import BIN, LOOPBACK, free_port
+from testkit.support import BIN, LOOPBACK, free_port, wait_for
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 
@@ -163,3 +165,60 @@ def test_serve_reports_a_corrupt_store_and_exits(tmp_path: Path) -> None:
                            "--db", str(db)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1  # a store that cannot be opened (cli/envelope.py's classify)
     assert done.stderr.strip().count("\n") == 0 and f"{db}" in done.stderr and "not a database" in done.stderr
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path: Path) -> None:
+    server = Backend(tmp_path / "sp.db")
+    body = traces(extract_span(path="/in-flight", session="g", answer='"done"')).SerializeToString()
+    with socket.create_connection((LOOPBACK, server.port), timeout=10) as conn:
+        conn.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+        wait_for(lambda: server.client.get("/health").status_code == 200)  # the head is in
+        server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: not connectable(server.port))  # it stopped accepting
+        assert server.process.poll() is None  # and still serves what it had
+        conn.sendall(body[10:])
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+    assert server.process.wait(timeout=10) == 0
+    with sqlite3.connect(tmp_path / "sp.db") as db:
+        assert db.execute("SELECT count(*) FROM exchanges WHERE path = '/in-flight'").fetchone() == (1,)
+
+
+def connectable(port: int) -> bool:
+    try:
+        socket.create_connection((LOOPBACK, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_several_workers_need_the_postgresql_store(tmp_path: Path) -> None:
+    done = subprocess.run([str(BIN / "softprobe"), "serve", "--listen", f"{LOOPBACK}:{free_port()}",
+                           "--db", str(tmp_path / "sp.db"), "--workers", "2"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--workers 2" in done.stderr, done.stderr
+    assert "postgresql://" in done.stderr
+
+
+def test_two_workers_on_postgresql_share_sessions_and_ready_asks_the_database(tmp_path: Path, postgres) -> None:
+    url = postgres.database()
+    server = Backend(tmp_path / "unused.db", store=url, args=("--workers", "2"))
+    try:
+        workers = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+        assert len(workers) == 2
+        created = set()
+        for _ in range(10):  # a new connection each: the kernel hands them to either worker
+            with httpx.Client(base_url=server.url, trust_env=False) as http:
+                created.add(http.post("/v1/sessions", json={"mode": "replay"}).json()["sessionId"])
+        listed = {s["sessionId"] for s in server.client.get("/v1/sessions").json()["sessions"]}
+        assert listed == created and len(created) == 10
+        assert server.client.get("/ready").json() == {"status": "ready", "store": "postgresql"}
+        name = url.rsplit("/", 1)[1]
+        postgres.sql(f"DROP DATABASE {name} WITH (FORCE)")
+        assert server.client.get("/ready").status_code == 503
+        assert server.client.get("/health").status_code == 200  # alive, not ready
+        postgres.sql(f"CREATE DATABASE {name}")
+        wait_for(lambda: server.client.get("/ready").status_code == 200)  # ready again, as the database is
+    finally:
+        assert server.stop() == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
