@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -19,6 +20,15 @@ if TYPE_CHECKING:
     from mitmproxy import http
 
 log = logging.getLogger(__name__)
+# Why spans were lost (`softprobe_export_dropped_spans_total{reason}`), as the stop's last line says it.
+LOSS_REASONS = {
+    "queue_full": "the export queue was full: the backend was slow or down for longer than it holds",
+    "send_failed": "the backend refused them, or kept failing for export.max_retry_age_s",
+    "shutdown": "the stop's deadline, export.shutdown_timeout_s, passed before they were exported",
+    "worker_died": "the export worker process died holding them",
+    "encode_failed": "they could not be encoded",
+    "worker_error": "an error in the export worker",
+}
 
 
 class Metrics:
@@ -53,6 +63,10 @@ class Metrics:
         self.worker_restarts = Counter("softprobe_export_worker_restarts",
                                        "Export worker processes restarted after one died.",
                                        registry=r)
+        self.lookup_breaker_open = Gauge(
+            "softprobe_lookup_breaker_open",
+            "1 while the lookup circuit breaker is open (lookups paused, requests go upstream).",
+            registry=r)
         self.lookups = Counter("softprobe_lookups", "Agent lookups, by outcome.", ["outcome"],
                                registry=r)
         self.lookup_seconds = Histogram(
@@ -84,6 +98,18 @@ class Metrics:
                      "not logged again (docs/protocol.md, 'What is recorded')")
         counter.inc()
 
+    def export_summary(self) -> str:
+        """For the stop's last line: what was exported since start and every loss, by reason."""
+        r = self.registry
+        exported = r.get_sample_value("softprobe_export_spans_total") or 0
+        lost = {sample.labels["reason"]: sample.value for metric in self.dropped.collect()
+                for sample in metric.samples if sample.name.endswith("_total") and sample.value}
+        line = f"export: {exported:.0f} span(s) exported since start, {sum(lost.values()):.0f} lost"
+        if lost:
+            line += ": " + "; ".join(f"{n:.0f} {reason} ({LOSS_REASONS.get(reason, reason)})"
+                                     for reason, n in sorted(lost.items()))
+        return line
+
     def config_loaded(self, source: str, digest: str) -> None:
         self.config_version.inc()
         self.config.info({"path": source, "sha256": digest})
@@ -95,21 +121,65 @@ class Metrics:
 
 
 class RateLimitedLog:
-    """Logs the first event of a kind, then at most one summary line per interval."""
+    """Logs the first event of a kind at once; what follows within `interval_s` is added up (the
+    events and the items they carried, e.g. spans, not batches) and told in one line when the
+    interval ends, and by `flush` at exit: nothing it swallows goes untold."""
 
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
-        self.logger, self.interval = logger, interval_s
+    def __init__(self, logger: logging.Logger, unit: str, interval_s: float = 10.0) -> None:
+        self.logger, self.unit, self.interval = logger, unit, interval_s
         self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._swallowed: dict[str, _Swallowed] = {}
         self._lock = threading.Lock()
 
-    def warning(self, kind: str, message: str) -> None:
+    def warning(self, kind: str, message: str, count: int = 1) -> None:
+        """`message` (about `count` items of `kind`) now, or added to the interval's summary."""
         now = time.monotonic()
         with self._lock:
-            if now - self._last.get(kind, -self.interval) < self.interval:
-                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            last = self._last.get(kind)
+            if last is None or now - last >= self.interval:
+                self._last[kind] = now
+            else:
+                swallowed = self._swallowed.get(kind)
+                if swallowed is None:
+                    swallowed = self._swallowed[kind] = _Swallowed(now)
+                    timer = threading.Timer(last + self.interval - now, self._tell, (kind,))
+                    timer.daemon = True
+                    swallowed.timer = timer
+                    timer.start()
+                swallowed.add(count, message)
                 return
-            self._last[kind] = now
-            suppressed = self._suppressed.pop(kind, 0)
-        more = f" ({suppressed} more like this since the last report)" if suppressed else ""
-        self.logger.warning(f"{message}{more}")
+        self.logger.warning(message)
+
+    def flush(self) -> None:
+        """Tell every summary still pending (at exit)."""
+        for kind in list(self._swallowed):
+            self._tell(kind)
+
+    def _tell(self, kind: str) -> None:
+        with self._lock:
+            swallowed = self._swallowed.pop(kind, None)
+            if swallowed is None:
+                return
+            self._last[kind] = time.monotonic()
+        if swallowed.timer is not None:
+            swallowed.timer.cancel()
+        last = swallowed.message.removeprefix("softprobe: ")
+        self.logger.warning(f"softprobe: {swallowed.count} more {self.unit} ({kind}) in "
+                            f"{swallowed.events} event(s) over {time.monotonic() - swallowed.since:.1f} s "
+                            f"not logged one by one; the last: {last}")
+
+
+@dataclass(slots=True)
+class _Swallowed:
+    """What a `RateLimitedLog` held back for one kind since `since`."""
+
+    since: float
+    events: int = 0
+    count: int = 0
+    message: str = ""
+    timer: threading.Timer | None = None
+
+    def add(self, count: int, message: str) -> None:
+        self.events += 1
+        self.count += count
+        self.message = message

@@ -68,7 +68,8 @@ class Lookup:
         self.timeout = config.timeout_ms / 1000
         self.transport, self.metrics = transport, metrics
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_s)
-        self.losses = RateLimitedLog(log)
+        self.losses = RateLimitedLog(log, "lookup(s) failed")
+        self._opened: float | None = None  # when the breaker last opened (monotonic), while open
 
     async def __call__(self, request: TracesData) -> tuple[str, Hit | None]:
         """(outcome, hit). Never raises for backend trouble: the caller forwards on anything but a hit."""
@@ -89,6 +90,8 @@ class Lookup:
             return BAD_ANSWER, None
         finally:
             self.metrics.lookup_seconds.observe(time.perf_counter() - started)
+        if self.breaker.open:
+            self._closed()
         self.breaker.success()
         outcome = MISS if hit is None else STRICT_MISS if hit.refusal else HIT
         self.metrics.lookups.labels(outcome).inc()
@@ -98,6 +101,19 @@ class Lookup:
         was_open = self.breaker.open
         self.breaker.failure()
         self.metrics.lookups.labels(outcome).inc()
-        state = " (circuit breaker open: lookups paused)" if self.breaker.open and not was_open else ""
-        self.losses.warning(outcome, f"softprobe: lookup failed, forwarding upstream: {detail}{state}")
+        self.losses.warning(outcome, f"softprobe: lookup failed, forwarding upstream: {detail}")
+        if self.breaker.open and not was_open:
+            self._opened = time.monotonic()
+            self.metrics.lookup_breaker_open.set(1)
+            log.warning(f"softprobe: lookup circuit breaker opened after {self.breaker.failures} failures "
+                        f"in a row (the last: {outcome}): lookups paused, requests go upstream; one "
+                        f"probe every {self.breaker.cooldown_s:g} s until one succeeds")
+
+    def _closed(self) -> None:
+        """A probe succeeded: said once, like the opening."""
+        paused = time.monotonic() - self._opened if self._opened is not None else 0.0
+        self._opened = None
+        self.metrics.lookup_breaker_open.set(0)
+        log.info(f"softprobe: lookup circuit breaker closed: the backend answered again, lookups "
+                 f"resume after {paused:.1f} s paused")
 
