@@ -166,7 +166,7 @@ def test_backend_outage_never_slows_traffic_and_drops_are_counted(tmp_path, upst
     hole, url = blackhole() if kind == "hanging" else (None, f"http://127.0.0.1:{free_port()}")
     admin = free_port()
     config = {"sp_backend_url": url, "admin_listen": f"127.0.0.1:{admin}",
-              "export": {"flush_interval_ms": 10, "timeout_s": 5.0, "max_retries": 1,
+              "export": {"flush_interval_ms": 10, "timeout_s": 5.0,
                          "queue_max_spans": 20, "batch_max_spans": 5,
                          "shutdown_timeout_s": 1.0}}
     try:

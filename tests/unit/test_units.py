@@ -311,6 +311,7 @@ def test_public_key_from_env_overrides_file(tmp_path):
     ("lookup: {on_miss: drop}\n", "'lookup.on_miss': must be one of"),
     ("mocks: [{headers: {a: 1}}]\n", "'mocks[0].headers': expected a mapping of strings"),
     ("capture: {max_body_bytes: -1}\n", "'capture.max_body_bytes': must be at least 0"),
+    ("export: {max_retries: 4}\n", "'export.max_retries': no longer used: a failed batch is retried until"),
     ("a: [\n", "invalid YAML (line"),
     ("sp_backend_url: 'https://user:secret@o.softprobe.ai'\n", "'sp_backend_url': credentials do not belong"),
 ])

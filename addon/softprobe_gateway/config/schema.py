@@ -123,8 +123,19 @@ class ExportConfig:
     queue_max_spans: int = field(default=10_000, metadata={"min": 1})
     queue_max_bytes: int = field(default=32 * 1024 * 1024, metadata={"min": 1024})
     timeout_s: float = field(default=5.0, metadata={"min": 0.001})
-    max_retries: int = field(default=4, metadata={"min": 0})
+    # A batch the backend fails (429, 502, 503, 504, no connection) is retried, with backoff, until
+    # it is this old; newer exchanges wait in the queue meanwhile, or are dropped when it is full.
+    max_retry_age_s: float = field(default=300.0, metadata={"min": 0})
+    # A stop waits this long at most for the flows in flight to end, then flushes the queue.
+    drain_timeout_s: float = field(default=10.0, metadata={"min": 0})
     shutdown_timeout_s: float = field(default=5.0, metadata={"min": 0})
+
+
+# Keys a config may no longer set, and what to do instead (a config naming one does not load).
+REMOVED_KEYS = {
+    "export.max_retries": "no longer used: a failed batch is retried until export.max_retry_age_s "
+                          "(default 300 s), bounded by the queue, not by a count; remove the key",
+}
 
 
 @dataclass(frozen=True)

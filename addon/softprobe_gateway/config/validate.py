@@ -16,7 +16,7 @@ import typing
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, ConfigError
+from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, REMOVED_KEYS, ConfigError
 
 HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 
@@ -31,6 +31,8 @@ def build(cls: type, data: Any, prefix: str) -> Any:
     for key, raw in data.items():
         name = f"{prefix}{key}"
         f = fields.get(key) if isinstance(key, str) else None
+        if f is None and name in REMOVED_KEYS:
+            raise ConfigError(f"key '{name}': {REMOVED_KEYS[name]}")
         if f is None:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"key '{name}': unknown key (known here: {known})")

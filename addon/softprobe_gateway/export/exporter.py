@@ -11,7 +11,7 @@ from softprobe_gateway.backends.contract import Backend
 from softprobe_gateway.capture.exchange import Exchange
 from softprobe_gateway.config.schema import Config, ConfigError
 from softprobe_gateway.export.launch import WorkerProcess
-from softprobe_gateway.export.messages import Report, Stop
+from softprobe_gateway.export.messages import Report, Retrying, Stop
 from softprobe_gateway.export.queue import ExportQueue
 from softprobe_gateway.metrics import Metrics, RateLimitedLog
 from softprobe_gateway.store.model import MissedLookup
@@ -28,9 +28,10 @@ class Exporter:
     def __init__(self, config: Config, metrics: Metrics, backend: Backend) -> None:
         self.backend = backend  # asked what a dead worker delivered
         self.config, self.metrics = config, metrics
-        self.losses = RateLimitedLog(log)
+        self.losses = RateLimitedLog(log, "span(s) dropped")
         self.queue = ExportQueue(config.export)
         self._stopping = threading.Event()
+        self._failing_since: float | None = None  # monotonic, while sends fail and are retried
         self._worker: WorkerProcess | None = _start_worker(config)  # ConfigError: not started
         self._supervisor = threading.Thread(target=self._supervise, name="softprobe-export-supervisor",
                                             daemon=True)
@@ -64,16 +65,19 @@ class Exporter:
         self.queue.add_miss(missed)
 
     def close(self) -> None:
-        """Flush what is queued within `shutdown_timeout_s`, then stop; what is left is counted."""
+        """Flush what is queued within `shutdown_timeout_s`, then stop; what is left is counted.
+        The worker starts no send after that deadline and counts what it gave up; a send started
+        before it may take `timeout_s` more, and is waited for, so that its report counts it."""
         timeout = self.config.export.shutdown_timeout_s
         self.queue.close(time.time() + timeout)
         self._stopping.set()
-        self._supervisor.join(timeout + 1)
+        self._supervisor.join(timeout + self.config.export.timeout_s + 1)
         if self._supervisor.is_alive() and (worker := self._worker) is not None:
             worker.kill()  # stuck past the deadline: what it held is counted as a shutdown loss
             self._supervisor.join(5)
         if left := self.queue.clear():
             self._drop("shutdown", left, "export did not finish before shutdown")
+        self.losses.flush()
 
     # -- supervision ---------------------------------------------------------------------
 
@@ -130,6 +134,9 @@ class Exporter:
         try:
             while True:
                 report = worker.receive()
+                if isinstance(report, Retrying):
+                    self._failing(report.error)
+                    continue
                 self.queue.acknowledge(report.seq)
                 self._apply(report)
         except (EOFError, OSError):
@@ -150,12 +157,25 @@ class Exporter:
                 return
         if not gone.is_set():
             try:
-                worker.send(Stop())
+                worker.send(Stop(self.queue.deadline))
                 stopped.set()
             except OSError:
                 pass
 
+    def _failing(self, error: str) -> None:
+        """Said once when the backend starts failing, and once when it takes batches again."""
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            c = self.config.export
+            log.warning(f"softprobe: export failing, retrying for up to export.max_retry_age_s "
+                        f"({c.max_retry_age_s:g} s) while the queue holds new exchanges (up to "
+                        f"{c.queue_max_spans} spans, {c.queue_max_bytes // 2**20} MiB): {error}")
+
     def _apply(self, report: Report) -> None:
+        if report.exported and self._failing_since is not None:
+            log.info(f"softprobe: export recovered: the backend took batches again after "
+                     f"{time.monotonic() - self._failing_since:.1f} s")
+            self._failing_since = None
         m = self.metrics
         m.exported.inc(report.exported)
         m.export_bytes.inc(report.sent_bytes)
@@ -170,7 +190,7 @@ class Exporter:
     def _drop(self, reason: str, count: int, message: str) -> None:
         if count:
             self.metrics.dropped.labels(reason).inc(count)
-            self.losses.warning(reason, f"softprobe: dropped {count} span(s): {message}")
+            self.losses.warning(reason, f"softprobe: dropped {count} span(s): {message}", count)
 
 
 def _start_worker(config: Config) -> WorkerProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from softprobe_gateway.config.schema import Config, ConfigError
 from softprobe_gateway.export.handoff import BodyRing, ring_size
-from softprobe_gateway.export.messages import GATEWAY_SIGNALS, Batch, Report, Start, StartFailed, Stop
+from softprobe_gateway.export.messages import GATEWAY_SIGNALS, Batch, Report, Retrying, Start, StartFailed, Stop
 
 START_TIMEOUT_S = 60.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -54,11 +54,12 @@ class WorkerProcess:
     def send(self, message: Batch | Stop) -> None:
         self.conn.send(self.ring.pack(message) if isinstance(message, Batch) else message)
 
-    def receive(self) -> Report:
-        """The next report; EOFError once the worker has exited."""
-        report = self.conn.recv()
-        self.ring.release(report.seq)
-        return report
+    def receive(self) -> Report | Retrying:
+        """The next report (or news of a retry); EOFError once the worker has exited."""
+        message = self.conn.recv()
+        if isinstance(message, Report):
+            self.ring.release(message.seq)
+        return message
 
     def kill(self) -> None:
         self.process.kill()

@@ -1,7 +1,8 @@
 """The messages between the proxy process and its export worker (pickled over a socket pair).
 
 Plain dataclasses, so both sides name every field; the proxy sends `Start`, then `Batch`es and
-finally `Stop`; the worker answers `Ready` (or `StartFailed`), then one `Report` per batch.
+finally `Stop`; the worker answers `Ready` (or `StartFailed`), then one `Report` per batch (and
+`Retrying` when a send fails and is retried).
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    """Nothing more will come: close the sink and exit."""
+    """Nothing more will come: finish the batches in hand by `deadline` (wall clock: the stop's
+    deadline, which their retries must not outlast), close the sink and exit."""
+
+    deadline: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,14 @@ class Drop:
     reason: str
     count: int
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retrying:
+    """A batch's send failed and will be retried (told on its first retry): the backend may be
+    down, and batches wait for it."""
+
+    error: str
 
 
 @dataclass(slots=True)

@@ -18,29 +18,36 @@ proxy's modules (an import contract).
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import queue
+import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from softprobe_gateway.backends.contract import MAX_BACKOFF_S, SendError, Sink
+from softprobe_gateway.backends.contract import SendError, Sink
 from softprobe_gateway.backends.select import backend_for
 from softprobe_gateway.capture.encoding import Attributes, Capture
 from softprobe_gateway.capture.exchange import Exchange
 from softprobe_gateway.config.schema import Config, ConfigError
 from softprobe_gateway.export.handoff import RingReader
-from softprobe_gateway.export.messages import GATEWAY_SIGNALS, Batch, Drop, Ready, Report, Start, StartFailed
+from softprobe_gateway.export.messages import GATEWAY_SIGNALS, Batch, Drop, Ready, Report, Retrying, Start, StartFailed
 from softprobe_gateway.otlp import add_scope_spans, fill_extract_span
 from softprobe_gateway.store.model import MissedLookup
 from softprobe_gateway.store.store import StoreError
 
 log = logging.getLogger(__name__)
 PIPELINE = 1  # batches encoded and waiting while one is sent
+# The first and the longest pause between retries: the longest bounds how late a backend that
+# is back gets the batches that waited for it.
+RETRY_BACKOFF_S = (0.1, 5.0)
 
 
 @dataclass(slots=True)
@@ -62,6 +69,9 @@ class Encoder:
         self.config, self.sink = config.export, sink
         self.capture = Capture(config.capture, config.redaction)
         self.public_key = config.public_key
+        self.stop_deadline = math.inf  # wall clock, once `Stop` came
+        self.stopping = threading.Event()  # set then: a pause between retries ends at once
+        self.on_retry: Callable[[Retrying], None] = lambda retrying: None  # the gateway is told
 
     def encode(self, batch: Batch) -> Outgoing:
         report = Report(batch.seq)
@@ -109,23 +119,55 @@ class Encoder:
         return attributes
 
     def send(self, data: TracesData, count: int, deadline: float | None, report: Report) -> None:
-        for attempt in range(self.config.max_retries + 1):
+        """Send, retrying what may succeed later until the batch is `max_retry_age_s` old or the
+        stop's deadline (the batch's, or the one `Stop` brought) passes: while the backend is
+        down, batches wait here and newer exchanges in the proxy's bounded queue."""
+        first = time.monotonic()
+        for attempt in itertools.count():
+            stop = min(deadline or math.inf, self.stop_deadline)
+            if time.time() >= stop:  # a send started now would outlast the stop: counted here, exactly
+                report.failed = True
+                _drop(report, "shutdown", count, "export did not finish before the stop's deadline")
+                return
             try:
                 report.sent_bytes = self.sink.send(data)
                 report.exported = count
                 return
             except SendError as e:
-                retry = e.retry_after
-                out_of_time = deadline is not None and time.time() >= deadline
-                if retry is None or attempt == self.config.max_retries or out_of_time:
+                pause = retry_pause(e.retry_after, attempt, time.monotonic() - first,
+                                    self.config.max_retry_age_s, stop - time.time(), random.random())
+                if pause is None:
                     report.failed = True
-                    _drop(report, "send_failed", count, f"export failed: {e}")
+                    if time.time() >= stop:
+                        _drop(report, "shutdown", count, f"export did not finish before the stop's deadline: {e}")
+                    elif e.retry_after is None:
+                        _drop(report, "send_failed", count, f"export failed: {e}")
+                    else:
+                        _drop(report, "send_failed", count, f"export failed for {time.monotonic() - first:.0f} s "
+                              f"(export.max_retry_age_s): {e}")
                     return
+                if not report.retries:
+                    self.on_retry(Retrying(str(e)))
                 report.retries += 1
-                pause = max(retry, min(0.1 * 2 ** attempt, MAX_BACKOFF_S))
-                if deadline is not None:
-                    pause = min(pause, max(deadline - time.time(), 0.0))
-                time.sleep(pause)
+                self.stopping.wait(pause)
+
+    def stop(self, deadline: float) -> None:
+        """The gateway is stopping: retries end at `deadline` (wall clock)."""
+        self.stop_deadline = deadline
+        self.stopping.set()
+
+
+def retry_pause(retry_after: float | None, attempt: int, age_s: float, max_age_s: float,
+                left_s: float, jitter: float) -> float | None:
+    """Seconds to wait before retrying a failed send, or None to give the batch up: not worth
+    retrying (`retry_after` None), `max_age_s` old, or no time left before the stop (`left_s`).
+    The backoff doubles from RETRY_BACKOFF_S[0] to RETRY_BACKOFF_S[1], each pause drawn between
+    half and all of it (`jitter` in [0, 1)), so gateways that lost the backend together do not
+    come back in step; a `Retry-After` is a floor."""
+    if retry_after is None or age_s >= max_age_s or left_s <= 0:
+        return None
+    backoff = min(RETRY_BACKOFF_S[0] * 2 ** min(attempt, 32), RETRY_BACKOFF_S[1])
+    return min(max(retry_after, backoff * (1 + jitter) / 2), max_age_s - age_s, left_s)
 
 
 def _drop(report: Report, reason: str, count: int, message: str) -> None:
@@ -150,6 +192,7 @@ def main(fd: int) -> None:
     conn.send(Ready())
     outbox: queue.Queue[Outgoing | None] = queue.Queue(PIPELINE)
     reporter = _Reporter(conn)
+    encoder.on_retry = reporter.send
     senders = [threading.Thread(target=_deliver_all, args=(encoder, outbox, reporter),
                                 name="softprobe-export-send", daemon=True)
                for _ in range(encoder.sink.concurrency)]
@@ -164,8 +207,9 @@ def main(fd: int) -> None:
                 outgoing = Outgoing(Report(message.seq, failed=True, drops=[Drop(
                     "worker_error", len(message.exchanges), f"export worker error: {e!r}")]))
             outbox.put(outgoing)
-    except (EOFError, OSError):
-        pass  # the gateway is gone: what is encoded is still sent, nobody counts it
+        encoder.stop(message.deadline)
+    except (EOFError, OSError):  # the gateway is gone (killed): what is encoded is still sent,
+        encoder.stop(time.time() + start.config.export.shutdown_timeout_s)  # nobody counts it
     finally:
         for sender in senders:
             outbox.put(None)
@@ -180,7 +224,7 @@ class _Reporter:
     def __init__(self, conn: Connection) -> None:
         self.conn, self.lock, self.gone = conn, threading.Lock(), False
 
-    def send(self, report: Report) -> None:
+    def send(self, report: Report | Retrying) -> None:
         with self.lock:
             if not self.gone:
                 try:
