@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 
 from mitmproxy import ctx, exceptions
 
@@ -20,7 +21,7 @@ from softprobe_gateway.config.loader import CONFIG_ENV, ConfigFile
 from softprobe_gateway.config.schema import Config, ConfigError
 from softprobe_gateway.decisions.interception import upstream_trust
 from softprobe_gateway.metrics import Metrics
-from softprobe_gateway.proxy import backend_check, options
+from softprobe_gateway.proxy import backend_check, drain, options
 from softprobe_gateway.proxy.admin import AdminServer
 from softprobe_gateway.proxy.routing import listen_addresses
 from softprobe_gateway.proxy.runtime import Runtime
@@ -42,6 +43,7 @@ class Lifecycle:
         self.admin: AdminServer | None = None
         self._watcher: asyncio.Task | None = None
         self._retiring: dict[asyncio.Task, Runtime] = {}  # replaced runtimes finishing their flows
+        self.draining = False  # a stop began: HTTP/1 clients are asked to close (`proxy.drain`)
         self.backend_state = backend_check.UNCHECKED  # the current runtime's HTTP backend, as last seen
 
     def load(self, loader) -> None:
@@ -163,8 +165,12 @@ class Lifecycle:
                 ) from None
 
     def ready(self) -> bool:
-        """Started, and an export worker runs (not while a dead one is being restarted)."""
-        return self.runtime is not None and self.runtime.exporter.running
+        """Started, not stopping, and an export worker runs (not while a dead one is being restarted)."""
+        return self.runtime is not None and self.runtime.exporter.running and not self.draining
+
+    def responseheaders(self, flow) -> None:
+        if self.draining:
+            drain.close_after(flow)
 
     def export_state(self) -> str:
         """The export path, for `/readyz`: the worker, and where exports go (for an HTTP backend,
@@ -199,13 +205,30 @@ class Lifecycle:
             self._install(runtime)
 
     async def done(self) -> None:
+        """The stop drains (`proxy.drain`): no new connection, the flows in flight end within
+        `export.drain_timeout_s` and are queued, then the queue is flushed within
+        `export.shutdown_timeout_s`; the last line says what was exported and what was lost, why."""
         if self._watcher is not None:
             self._watcher.cancel()
+        started = time.monotonic()
+        if self.runtime is not None:
+            self.draining = True
+            await drain.stop_listening()
+            runtimes = lambda: [self.runtime, *self._retiring.values()]
+            left = await drain.wait_drained(lambda: sum(rt.in_flight for rt in runtimes()),
+                                            self.runtime.config.export.drain_timeout_s)
+            if left:
+                log.warning(f"softprobe: stopping with {left} flow(s) still in flight after "
+                            f"export.drain_timeout_s ({self.runtime.config.export.drain_timeout_s:g} s)")
+        drained = time.monotonic()
         for old in self._retiring.values():
             old.stop_waiting()  # no flow will end any more
         if self.runtime is not None:
             await self.runtime.aclose()
         if self._retiring:  # replaced runtimes still flushing: each is bounded by its own timeout
             await asyncio.wait(set(self._retiring), timeout=RETIRE_WAIT_S)
+        if self.runtime is not None:
+            log.info(f"softprobe: stopped in {time.monotonic() - started:.1f} s (drain {drained - started:.1f} s, "
+                     f"flush {time.monotonic() - drained:.1f} s); {self.metrics.export_summary()}")
         if self.admin is not None:
             self.admin.close()

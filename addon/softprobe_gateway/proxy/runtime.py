@@ -74,6 +74,11 @@ class Runtime:
         lookups = "on" if self.config.enable_inject else "off"
         return f"softprobe: config {source} {done}; exporting to {self.backend.describe()}; lookups {lookups}"
 
+    @property
+    def in_flight(self) -> int:
+        """Flows started with this runtime that have not ended (a stop waits for them)."""
+        return self._flows
+
     def hold(self) -> None:
         """A flow started with this runtime."""
         self._flows += 1
