@@ -27,10 +27,10 @@ class Backend:
     (`client` then sends it as a bearer token); `args` and `env` added to its command and environment."""
 
     def __init__(self, db: Path, key: str = "", args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 cwd: Path | None = None, store: str = "", nofile: int = 0) -> None:
+                 cwd: Path | None = None, store: str = "", nofile: int = 0, port: int = 0) -> None:
         """`store`: a store URL instead of the file `db` (beside which its stderr goes, in `log`);
-        `nofile`: its descriptor limit."""
-        self.db, self.key, port = db, key, free_port()
+        `nofile`: its descriptor limit; `port`: a given one (a replica restarted where it was)."""
+        self.db, self.key, port = db, key, port or free_port()
         self.url, self.port = f"http://{LOOPBACK}:{port}", port
         self.log = db.with_name(f"{db.name}.serve-{port}.log")
         environment = {k: v for k, v in os.environ.items()
