@@ -192,3 +192,15 @@ def test_errors_never_show_the_password(postgres, capsys) -> None:
     code, out, err = run(capsys, "store", "migrate", "--store", url)
     assert code == 1 and "cannot migrate" in err and "s3cret" not in out + err
     assert err.count("\n") == 1
+
+
+def test_store_urls_name_either_engine_and_a_wrong_one_is_one_line(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "by-url.db"
+    code, out, _ = run(capsys, "store", "migrate", "--store", f"sqlite:{path}")
+    assert code == 0 and out.strip().startswith(f"store {path}: migrated from schema version 0 to")
+    with open_store(f"sqlite:{path}") as store:
+        store.ingest(traces(extract_span(session="in-the-file")))
+    assert "in-the-file" in run(capsys, "sessions", "--db", path)[1]
+    code, _, err = run(capsys, "sessions", "--store", "mysql://u:pw@db/x")
+    assert code == 2 and err == ("softprobe: --store: expected sqlite:PATH or postgresql://USER@HOST:PORT/DB, "
+                                 "got mysql://...\n")

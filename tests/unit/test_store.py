@@ -234,3 +234,23 @@ def test_lookup_latency_is_a_few_milliseconds(open_store) -> None:
     per_lookup_ms = (time.perf_counter() - started) / 200 * 1000
     print(f"lookup: {per_lookup_ms:.3f} ms over 5000 exchanges")
     assert per_lookup_ms < 5, per_lookup_ms
+
+
+def test_listing_a_page_at_a_time_finding_by_prefix_and_counting_stored_spans(open_store) -> None:
+    store = open_store()
+    recorded = [extract_span(session=name, path=f"/{name}") for name in ("b%_1", "b%_2", "a", "Z", "b\u00e9")]
+    store.ingest(traces(*recorded))
+    first = store.sessions(size=2, service="checkout")
+    second = store.sessions(size=2, cursor=first.next_cursor)
+    third = store.sessions(size=2, cursor=second.next_cursor)
+    listed = [s.id for page in (first, second, third) for s in page.sessions]
+    assert listed == ["b\u00e9", "Z", "a", "b%_2", "b%_1"] and third.next_cursor == ""  # newest first
+    assert store.find("b%") == [("session", "b%_1"), ("session", "b%_2")]  # % and _ are no wildcards
+    assert store.find("b%_1") == [("session", "b%_1")]
+    span_id = recorded[2].span_id.hex()
+    assert ("exchange", span_id) in store.find(span_id[:14])
+    assert store.exchange(span_id).session_id == "a"
+    keys = [(s.trace_id.hex(), s.span_id.hex()) for s in recorded[:3]]
+    assert store.count_stored([*keys, ("00" * 16, "00" * 8)]) == 3
+    with pytest.raises(ValueError, match="invalid cursor"):
+        store.sessions(cursor="not-a-cursor")
