@@ -84,6 +84,7 @@ def many(tmp_path_factory, upstream, backend):
         "stickycookie": "~u /sticky",
         "block_list": "|~u /blocked|418",
         "server_replay": str(flows_file(tmp, f"{upstream.url}/replayed", b"from the flows file")),
+        "keepserving": "true",  # else mitmdump stops once its one replayed flow was served
     }
     with Gateway({"sp_backend_url": backend.url, "export": FAST_EXPORT}, tmp, options=options) as gw:
         with gw.client() as client:
