@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import os
 import signal
 import socket
 import statistics
@@ -214,6 +215,10 @@ def test_two_workers_on_postgresql_share_sessions_and_ready_asks_the_database(tm
                 created.add(http.post("/v1/sessions", json={"mode": "replay"}).json()["sessionId"])
         listed = {s["sessionId"] for s in server.client.get("/v1/sessions").json()["sessions"]}
         assert listed == created and len(created) == 10
+        os.kill(int(workers[0]), signal.SIGKILL)  # a worker lost: another takes its place
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+        wait_for(lambda: len(children.read_text().split()) == 2 and workers[0] not in children.read_text().split())
+        workers = children.read_text().split()
         assert server.client.get("/ready").json() == {"status": "ready", "store": "postgresql"}
         name = url.rsplit("/", 1)[1]
         postgres.sql(f"DROP DATABASE {name} WITH (FORCE)")

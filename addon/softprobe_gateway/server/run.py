@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from softprobe_gateway.server.protocol import connection_cap, guarded
 from softprobe_gateway.store.store import Store
 
 _STOP = (signal.SIGTERM, signal.SIGINT)
+RESTART_AFTER = 1.0  # seconds a worker that died must have lived before another starts at once
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,10 @@ def serve(sock: socket.socket, open_store: Callable[[], Store], app: Callable[[S
 
     for sig in _STOP:
         signal.signal(sig, stop)
+    started: dict[int, float] = {}
     for n in range(workers):
         children[_fork(n, sock, open_store, app, limits)] = n
+        started[n] = time.monotonic()
     status = 0
     while children:
         try:
@@ -97,10 +101,13 @@ def serve(sock: socket.socket, open_store: Callable[[], Store], app: Callable[[S
             break
         n = children.pop(pid)
         status = status or os.waitstatus_to_exitcode(code)
-        if not stopping:  # a worker died on its own: another takes its place
+        if not stopping:  # a worker died on its own: another takes its place (not in a tight loop)
             print(f"softprobe serve: worker {n} exited ({os.waitstatus_to_exitcode(code)}); starting another",
                   file=sys.stderr, flush=True)
-            children[_fork(n, sock, open_store, app, limits)] = n
+            time.sleep(max(0.0, RESTART_AFTER - (time.monotonic() - started[n])))
+            if not stopping:
+                children[_fork(n, sock, open_store, app, limits)] = n
+                started[n] = time.monotonic()
     sock.close()
     return 0 if stopping else status
 
