@@ -33,6 +33,7 @@ class Backend:
         self.db, self.key, port = db, key, port or free_port()
         self.url, self.port = f"http://{LOOPBACK}:{port}", port
         self.log = db.with_name(f"{db.name}.serve-{port}.log")
+        self.log.parent.mkdir(parents=True, exist_ok=True)  # serve makes its store's directory; the log's is ours
         environment = {k: v for k, v in os.environ.items()
                        if k not in ("SOFTPROBE_PUBLIC_KEY", "SOFTPROBE_CAPTURE_CASE_PATH", "SOFTPROBE_STORE_URL")}
         if key:
