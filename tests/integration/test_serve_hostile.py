@@ -4,6 +4,7 @@ descriptor limit, odd methods, over-long file names, and requests looser than th
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
@@ -222,3 +223,20 @@ def test_what_the_fixtures_schema_takes_is_taken(runtime: Backend) -> None:
     reply = runtime.client.post(f"/v1/sessions/{session}/fixtures/auth", json=fixtures)
     assert reply.status_code == 200
     validate(reply.json(), "session-fixtures-auth.response.schema.json")
+
+
+def test_bodies_over_64_mib_are_413_however_they_come(runtime: Backend) -> None:
+    over = 64 * 1024 * 1024 + 1
+    head_only = raw(runtime, b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                    + b"\r\nContent-Length: %d\r\n\r\n" % over)  # refused before the body is sent
+    assert head_only.startswith(b"HTTP/1.1 413") and b"connection: close" in head_only.lower()
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(64):
+            yield b"\0" * (1024 * 1024)
+        yield b"\0"  # the last byte over: all of it is sent before the answer
+    assert runtime.client.post("/v1/traces", content=chunks()).status_code == 413  # chunked: counted as read
+    bomb = gzip.compress(b"\0" * over)
+    reply = runtime.client.post("/v1/traces", content=bomb, headers={"content-encoding": "gzip"})
+    assert reply.status_code == 413
+    assert runtime.client.get("/health").status_code == 200
