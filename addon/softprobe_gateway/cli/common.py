@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.envelope import EXIT_NO_SESSION, EXIT_USAGE, CliError
 from softprobe_gateway.config.loader import CONFIG_ENV, load_config
 from softprobe_gateway.config.schema import Config, ConfigError, StoreConfig
 from softprobe_gateway.formats.casefile import CaseError, case_exchanges
 from softprobe_gateway.store.model import Recording, SessionSummary
-from softprobe_gateway.store.store import STORE_URL_ENV, Store, StoreError, describe, parse_url
+from softprobe_gateway.store.store import STORE_URL_ENV, Store, StoreError, parse_url
 
 
 @dataclass(frozen=True)
@@ -144,3 +145,19 @@ def matching_files(patterns: list[str]) -> list[Path]:
 def already(total: int, added: int) -> str:
     """How many of an import's exchanges the store held before (importing twice stores once)."""
     return f" ({total - added} were already there)" if total > added else ""
+
+
+def verdict(out: TextIO, path: str, problems: list[str], *, code: str = "validation_failed", note: str = "",
+            **fields: Any) -> int:
+    """A checked file's answer, one shape for `validate` and `suite validate`: `PATH: valid` (and
+    `note`), else the problems one a line and the first as the error; exit 0, else 5."""
+    envelope.report(out, path=path, valid=not problems, errors=problems, **fields)
+    if not problems:
+        print(f"{path}: valid{note}", file=out)
+        return envelope.EXIT_OK
+    print(f"{path}: {len(problems)} {'error' if len(problems) == 1 else 'errors'}", file=out)
+    for problem in problems:
+        print(f"  {problem}", file=out)
+    first = problems[0] if problems[0].startswith(f"{path}:") else f"{path}: {problems[0]}"
+    envelope.outcome(out, code=code, message=first)
+    return envelope.EXIT_INVALID

@@ -13,7 +13,6 @@ from typing import Any, TextIO
 from softprobe_gateway.cli import envelope, suite_authoring
 from softprobe_gateway.cli.session import DEFAULT_RUNTIME
 from softprobe_gateway.suite import junit, model, report, runner
-from softprobe_gateway.suite.hooks import HookFileError, Hooks
 from softprobe_gateway.suite.results import CaseResult, SuiteResult
 
 EXIT_OK, EXIT_INVALID, EXIT_SUITE_FAILED = envelope.EXIT_OK, envelope.EXIT_INVALID, envelope.EXIT_SUITE
@@ -63,17 +62,9 @@ def cmd_run(args: argparse.Namespace, settings: object, out: TextIO) -> int:
         raise envelope.CliError(f"suite run: {e}", EXIT_INVALID, "invalid_suite") from None
     if not cases:
         print("softprobe: suite run: no cases selected", file=sys.stderr)
-    files = [part.strip() for value in args.hooks for part in value.split(",") if part.strip()]
-    try:
-        hooks = Hooks(files, sys.stderr) if files else None
-    except HookFileError as e:
-        raise envelope.CliError(f"suite run: {e}", envelope.EXIT_USAGE, "invalid_hooks") from None
-    try:
+    with suite_authoring.opened_hooks(args.hooks, "suite run") as hooks:
         result = runner.run(suite, cases, runner.Settings(args.runtime_url, args.app_url or DEFAULT_APP,
                                                           args.parallel, args.fail_fast, args.detect_noise), hooks)
-    finally:
-        if hooks is not None:
-            hooks.close()
     if args.junit:
         junit.write(result, args.junit)
     if args.report:

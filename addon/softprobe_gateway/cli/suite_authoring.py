@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
 import yaml
 
 from softprobe_gateway.cli import envelope
-from softprobe_gateway.cli.common import matching_files
+from softprobe_gateway.cli.common import matching_files, verdict
 from softprobe_gateway.suite import caseview, drift, model, starter, validation
 from softprobe_gateway.suite.hooks import HookFileError, Hooks
 
@@ -41,30 +43,33 @@ def register(actions: argparse._SubParsersAction) -> None:
     init.set_defaults(command=cmd_init)
 
 
-def cmd_validate(args: argparse.Namespace, settings: object, out: TextIO) -> int:
-    files = [part.strip() for value in args.hooks for part in value.split(",") if part.strip()]
+@contextmanager
+def opened_hooks(values: list[str], command: str) -> Iterator[Hooks | None]:
+    """The hook files of `--hooks` (repeated or comma-separated) loaded for one command and closed
+    after it (their Node sidecar with them); None when there are none. Exit 2 for a file that
+    does not load."""
+    files = [part.strip() for value in values for part in value.split(",") if part.strip()]
     try:
         hooks = Hooks(files, sys.stderr) if files else None
     except HookFileError as e:
-        raise envelope.CliError(f"suite validate: {e}", envelope.EXIT_USAGE, "invalid_hooks") from None
+        raise envelope.CliError(f"{command}: {e}", envelope.EXIT_USAGE, "invalid_hooks") from None
     try:
-        suite = model.load(args.suite, args.env_file)
-        name, cases = suite.name, len(suite.cases())
-        problems = validation.problems(suite, hooks.names() if hooks else None)
-    except model.SuiteError as e:
-        name, cases, problems = "", 0, [str(e)]
+        yield hooks
     finally:
         if hooks is not None:
             hooks.close()
-    envelope.report(out, suite=name, path=args.suite, valid=not problems, errors=problems, cases=cases)
-    if not problems:
-        print(f"{args.suite}: valid (suite {name}, {cases} cases)", file=out)
-        return envelope.EXIT_OK
-    print(f"{args.suite}: {len(problems)} {'error' if len(problems) == 1 else 'errors'}", file=out)
-    for problem in problems:
-        print(f"  {problem}", file=out)
-    envelope.outcome(out, code="invalid_suite", message=problems[0])
-    return envelope.EXIT_INVALID
+
+
+def cmd_validate(args: argparse.Namespace, settings: object, out: TextIO) -> int:
+    with opened_hooks(args.hooks, "suite validate") as hooks:
+        try:
+            suite = model.load(args.suite, args.env_file)
+            name, cases = suite.name, len(suite.cases())
+            problems = validation.problems(suite, hooks.names() if hooks else None)
+        except model.SuiteError as e:
+            name, cases, problems = "", 0, [str(e)]
+    return verdict(out, args.suite, problems, code="invalid_suite", note=f" (suite {name}, {cases} cases)",
+                   suite=name, cases=cases)
 
 
 def cmd_diff(args: argparse.Namespace, settings: object, out: TextIO) -> int:

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import yaml
 
 from softprobe_gateway.cli import envelope, suite_authoring
+from softprobe_gateway.cli.common import verdict
 from softprobe_gateway.formats import schemas
 from softprobe_gateway.formats.casefile import CaseError, case_exchanges
 
@@ -57,23 +58,11 @@ def cmd_case(args: argparse.Namespace, settings: object, out: TextIO) -> int:
             case_exchanges(document)
         except CaseError as e:
             problems = [f"$: {e}"]
-    return _verdict(out, args.file, problems)
+    return verdict(out, args.file, problems)
 
 
 def cmd_rules(args: argparse.Namespace, settings: object, out: TextIO) -> int:
     document, problems = _read(args.file, yaml_too=True)
     if not problems:
         problems = schemas.errors(schemas.rules_document(document), schemas.RULES)
-    return _verdict(out, args.file, problems)
-
-
-def _verdict(out: TextIO, path: str, problems: list[str]) -> int:
-    envelope.report(out, path=path, valid=not problems, errors=problems)
-    if not problems:
-        print(f"{path}: valid", file=out)
-        return envelope.EXIT_OK
-    print(f"{path}: {len(problems)} {'error' if len(problems) == 1 else 'errors'}", file=out)
-    for problem in problems:
-        print(f"  {problem}", file=out)
-    envelope.outcome(out, code="validation_failed", message=f"{path}: {problems[0]}")
-    return envelope.EXIT_INVALID
+    return verdict(out, args.file, problems)
