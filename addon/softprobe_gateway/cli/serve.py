@@ -14,6 +14,7 @@ from typing import TextIO
 
 from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.common import Settings
+from softprobe_gateway.cli.session import RUNTIME_LISTEN
 from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, ConfigError
 from softprobe_gateway.server.app import App
 from softprobe_gateway.server.run import Limits, bind, loopback_only, serve
@@ -23,7 +24,7 @@ from softprobe_gateway.store.store import StoreError, describe, open_store
 
 def register(commands: argparse._SubParsersAction, store_options: argparse.ArgumentParser) -> None:
     server = commands.add_parser("serve", parents=[store_options], help="serve the store over HTTP")
-    server.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT")
+    server.add_argument("--listen", default=RUNTIME_LISTEN, metavar="HOST:PORT")
     server.add_argument("--key-file", metavar="FILE",
                         help=f"the key every request must present (default: ${PUBLIC_KEY_ENV}, else "
                              f"${API_TOKEN_ENV}); "

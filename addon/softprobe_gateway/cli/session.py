@@ -2,7 +2,8 @@
 session commands, named and flagged as its CLI reference names them, against a runtime's control
 API (`softprobe serve`, or Softprobe's own runtime), so a script written for either reads the same.
 
-The runtime is `--runtime-url`, else $SOFTPROBE_RUNTIME_URL, else http://127.0.0.1:8080; the token
+The runtime is `--runtime-url`, else $SOFTPROBE_RUNTIME_URL, else `softprobe serve`'s own default
+(http://127.0.0.1:8090: not 8080, `make run`'s proxy, which would answer 508); the token
 $SOFTPROBE_API_TOKEN (sent as `Authorization: Bearer`). Exit codes are Softprobe's: 3 runtime
 unreachable, 4 session not found, 5 rejected as invalid, 1 any other failure (2, as for every
 command, a bad argument).
@@ -21,11 +22,20 @@ import httpx
 import yaml
 
 from softprobe_gateway.cli import envelope
-from softprobe_gateway.cli.envelope import EXIT_FAILED, EXIT_INVALID, EXIT_NO_SESSION, EXIT_UNREACHABLE, CliError
+from softprobe_gateway.cli.envelope import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_NO_SESSION,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+)
 from softprobe_gateway.config.schema import ConfigError
 from softprobe_gateway.server.control_api import SCHEMA_VERSION, SPEC_VERSION
 
-DEFAULT_RUNTIME = "http://127.0.0.1:8080"
+RUNTIME_LISTEN = "127.0.0.1:8090"  # `softprobe serve --listen`'s default: one default everywhere
+DEFAULT_RUNTIME = f"http://{RUNTIME_LISTEN}"
+SESSION_ENV = "SOFTPROBE_SESSION_ID"
 _EXITS = {"unknown_session": EXIT_NO_SESSION, "session_not_found": EXIT_NO_SESSION, "invalid_request": EXIT_INVALID}
 
 
@@ -47,9 +57,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                file: bool = False) -> argparse.ArgumentParser:
         parser = parent.add_parser(name, parents=[common], help=help)
         if name != "start":
-            parser.add_argument("--session", default=os.environ.get("SOFTPROBE_SESSION_ID"),
-                                required="SOFTPROBE_SESSION_ID" not in os.environ,
-                                help="the session id (default: $SOFTPROBE_SESSION_ID)")
+            parser.add_argument("--session", default=os.environ.get(SESSION_ENV),
+                                help=f"the session id (default: ${SESSION_ENV})")
+            run = _with_session(run, parser.prog.removeprefix("softprobe "))
         if file:
             parser.add_argument("--file", required=name != "set", help="a JSON or YAML document")
         parser.set_defaults(command=run)
@@ -69,6 +79,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     action("stats", cmd_stats, "the session's counters")
     action("close", cmd_close, "close the session").add_argument(
         "--out", metavar="FILE", help="a capture session's case file, written by the runtime on close")
+
+
+def _with_session(run: Any, prog: str) -> Any:
+    """`run`, refused (exit 2) with a line naming both ways of giving the session when neither
+    `--session` nor $SOFTPROBE_SESSION_ID does (argparse would name only the flag)."""
+
+    def command(args: argparse.Namespace, settings: object, out: TextIO) -> int:
+        if not args.session:
+            raise CliError(f"{prog}: no session: give --session ID or set ${SESSION_ENV} "
+                           f"(`softprobe session start --shell` prints its export line)", EXIT_USAGE)
+        return run(args, settings, out)
+
+    return command
 
 
 class Runtime:
