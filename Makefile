@@ -73,7 +73,8 @@ clean:
 ## Benchmarks (issue 6), loopback only: writes bench/results/latest.{md,json,png}, then prints
 ## the lookup client's CPU per lookup against h11 and httpx (bench/lookup_client.py) and the
 ## proxy's CPU per lookup, stage by stage (bench/lookup_cost.py), and per request, hook by hook
-## (bench/hook_cost.py).
+## (bench/hook_cost.py), then the runtime's store in process (bench/runtime.py) and over HTTP,
+## serve replicas behind nginx on SQLite and PostgreSQL (bench/runtime_http.py).
 ## `make bench BENCH_ARGS=--quick` for a smoke run; `.venv/bin/python -m bench --help` for knobs.
 .PHONY: bench
 bench: $(BENCH_STAMP) system-deps
@@ -81,6 +82,8 @@ bench: $(BENCH_STAMP) system-deps
 	$(BIN)/python -m bench.lookup_client $(filter --quick,$(BENCH_ARGS))
 	$(BIN)/python -m bench.lookup_cost $(filter --quick,$(BENCH_ARGS))
 	$(BIN)/python -m bench.hook_cost $(filter --quick,$(BENCH_ARGS))
+	$(BIN)/python -m bench.runtime $(filter --quick,$(BENCH_ARGS))
+	$(BIN)/python -m bench.runtime_http $(filter --quick,$(BENCH_ARGS))
 
 ## The travel demo: front and airline services, the gateway recording them, a search/book/pay session, shown.
 .PHONY: demo

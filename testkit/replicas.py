@@ -19,6 +19,7 @@ PROTOBUF = {"content-type": "application/x-protobuf"}
 
 class Replicas:
     def __init__(self, tmp: Path, store: str, count: int = 2, key: str = KEY, args: tuple[str, ...] = ()) -> None:
+        """`store`: a PostgreSQL URL, or empty for one replica on a SQLite file of its own."""
         self.tmp, self.store, self.key, self.args = tmp, store, key, args
         self.started = 0
         self.backends: list[Backend] = []

@@ -51,6 +51,8 @@ def test_quick_mode_writes_the_three_outputs(tmp_path):
 @pytest.mark.parametrize("module, rows", [
     ("bench.lookup_cost", ["1 KiB", "64 KiB", "1024 KiB"]),  # docs/performance.md's lookup figures
     ("bench.hook_cost", ["sampled out", "recorded"]),  # its hooks' figures
+    ("bench.runtime_http", [f"{engine}, {kib} KiB" for kib in (1, 64)  # docs/performance.md's runtime
+                            for engine in ("sqlite, 1 replica", "postgresql, 1 replica", "postgresql, 2 replicas")]),
 ])
 def test_the_in_process_benchmarks_run(module: str, rows: list[str]) -> None:
     """`python -m <module> --quick` (make bench runs both in full): a row per case, figures that
