@@ -40,6 +40,7 @@ BYTES = Codec(lambda text: text.encode("utf-8", "surrogatepass"),
 
 
 def one_line(e: BaseException) -> str:
+    """psycopg's message on one line, as StoreErrors are (its own spans several)."""
     return " ".join(str(e).split()) or type(e).__name__
 
 
@@ -150,7 +151,7 @@ class PostgresEngine:
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (postgres_schema.RETENTION_LOCK,))
 
-    def _prune(self, conn, cutoff_ns: int) -> None:
+    def _prune(self, conn: psycopg.Connection, cutoff_ns: int) -> None:
         """Batched deletes, each its own transaction, and the sessions they touched fixed."""
         last = conn.execute("SELECT id FROM exchanges ORDER BY id DESC LIMIT 1 OFFSET %s",
                             (self.config.max_exchanges,)).fetchone()
@@ -161,7 +162,7 @@ class PostgresEngine:
         if cutoff_ns:
             self._delete(conn, "ingested_ns < %s", (cutoff_ns,))
 
-    def _delete(self, conn, where: str, args: tuple) -> None:
+    def _delete(self, conn: psycopg.Connection, where: str, args: tuple[object, ...]) -> None:
         while True:
             with conn.transaction():
                 touched = sorted({r[0] for r in conn.execute(
@@ -179,7 +180,7 @@ class PostgresEngine:
             if not touched:
                 return
 
-    def _prune_replays(self, conn) -> None:
+    def _prune_replays(self, conn: psycopg.Connection) -> None:
         """Forget lookup sessions idle past their reset, or beyond the newest MAX_REPLAYS."""
         self._replays_pruned = time.monotonic()
         reset_ns = int(self.config.sequence_reset_s * 1e9)
