@@ -71,6 +71,15 @@ def test_exemption_and_collection_rules():
     assert r.skip_request("h", "/v1/traces", h) == "not_collected"
 
 
+def test_exemption_paths_searched_as_one_pattern_or_one_by_one():
+    """An exemption's path patterns are joined into one search; one with flags of its own
+    (`(?i)` must start a pattern) cannot join, and they are searched one by one, alike."""
+    for patterns in (("^/a$", "b"), ("(?i)^/A$", "b")):
+        r = rules(exemption_rules=(cfg.ExemptionRule(pathPatterns=patterns),))
+        h = headers({})
+        assert [r.skip_request("h", p, h) for p in ("/a", "/xbx", "/c", "/a/")] == ["exempt", "exempt", None, None]
+
+
 @pytest.mark.parametrize("ctype, static", [
     ("text/html; charset=utf-8", True), ("IMAGE/png", True), ("font/woff2", True),
     ("application/javascript", True), ("text/css", True), ("application/json", False),

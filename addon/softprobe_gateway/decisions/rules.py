@@ -43,13 +43,25 @@ def _any(patterns: tuple[re.Pattern[str], ...], text: str) -> bool:
     return any(p.search(text) for p in patterns)
 
 
+def _one(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """The patterns as one alternation, searched once per request (a pattern with flags of its
+    own cannot join one: None, and they are searched one by one)."""
+    try:
+        return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+    except re.error:
+        return None
+
+
 @dataclass(frozen=True)
 class _Exemption:
     hosts: tuple[re.Pattern[str], ...]
     paths: tuple[re.Pattern[str], ...]
+    any_path: re.Pattern[str] | None = None  # `paths` as one pattern, when they join
 
     def matches(self, host: str, path: str) -> bool:
-        return (not self.hosts or _any(self.hosts, host)) and _any(self.paths, path)
+        if self.hosts and not _any(self.hosts, host):
+            return False
+        return self.any_path.search(path) is not None if self.any_path else _any(self.paths, path)
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,8 @@ class RecordingRules:
 
     def __init__(self, exemptions: tuple[ExemptionRule, ...], collection: CollectionRules) -> None:
         self._exemptions = tuple(
-            _Exemption(_compile(r.hostPatterns), _compile(r.pathPatterns)) for r in exemptions)
+            _Exemption(_compile(r.hostPatterns), _compile(r.pathPatterns), _one(r.pathPatterns))
+            for r in exemptions)
         self._server = _compile(tuple(r.path for r in collection.http.server))
         self._client = tuple(
             _ClientRule(re.compile(r.host), _compile(r.paths)) for r in collection.http.client)
@@ -75,8 +88,9 @@ class RecordingRules:
         `host` is the upstream host without port; `path` includes the query.
         """
         bare_path = path.split("?", 1)[0]
-        if any(e.matches(host, bare_path) for e in self._exemptions):
-            return EXEMPT
+        for exemption in self._exemptions:
+            if exemption.matches(host, bare_path):
+                return EXEMPT
         if is_framework_internal(path, header):
             return FRAMEWORK
         if not self._collected(host, bare_path):
@@ -98,9 +112,13 @@ def is_framework_internal(path: str, header: HeaderGet) -> bool:
         return True
     if "text/x-component" in (header("accept") or ""):
         return True
-    if any(header(h) is not None for h in NEXT_HEADERS):
-        return True
-    return any((header(h) or "").strip().lower() == "prefetch" for h in ("purpose", "sec-purpose"))
+    for name in NEXT_HEADERS:
+        if header(name) is not None:
+            return True
+    for name in ("purpose", "sec-purpose"):
+        if (value := header(name)) and value.strip().lower() == "prefetch":
+            return True
+    return False
 
 
 def is_static(method: str, status: int, path: str, content_type: str | None, body_size: int) -> bool:
