@@ -16,7 +16,7 @@ from testkit.serve import Backend, case_for
 from testkit.support import BIN, Gateway
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "control-api.md"
-RUNTIME, GATEWAY = "127.0.0.1:8080", "127.0.0.1:8081"
+RUNTIME, GATEWAY = "127.0.0.1:8090", "127.0.0.1:8081"
 
 
 def blocks(language: str) -> list[str]:
@@ -36,6 +36,7 @@ def test_the_documented_session_runs(tmp_path: Path) -> None:
             ports = {RUNTIME: runtime.url.removeprefix("http://"), GATEWAY: gw.proxy.removeprefix("http://")}
             for documented, real in ports.items():
                 script = script.replace(documented, real)
+            script = script.replace(".venv/bin/", f"{BIN}/")  # the checkout's venv, wherever the test runs
             env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
             env.update(PATH=f"{BIN}:{env['PATH']}", SOFTPROBE_RUNTIME_URL=runtime.url, SOFTPROBE_GATEWAY=gw.proxy)
             shell = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
