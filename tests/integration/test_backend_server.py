@@ -222,7 +222,9 @@ def test_two_workers_on_postgresql_share_sessions_and_ready_asks_the_database(tm
         assert server.client.get("/ready").json() == {"status": "ready", "store": "postgresql"}
         name = url.rsplit("/", 1)[1]
         postgres.sql(f"DROP DATABASE {name} WITH (FORCE)")
-        assert server.client.get("/ready").status_code == 503
+        unready = server.client.get("/ready")
+        assert unready.status_code == 503 and unready.json()["status"] == "unavailable"
+        assert name not in unready.text and "127.0.0.1" not in unready.text  # open to anyone: no detail
         assert server.client.get("/health").status_code == 200  # alive, not ready
         postgres.sql(f"CREATE DATABASE {name}")
         wait_for(lambda: server.client.get("/ready").status_code == 200)  # ready again, as the database is

@@ -70,8 +70,8 @@ def describe(config: StoreConfig) -> str:
         return config.path
     parts = urlsplit(config.url)
     user = f"{parts.username}@" if parts.username else ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
+    address = parts.netloc.rpartition("@")[2]  # as written: an IPv6 host keeps its brackets, a bad port shows as it is
+    return f"{parts.scheme}://{user}{address}{parts.path}"
 
 
 def open_store(config_or_url: StoreConfig | str, **options) -> Store:
