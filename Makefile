@@ -20,8 +20,9 @@ venv: $(TEST_STAMP) $(BENCH_STAMP)
 # load generator), iptables (the transparent-mode tests), curl (a client of the peer matrix),
 # PostgreSQL (the runtime's shared store; its server binaries live off PATH), nginx (the load balancer
 # in front of two `serve` replicas), Chromium (the suite's HTML report, driven by Playwright), zsh and
-# fish (`softprobe completion`'s scripts run in the real shells).
-SYSTEM_PACKAGES := wrk:wrk iptables:iptables curl:curl pg_ctl:postgresql nginx:nginx chromium:chromium zsh:zsh fish:fish
+# fish (`softprobe completion`'s scripts run in the real shells), Node and npm (the suite's JS/TS hooks).
+SYSTEM_PACKAGES := wrk:wrk iptables:iptables curl:curl pg_ctl:postgresql nginx:nginx chromium:chromium zsh:zsh fish:fish \
+	node:nodejs npm:npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=$$(for pair in $(SYSTEM_PACKAGES); do c=$${pair%%:*}; p=$${pair#*:}; \
@@ -59,8 +60,8 @@ test: $(TEST_STAMP) $(BENCH_STAMP) system-deps hook-loader
 # TypeScript suite hooks on a Node without type stripping load through tsx, installed from the npm
 # registry into ~/.cache/softprobe on first use: here, before the tests, which reach only loopback.
 .PHONY: hook-loader
-hook-loader: $(STAMP)
-	if command -v node >/dev/null; then $(BIN)/python -m softprobe_gateway.suite.node; fi
+hook-loader: $(STAMP) system-deps
+	$(BIN)/python -m softprobe_gateway.suite.node
 
 ## The inner loop: the unit and addon tiers, no process of their own beyond the export worker (about 20 s).
 .PHONY: test-fast
