@@ -137,7 +137,9 @@ def test_w_writes_the_flows(tmp_path, upstream, backend):
         assert client.get(f"{upstream.url}/json?w=1").status_code == 200
         recorded(backend, "/json?w=1")
     with saved.open("rb") as f:
-        assert [flow.request.path for flow in io.FlowReader(f).stream()] == ["/json?w=1"]
+        flows = list(io.FlowReader(f).stream())
+    assert [flow.request.path for flow in flows] == ["/json?w=1"]
+    assert flows[0].comment.startswith("softprobe: recorded · session ")  # saved with the flow
 
 
 def test_proxyauth_refuses_without_credentials(tmp_path, upstream, backend):
@@ -171,7 +173,8 @@ def test_hosts_not_intercepted_are_relayed_and_not_seen(tmp_path, upstream, back
 
 
 def test_an_option_set_while_running_brings_its_addon_back(tmp_path, upstream, backend):
-    """mitmweb's Options editor (PUT /options, as its web UI sends it) sets modify_headers."""
+    """mitmweb's Options editor (PUT /options, as its web UI sends it) sets modify_headers; the
+    flow list shows what the gateway did with each flow in its comment."""
     port, web = free_port(), free_port()
     log_path = tmp_path / "mitmweb.log"
     config = tmp_path / "gateway.yaml"
@@ -190,7 +193,11 @@ def test_an_option_set_while_running_brings_its_addon_back(tmp_path, upstream, b
                           headers={"X-XSRFToken": ui.cookies["_xsrf"]})
             assert edit.status_code == 200, edit.text
             assert "('x-added', 'live')" in client.get(f"{upstream.url}/head/after").text
-            recorded(backend, "/head/after")
+            session = recorded(backend, "/head/after")["sp.session.id"]
+            span = next(s for _, s in backend.spans() if attributes(s.attributes)["url.path"] == "/head/after")
+            comments = {f["request"]["path"]: f["comment"] for f in ui.get("/flows").json()}
+            assert comments["/head/after"] == (f"softprobe: recorded · session {session} · "
+                                               f"exchange {span.span_id.hex()}")  # what mitmweb shows
     finally:
         stop_server(process, log)
     output = log_path.read_text()

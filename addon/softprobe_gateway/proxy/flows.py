@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from mitmproxy import http
 
 from softprobe_gateway.capture.exchange import BodyTee, Exchange
+from softprobe_gateway.proxy import flow_notes
 from softprobe_gateway.proxy.runtime import Runtime
 
 ANSWERED_BY = "softprobe.answered_by"  # flow.metadata key (a plain string: `mitmdump -w` saves it)
@@ -37,6 +38,8 @@ class FlowState:
         flow.metadata[ANSWERED_BY] = answered_by
         if self.exchange is not None:
             self.exchange.answered_by = answered_by
+        else:  # a recorded one says so when it is recorded
+            flow_notes.note(flow, f"answered by the gateway ({answered_by})")
 
 
 class Flows:

@@ -22,6 +22,7 @@ from softprobe_gateway.decisions.rules import STATIC, is_static
 from softprobe_gateway.decisions.sampling import OVER_BUDGET, SAMPLED_OUT
 from softprobe_gateway.decisions.tracecontext import new_context, parse_tracestate, propagated_headers, with_sampled
 from softprobe_gateway.decisions.tracecontext import session as session_of
+from softprobe_gateway.proxy import flow_notes
 from softprobe_gateway.proxy.flows import Flows, FlowState
 from softprobe_gateway.proxy.lifecycle import Lifecycle
 from softprobe_gateway.proxy.routing import authority_host, replace_fields, request_authority
@@ -43,6 +44,7 @@ class Recorder:
         if refusal := rt.router.route(request, head):
             flow.response = http.Response.make(508, f"softprobe gateway: {refusal}\n",
                                                {"content-type": "text/plain; charset=utf-8"})
+            flow_notes.note(flow, f"refused: {refusal}")
             return
         state = self.flows.start(flow, rt, authority_host(authority))
         tracestate = parse_tracestate(head.get("tracestate"))
@@ -59,7 +61,7 @@ class Recorder:
         elif skip is None and not rt.sampler.admit():
             skip = OVER_BUDGET
         if skip:
-            self.metrics.skip(skip, request)
+            self._skip(flow, skip)
             request.stream = streamed
             return
         state.exchange = Exchange(
@@ -118,16 +120,16 @@ class Recorder:
                                                   flow.request.path, content_type,
                                                   exchange.response.size or len(exchange.response.body or b"")):
             self.flows.end(flow)
-            self.metrics.skip(STATIC, flow.request, content_type)
+            self._skip(flow, STATIC, content_type)
             return
         if not exchange.answered_by and not state.runtime.sampler.admit_bytes(exchange.size):
             self.flows.end(flow)
-            self.metrics.skip(OVER_BUDGET, flow.request)
+            self._skip(flow, OVER_BUDGET)
             return
         exchange.status_code = response.status_code
         exchange.end_ns = int((response.timestamp_end or time.time()) * 1e9)
         if flow.websocket is None:  # a WebSocket's exchange is exported when it closes
-            self._record(self.flows.end(flow))
+            self._record(flow, self.flows.end(flow))
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.end(flow)
@@ -135,7 +137,7 @@ class Recorder:
             return
         state.exchange.error = flow.error.msg if flow.error else "exchange failed"
         state.exchange.end_ns = time.time_ns()
-        self._record(state)
+        self._record(flow, state)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         messages = flow.websocket.messages
@@ -148,11 +150,18 @@ class Recorder:
         state = self.flows.end(flow)
         if state is not None and state.exchange is not None:
             state.exchange.end_ns = int((flow.websocket.timestamp_end or time.time()) * 1e9)
-            self._record(state)
+            self._record(flow, state)
 
-    def _record(self, state: FlowState) -> None:
+    def _skip(self, flow: http.HTTPFlow, reason: str, content_type: str | None = None) -> None:
+        self.metrics.skip(reason, flow.request, content_type)
+        flow_notes.note(flow, flow_notes.skipped(reason))
+
+    def _record(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Queue the exchange on the exporter of the runtime the flow started with (the current
         one when that has retired and closed)."""
         runtime = self.lifecycle.runtime if state.runtime.closed else state.runtime
         if runtime.exporter.submit(state.exchange):
             self.metrics.recorded.inc()
+            flow_notes.note(flow, flow_notes.recorded(state.exchange))
+        else:
+            flow_notes.note(flow, "not recorded (lost: the export queue was full or closed)")
