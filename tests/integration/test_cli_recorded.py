@@ -54,7 +54,7 @@ def test_session_and_exchange_ids_by_prefix(recorded, capsys) -> None:
     span = re.search(r"\+0\.000s  ([0-9a-f]{8})  outbound", out).group(1)
     code, out, _ = run(capsys, "show", span, "--db", str(recorded))
     assert code == 0 and out.startswith(f"exchange {span}") and "session demo-b" in out
-    assert "  < content-type: application/json" in out and '\'{"ok": true, "items": [1, 2]}\'' in out
+    assert "  < content-type: application/json" in out and '  body (JSON, 29 bytes): {"ok": true, "items": [1, 2]}' in out
     code, out, _ = run(capsys, "har", "export", "demo-b", "--db", str(recorded))
     assert code == 0 and len(json.loads(out)["log"]["entries"]) == 1
 
@@ -75,8 +75,8 @@ def timeline(recorded, capsys) -> dict[str, str]:
 def test_show_gives_failure_reasons_truncation_and_mock_text(recorded, capsys) -> None:
     steps = timeline(recorded, capsys)
     assert re.search(r"-> failed \(.*(refused|connect).*\)  [\d.]+ ms  ERROR$", steps["down"], re.I), steps["down"]
-    assert f"response: '{'x' * 64}' [truncated: 64 of 100 bytes recorded]" in steps["100"]
-    assert "response: 'hello from a mock'" in steps["mocked"]  # recorded as base64: no content-type
+    assert f"response (text, 64 bytes) [truncated: 64 of 100 bytes recorded]:\n        {'x' * 64}" in steps["100"]
+    assert "response (text, 17 bytes): hello from a mock" in steps["mocked"]  # recorded as base64: no content-type
 
 
 def test_har_gives_original_sizes_and_failure_reasons(recorded, capsys) -> None:

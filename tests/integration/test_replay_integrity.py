@@ -44,7 +44,8 @@ def test_a_newer_replayed_copy_never_shadows_the_recording(open_store) -> None:
     assert answer_of(store.lookup(inject(path="/price?sku=a", session="replay-2"))) == (200, "original")
     assert store.lookup(inject(path="/price?sku=zzz", session="replay-2")) is None
     miss = store.misses()[0]
-    assert miss.closest == "#1 GET api.test:80/price?sku=a in session recorded"
+    assert miss.closest == "GET api.test:80/price?sku=a in session recorded"
+    assert miss.closest_exchange == store.session("recorded")[1][0].span_id
     assert miss.diff == ("query.sku: recorded 'a', got 'zzz'",)
 
 

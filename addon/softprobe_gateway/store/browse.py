@@ -1,5 +1,10 @@
 """Browsing what was recorded, for the CLI and `softprobe serve`: sessions a page at a time,
-one session, what an id (or the start of one) names, one exchange."""
+one session, replay runs, what an id (or the start of one) names, one exchange.
+
+A replay run's session (`<recorded>~<run>`, `tracecontext.RUN_SEPARATOR`) is told from a
+recording by a `~` with something on both sides: `RUN` is that as a LIKE pattern, which both
+engines take as it is.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,29 @@ import base64
 import json
 from collections.abc import Iterable
 
+from softprobe_gateway.decisions.tracecontext import RUN_SEPARATOR
 from softprobe_gateway.store import schema
 from softprobe_gateway.store.db import Db
-from softprobe_gateway.store.model import Recording, SessionPage, SessionSummary
+from softprobe_gateway.store.model import Recording, RunSummary, SessionPage, SessionSummary
 
 MAX_PAGE = 100  # sessions per page of a listing
 _SESSION = "SELECT id, service, first_ns, last_ns, exchanges, errors FROM sessions"
+RUN = f"%_{RUN_SEPARATOR}_%"  # a replay run's session id, as a LIKE pattern
+_RUN = f"""SELECT s.id, s.service, s.first_ns, s.last_ns, s.exchanges, s.errors,
+    (SELECT COUNT(*) FROM exchanges e WHERE e.session_id = s.id AND e.answered_by IN (?, ?)),
+    (SELECT COUNT(*) FROM exchanges e WHERE e.session_id = s.id AND e.answered_by = ?),
+    (SELECT COUNT(*) FROM misses m WHERE m.session_id = s.id)
+    FROM sessions s WHERE s.id LIKE ?"""
 
 
 def sessions(db: Db, size: int, service: str, status: int, start_from_ns: int,
-             start_to_ns: int, cursor: str) -> SessionPage:
-    """Keyset pagination on (last_ns, id): a page holds however many sessions were added since."""
+             start_to_ns: int, cursor: str, runs: bool | None = None) -> SessionPage:
+    """Keyset pagination on (last_ns, id): a page holds however many sessions were added since.
+    `runs` False lists recordings only, True replay runs only, None both."""
     clauses, args = ["1 = 1"], []
+    if runs is not None:
+        clauses.append("id LIKE ?" if runs else "id NOT LIKE ?")
+        args.append(RUN)
     if service:
         clauses.append("(service = ? OR EXISTS (SELECT 1 FROM exchanges e "
                        "WHERE e.session_id = s.id AND e.service = ?))")
@@ -50,12 +66,35 @@ def session(db: Db, session_id: str, limit: int) -> tuple[SessionSummary | None,
     return (SessionSummary(*row) if row else None), [db.exchange(r) for r in rows]
 
 
+def count_runs(db: Db) -> int:
+    return db.execute("SELECT COUNT(*) FROM sessions WHERE id LIKE ?", (RUN,)).fetchone()[0]
+
+
+def runs(db: Db, recorded: str, size: int) -> list[RunSummary]:
+    """Replay runs, newest first: of the recorded session `recorded` only, unless it is ""."""
+    where, args = "", []
+    if recorded:  # its runs' ids start `recorded~`; the run part holds no `~`
+        where, args = " AND s.id >= ? AND s.id < ?", [recorded + RUN_SEPARATOR, recorded + RUN_SEPARATOR + "\U0010ffff"]
+    rows = db.execute(f"{_RUN}{where} ORDER BY s.last_ns DESC, s.id DESC LIMIT ?",
+                      ("hit", "mock", "refusal", RUN, *args, max(1, min(size, MAX_PAGE)))).fetchall()
+    found = [RunSummary(r[0], r[0].rpartition(RUN_SEPARATOR)[0], *r[1:]) for r in rows]
+    return [run for run in found if not recorded or run.recorded == recorded]
+
+
 def find(db: Db, prefix: str, limit: int) -> list[tuple[str, str]]:
+    """What an id or the start of one names: a session by that id, else the sessions and
+    exchanges it starts. A prefix without `~` names recordings before runs, so the runs of a
+    recording never make its prefix ambiguous (runs count only when no recording matches)."""
     if db.execute("SELECT 1 FROM sessions WHERE id = ?", (prefix,)).fetchone():
         return [("session", prefix)]
     # A range on the primary key, not LIKE: ids may hold % and _.
-    sessions = db.execute("SELECT id FROM sessions WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
-                          (prefix, prefix + "\U0010ffff", limit)).fetchall()
+    starts = "SELECT id FROM sessions WHERE id >= ? AND id < ?"
+    bounds = (prefix, prefix + "\U0010ffff")
+    sessions = []
+    if RUN_SEPARATOR not in prefix:
+        sessions = db.execute(f"{starts} AND id NOT LIKE ? ORDER BY id LIMIT ?", (*bounds, RUN, limit)).fetchall()
+    if not sessions:
+        sessions = db.execute(f"{starts} ORDER BY id LIMIT ?", (*bounds, limit)).fetchall()
     exchanges = db.execute("SELECT span_id FROM exchanges WHERE substr(span_id, 1, ?) = ? "
                            "ORDER BY id LIMIT ?", (len(prefix), prefix.lower(), limit)).fetchall()
     return ([("session", r[0]) for r in sessions] + [("exchange", r[0]) for r in exchanges])[:limit]

@@ -4,6 +4,10 @@ kept in the `misses` table (the newest MAX_MISSES).
 A read-only store (the gateway's proxy) hands its misses to the writer (the export worker) to be
 diagnosed; either way a diagnosed miss waits in `Pending` until a write transaction carries it,
 so a lookup never waits behind an ingest batch.
+
+The `closest` column holds the closest exchange's span id (what `softprobe show` takes), a space,
+then its description; rows written before held `#ROW` (the store's row id) instead of the span id,
+and are read back with the span id that row has (none when it was deleted since).
 """
 
 from __future__ import annotations
@@ -42,12 +46,12 @@ def diagnose(db: Db, req: LookupRequest, form: matching.RequestForm, forms: Form
                 best = (lines, ex)
         if best is not None:
             break
-    closest, lines = "", ["nothing recorded to compare with"]
+    closest, closest_exchange, lines = "", "", ["nothing recorded to compare with"]
     if best is not None:
         lines, ex = best
-        closest = f"#{ex.id} {ex.method} {ex.host}{ex.path} in session {ex.session_id}"
+        closest, closest_exchange = f"{ex.method} {ex.host}{ex.path} in session {ex.session_id}", ex.span_id
     return Miss(at_ns=at_ns or time.time_ns(), session_id=req.session_id, method=req.method,
-                host=req.host, path=req.path, closest=closest,
+                host=req.host, path=req.path, closest=closest, closest_exchange=closest_exchange,
                 diff=matching.summarize(lines or ["no difference: matches a recording that "
                                                   "was deleted or recorded after replay began"]))
 
@@ -71,7 +75,8 @@ class Pending:
             return
         db.executemany(
             "INSERT INTO misses (at_ns, session_id, method, host, path, closest, diff) VALUES (?,?,?,?,?,?,?)",
-            [(m.at_ns, m.session_id, m.method, m.host, m.path, m.closest, json.dumps(m.diff)) for m in pending])
+            [(m.at_ns, m.session_id, m.method, m.host, m.path, f"{m.closest_exchange} {m.closest}".strip(),
+              json.dumps(m.diff)) for m in pending])
         db.execute("DELETE FROM misses WHERE id <= (SELECT id FROM misses ORDER BY id DESC "
                    "LIMIT 1 OFFSET ?)", (MAX_MISSES,))
 
@@ -80,4 +85,13 @@ def latest(db: Db, limit: int) -> list[Miss]:
     """The latest misses written, newest first."""
     rows = db.execute("SELECT at_ns, session_id, method, host, path, closest, diff FROM misses "
                       "ORDER BY id DESC LIMIT ?", (min(limit, MAX_MISSES),)).fetchall()
-    return [Miss(*r[:6], diff=tuple(json.loads(r[6]))) for r in rows]
+    return [Miss(*r[:5], **_closest(db, r[5]), diff=tuple(json.loads(r[6]))) for r in rows]
+
+
+def _closest(db: Db, stored: str) -> dict[str, str]:
+    """The fields `closest` and `closest_exchange` of a stored `closest` (see the module's docstring)."""
+    head, _, description = stored.partition(" ")
+    if head.startswith("#") and head[1:].isdigit():
+        row = db.execute("SELECT span_id FROM exchanges WHERE id = ?", (int(head[1:]),)).fetchone()
+        head = row[0] if row else ""
+    return {"closest": description, "closest_exchange": head}

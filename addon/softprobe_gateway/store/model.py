@@ -113,5 +113,29 @@ class Miss:
     method: str
     host: str
     path: str
-    closest: str  # "" when nothing was recorded for comparison
+    closest: str  # "METHOD HOST/PATH in session S", "" when nothing was recorded for comparison
     diff: tuple[str, ...]
+    closest_exchange: str = ""  # the closest exchange's id (its span id, as `softprobe show` takes it)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """A replay run's session (`<recorded>~<run>`) and what the gateway did for it: answered from
+    the recording (hits, mocks), refused (strict replay had no answer), missed (lookups nothing
+    answered, as the misses table still holds them), and errors (5xx or failed exchanges)."""
+
+    id: str
+    recorded: str
+    service: str
+    first_ns: int
+    last_ns: int
+    exchanges: int
+    errors: int
+    answered: int
+    refused: int
+    misses: int
+
+    @property
+    def passed(self) -> bool:
+        """Every lookup of the run answered from the recording and nothing failed."""
+        return not (self.errors or self.refused or self.misses)

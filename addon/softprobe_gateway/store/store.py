@@ -36,6 +36,7 @@ from softprobe_gateway.store.model import (
     Miss,
     MissedLookup,
     Recording,
+    RunSummary,
     SessionPage,
     SessionSummary,
 )
@@ -218,11 +219,21 @@ class Store:
     # -- browsing -----------------------------------------------------------------------
 
     def sessions(self, size: int = 20, service: str = "", status: int = 0, start_from_ns: int = 0,
-                 start_to_ns: int = 0, cursor: str = "") -> SessionPage:
+                 start_to_ns: int = 0, cursor: str = "", runs: bool | None = None) -> SessionPage:
         """Sessions, most recently active first, a page at a time (`cursor` from the last page;
-        ValueError when it is not one)."""
+        ValueError when it is not one); `runs` False: recordings only, True: replay runs only."""
         with self.engine.reading() as db:
-            return browse.sessions(db, size, service, status, start_from_ns, start_to_ns, cursor)
+            return browse.sessions(db, size, service, status, start_from_ns, start_to_ns, cursor, runs)
+
+    def runs(self, recorded: str = "", size: int = 20) -> list[RunSummary]:
+        """Replay runs (of the recorded session `recorded`, else all), most recently active first."""
+        with self.engine.reading() as db:
+            return browse.runs(db, recorded, size)
+
+    def count_runs(self) -> int:
+        """How many replay runs' sessions the store holds."""
+        with self.engine.reading() as db:
+            return browse.count_runs(db)
 
     def session(self, session_id: str, limit: int = 10_000) -> tuple[SessionSummary | None, list[Recording]]:
         """One session and its exchanges in recorded order (at most `limit`)."""
