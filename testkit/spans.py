@@ -62,6 +62,12 @@ def extract_span(method: str = "GET", host: str = "api.test:80", path: str = "/i
                 status=Status(code=Status.STATUS_CODE_ERROR if status >= 500 else Status.STATUS_CODE_UNSET))
 
 
+def answered(span: Span, by: str) -> Span:
+    """`span` as an exchange the gateway answered itself (`by`: hit, mock, refusal)."""
+    span.attributes.append(_kv("sp.answered_by", by))
+    return span
+
+
 def traces(*spans: Span) -> TracesData:
     resource = Resource(attributes=[_kv("service.name", "checkout"),
                                     _kv("sp.resource.type", "sp-envoy-proxy")])

@@ -8,20 +8,14 @@ import sqlite3
 from pathlib import Path
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from softprobe_gateway.cli.replay import _suites
 from softprobe_gateway.config.schema import StoreConfig
 from softprobe_gateway.store.store import Store
 
 from testkit.cli import run
 from testkit.recording import config
-from testkit.spans import answer_of, extract_span, inject, traces
+from testkit.spans import answer_of, answered, extract_span, inject, traces
 from testkit.support import Gateway, wait_for
-
-
-def answered(span: Span, by: str) -> Span:
-    span.attributes.append(KeyValue(key="sp.answered_by", value=AnyValue(string_value=by)))
-    return span
 
 
 def test_gateway_answers_are_stored_but_never_answer_a_lookup(open_store) -> None:

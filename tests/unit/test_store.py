@@ -16,7 +16,7 @@ import pytest
 from softprobe_gateway.config.schema import StoreConfig
 from softprobe_gateway.store.store import Store, StoreError
 
-from testkit.spans import answer_of, extract_span, inject, traces
+from testkit.spans import answer_of, answered, extract_span, inject, traces
 
 
 def test_ingest_stores_extract_spans_only_and_once(open_store) -> None:
@@ -234,6 +234,50 @@ def test_lookup_latency_is_a_few_milliseconds(open_store) -> None:
     per_lookup_ms = (time.perf_counter() - started) / 200 * 1000
     print(f"lookup: {per_lookup_ms:.3f} ms over 5000 exchanges")
     assert per_lookup_ms < 5, per_lookup_ms
+
+
+def test_replay_runs_are_listed_apart_from_recordings_and_never_make_a_prefix_ambiguous(open_store) -> None:
+    store = open_store()
+    store.ingest(traces(extract_span(session="quickstart", path="/a"), extract_span(session="quick~stale", path="/a"),
+                        extract_span(session="other", path="/a")))
+    store.ingest(traces(answered(extract_span(session="quickstart~1f2c21bf", path="/a"), "hit"),  # passed
+                        answered(extract_span(session="quickstart~9e8d7c6b", path="/a"), "hit"),
+                        answered(extract_span(session="quickstart~9e8d7c6b", path="/b", status=404), "refusal"),
+                        answered(extract_span(session="other~0a0b0c0d", path="/a"), "mock")))
+    assert store.lookup(inject(path="/zzz", session="other~0a0b0c0d")) is None  # a miss of that run
+    store.close()  # the miss is written with the next write, or at the close
+    store = open_store()
+    assert [s.id for s in store.sessions(runs=False).sessions] == ["other", "quickstart"]
+    assert {s.id for s in store.sessions(runs=True).sessions} == {
+        "quick~stale", "quickstart~1f2c21bf", "quickstart~9e8d7c6b", "other~0a0b0c0d"}
+    assert len(store.sessions().sessions) == 6 and store.count_runs() == 4  # the read API lists them all
+    runs = {run.id: run for run in store.runs()}
+    assert [(r.recorded, r.answered, r.refused, r.misses, r.passed) for r in (
+        runs["quickstart~1f2c21bf"], runs["quickstart~9e8d7c6b"], runs["other~0a0b0c0d"])] == [
+        ("quickstart", 1, 0, 0, True), ("quickstart", 1, 1, 0, False), ("other", 1, 0, 1, False)]
+    assert [r.id for r in store.runs("quickstart")] == ["quickstart~9e8d7c6b", "quickstart~1f2c21bf"]  # newest first
+    # `quick` starts a recording and three runs: the recording; with a `~`, the runs again
+    assert store.find("quick") == [("session", "quickstart")]
+    assert store.find("quickstart~") == [("session", "quickstart~1f2c21bf"), ("session", "quickstart~9e8d7c6b")]
+    assert store.find("quick~") == [("session", "quick~stale")]
+    assert store.find("other~0a") == [("session", "other~0a0b0c0d")]
+
+
+def test_a_miss_names_the_closest_exchange_by_its_id_also_from_before(open_store) -> None:
+    store = open_store()
+    store.ingest(traces(extract_span(path="/price?sku=a", session="recorded")))
+    assert store.lookup(inject(path="/price?sku=b", session="replay")) is None
+    store.close()
+    span_id = open_store().session("recorded")[1][0].span_id
+    stores = open_store
+    stores.execute("INSERT INTO misses (at_ns, session_id, method, host, path, closest, diff) "
+                   "VALUES (1, 'old', 'GET', 'api.test:80', '/x', '#1 GET api.test:80/price?sku=a in session recorded', '[]')")
+    stores.execute("INSERT INTO misses (at_ns, session_id, method, host, path, closest, diff) "
+                   "VALUES (2, 'gone', 'GET', 'api.test:80', '/x', '#99 GET api.test:80/gone in session gone', '[]')")
+    gone, old, new = open_store().misses()
+    assert (new.closest, new.closest_exchange) == ("GET api.test:80/price?sku=a in session recorded", span_id)
+    assert (old.closest, old.closest_exchange) == (new.closest, span_id)  # a row written as `#ROW ...` before
+    assert (gone.closest, gone.closest_exchange) == ("GET api.test:80/gone in session gone", "")
 
 
 def test_listing_a_page_at_a_time_finding_by_prefix_and_counting_stored_spans(open_store) -> None:
