@@ -5,6 +5,7 @@ binary as its size), bounded in a timeline, whole for one exchange."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from itertools import islice
@@ -16,6 +17,7 @@ from softprobe_gateway.store.model import Fields, Recording, SessionSummary
 PREVIEW_LINES = 12  # lines of a body a timeline shows
 WIDTH = 120  # columns a JSON body is laid out in; a timeline cuts longer lines there
 INDENT = "    "  # a call under the request that made it
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # in no text: C0 controls but tab, newlines, form feed
 
 
 def time_text(ns: int) -> str:
@@ -91,6 +93,8 @@ def body_lines(label: str, body: str, headers: Fields, original_size: int, previ
         return []
     raw = body_bytes(body, headers)
     text = readable(body, raw, headers)
+    if text is not None and _CONTROL.search(text):  # UTF-8, but no text (a NUL, a bell...)
+        text = None
     content_type = headers.get("content-type") or ""
     limit = PREVIEW_LINES + 1 if preview else None
     kind, content = ("binary", []) if text is None else _text(text, content_type, limit)
