@@ -134,7 +134,11 @@ def test_quick_start_as_written(checkout) -> None:
         assert timeline.startswith("session quickstart  service default-service  1 exchanges, 0 errors")
         step = re.search(r"\+0\.000s  ([0-9a-f]{8})  outbound GET 127\.0\.0\.1:8000/flights\?from=SFO&to=JFK  -> 200",
                          timeline)
-        assert step and "response: '{\"flights\": [{\"flight\": \"SP101\"" in timeline, timeline
+        # The README's sample is the output as it is, but for times, durations and the id; the
+        # size it shows is the body's that curl printed.
+        assert step and shape(timeline) == shape(sample_output()), timeline
+        body = re.search(r'\{"flights": .*?\]\}', output).group()
+        assert f"response (JSON, {len(body.encode())} bytes):" in timeline, timeline
         # "`softprobe show 9c1f` shows that one exchange in full"
         exchange = terminal.until(f".venv/bin/softprobe show {step.group(1)[:4]}", lambda out: "exchange" in out)
         assert exchange.startswith(f"exchange {step.group(1)}") and "< content-type: application/json" in exchange
@@ -156,6 +160,19 @@ def test_quick_start_as_written(checkout) -> None:
     skipped = [line for line in output.splitlines() if "not recording" in line]
     assert len(skipped) == 1 and "not recording GET http://127.0.0.1:8001/: it is a static resource" in skipped[0]
     assert "(text/html" in skipped[0] and "Traceback" not in output, output
+
+
+def sample_output() -> str:
+    """The README's sample of `softprobe show quick`: the quick start's block that is no command."""
+    section = README.read_text().split("<!-- quickstart:start -->", 1)[1]
+    return re.search(r"\n```\n(session .*?)\n```\n", section, re.S).group(1)
+
+
+def shape(output: str) -> str:
+    """`softprobe show` output without what differs from run to run: times, durations, ids."""
+    output = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", "TIME", output.strip())
+    output = re.sub(r"\d+\.\d ms", "N ms", output)
+    return re.sub(r"(\+\d+\.\d{3}s +)[0-9a-f]{8}", r"\1ID", output)
 
 
 def _ready() -> bool:
@@ -194,7 +211,9 @@ def test_record_then_replay_walkthrough_as_written(checkout) -> None:
     assert "GET 127.0.0.1:8000/flights?from=SFO&to=JFK  -> 200" in outputs[4], transcript
     assert ("softprobe strict replay: no recorded answer for GET 127.0.0.1:8000/flights?from=SFO&to=SEA "
             "(lookup miss)") in outputs[9], transcript
-    assert "closest: #1 GET 127.0.0.1:8000/flights?from=SFO&to=JFK in session flights-1" in outputs[10]
+    closest = re.search(r"closest: ([0-9a-f]{8}) GET 127\.0\.0\.1:8000/flights\?from=SFO&to=JFK in session flights-1",
+                        outputs[10])
+    assert closest, transcript
     assert "query.to: recorded 'JFK', got 'SEA'" in outputs[10], transcript
     assert 'softprobe_lookups_total{outcome="hit"} 1.0' in outputs[11], transcript
     assert 'softprobe_lookups_total{outcome="miss"} 1.0' in outputs[11], transcript
@@ -203,6 +222,10 @@ def test_record_then_replay_walkthrough_as_written(checkout) -> None:
     show = subprocess.run([".venv/bin/softprobe", "show", "flights-2"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=30)
     assert "-> 200" in show.stdout and "[answered by the gateway: hit]" in show.stdout, show.stdout
+    # the closest recording's id is the one `softprobe show` takes
+    show = subprocess.run([".venv/bin/softprobe", "show", closest.group(1)], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert show.stdout.startswith(f"exchange {closest.group(1)}") and "session flights-1" in show.stdout, show.stdout
 
 
 # -- the documentation as a whole: README.md and docs/*.md ------------------------------------
