@@ -23,3 +23,6 @@ def test_travel_demo_records_the_search_book_pay_session(tmp_path: Path) -> None
         ("inbound", "POST", "/book", "201"), ("outbound", "POST", "/bookings", "201"),
         ("inbound", "POST", "/pay", "200"), ("outbound", "POST", "/bookings/BK0001/payment", "200"),
     ]
+    # each outbound call nested under the inbound request that made it (front passes tracestate on)
+    nesting = re.findall(r"\+[\d.]+s  ( *)[0-9a-f]{8}  (inbound|outbound)", timeline)
+    assert [(len(pad), d) for pad, d in nesting] == [(0, "inbound"), (4, "outbound")] * 3, timeline

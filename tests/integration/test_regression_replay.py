@@ -206,6 +206,15 @@ def test_two_runs_in_a_row_against_one_strict_gateway_each_walk_the_recording(tm
         assert [ex.answered_by for run in runs for ex in store.session(run.id)[1]] == ["hit"] * 8
         # the recording, and the answers to the two runs that sent its id as it is
         assert Counter(ex.answered_by for ex in store.session("counter-1")[1]) == {"": 6, "hit": 8}
+    # `softprobe sessions` lists the recordings, `softprobe runs` the two runs, each passed
+    assert main(["sessions", "--db", str(db)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[0] for line in listed[1:-1]) == ["counter-1", "counter-2"], listed
+    assert listed[-1] == "(2 replay runs are not listed here: softprobe runs [SESSION])"
+    assert main(["runs", "counter-1", "--db", str(db)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert sorted(r[0] for r in rows) == sorted(r.id for r in runs) and [r[-5:] for r in rows] == [
+        ["4", "0", "0", "0", "pass"]] * 2, rows
 
 
 def test_an_unreachable_target_fails_every_exchange_and_junit_says_so(tmp_path: Path, capsys) -> None:
