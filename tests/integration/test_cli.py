@@ -164,7 +164,7 @@ def test_bodies_are_laid_out_bounded_in_a_timeline_and_whole_for_an_exchange(tre
     pay = out.split(ids["pay"][:8], 1)[1].split(ids["bank"][:8], 1)[0]
     assert f"response (JSON, {len(body)} bytes):" in pay and '\n              "flights": [' in pay
     assert '{"flight": "SP0", "from": "SFO", "to": "JFK", "price": 300},' in pay  # a member a line
-    assert pay.count("\n") <= 2 + 12 + 1 and "... (cut here: `softprobe show EXCHANGE` shows it whole)" in pay
+    assert pay.count("\n") <= 2 + 12 + 1 and f"... (cut here: `softprobe show {ids['pay'][:8]}` shows it whole)" in pay
     assert "response (text, 17 bytes):\n        line one\n        line two" in out  # text as text
     assert "response (binary, 3 bytes, image/png)\n" in out and "AAEC" not in out  # its size only
     code, out, _ = run(capsys, "show", ids["pay"][:8], "--db", db)

@@ -52,7 +52,8 @@ def timeline(summary: SessionSummary, exchanges: list[Recording]) -> str:
         lines.append(f"  {f'+{offset:.3f}s':>10}  {INDENT * depth}{ex.span_id[:8]}  {ex.direction or '-':8} "
                      f"{ex.method} {ex.host}{ex.path}  -> {outcome(ex)}")
         for label, body, headers, original in bodies(ex):
-            lines += [f"      {INDENT * depth}{line}" for line in body_lines(label, body, headers, original, True)]
+            lines += [f"      {INDENT * depth}{line}"
+                      for line in body_lines(label, body, headers, original, f"softprobe show {ex.span_id[:8]}")]
     return "\n".join(lines)
 
 
@@ -63,7 +64,7 @@ def exchange(ex: Recording) -> str:
     for (label, body, headers, original), prefix in zip(bodies(ex), ("> ", "< ")):
         lines.append(f"{label}:")
         lines += [f"  {prefix}{name}: {value}" for name, value in headers]
-        lines += [f"  {line}" for line in body_lines("body", body, headers, original, False)]
+        lines += [f"  {line}" for line in body_lines("body", body, headers, original)]
     if ex.response_trailers:
         lines.append("trailers:")
         lines += [f"  < {name}: {value}" for name, value in ex.response_trailers]
@@ -85,10 +86,12 @@ def bodies(ex: Recording) -> tuple[tuple[str, str, Fields, int], ...]:
             ("response", ex.response_body, ex.response_headers, ex.response_original_size))
 
 
-def body_lines(label: str, body: str, headers: Fields, original_size: int, preview: bool) -> list[str]:
+def body_lines(label: str, body: str, headers: Fields, original_size: int, whole: str = "") -> list[str]:
     """A body as `label (kind, size)` and its content: JSON laid out, text as it is, binary as
-    its size alone in a preview (its base64 in full); a preview holds PREVIEW_LINES lines of
-    WIDTH at most. Marked when the gateway cut it at capture.max_body_bytes; none when empty."""
+    its size alone in a preview (its base64 in full). A preview (`whole`: the command showing the
+    body whole) holds PREVIEW_LINES lines of WIDTH at most. Marked when the gateway cut it at
+    capture.max_body_bytes; no line at all for an empty body."""
+    preview = bool(whole)
     if not body and not original_size:
         return []
     raw = body_bytes(body, headers)
@@ -108,7 +111,7 @@ def body_lines(label: str, body: str, headers: Fields, original_size: int, previ
     if preview:
         cut = len(content) > PREVIEW_LINES
         content = [line if len(line) <= WIDTH else line[:WIDTH] + "..." for line in content[:PREVIEW_LINES]]
-        content += ["... (cut here: `softprobe show EXCHANGE` shows it whole)"] if cut else []
+        content += [f"... (cut here: `{whole}` shows it whole)"] if cut else []
     if len(content) == 1 and len(head) + len(content[0]) <= WIDTH:
         return [f"{head}: {content[0]}"]
     return [f"{head}:" if content else head, *(f"  {line}" for line in content)]
