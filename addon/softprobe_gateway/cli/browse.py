@@ -111,9 +111,12 @@ def cmd_show(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
             envelope.report(out, kind=kind, exchange=asdict(found))
         else:
             summary, exchanges = store.session(id)
+            if summary is None:  # pruned since `find` named it
+                raise NotFound(f"no session {args.session_id!r} in {store.name}")
             text = timeline(summary, exchanges)
-            envelope.report(out, kind=kind, session=asdict(summary), exchanges=[
-                {**asdict(ex), "parent": parent or None, "depth": depth} for depth, ex, parent in nest(exchanges)])
+            if envelope.wanted(out):  # a session may hold 10,000 exchanges: their fields only for --json
+                envelope.report(out, kind=kind, session=asdict(summary), exchanges=[
+                    {**asdict(ex), "parent": parent or None, "depth": depth} for depth, ex, parent in nest(exchanges)])
     print(text, file=out)
     return 0
 
