@@ -16,7 +16,7 @@ from testkit.support import BIN
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "suites.md"
-RUNTIME, INGRESS = "http://127.0.0.1:8080", "http://127.0.0.1:8082"
+RUNTIME, INGRESS = "http://127.0.0.1:8090", "http://127.0.0.1:8082"
 
 
 def blocks(language: str) -> list[str]:
@@ -49,3 +49,11 @@ def test_the_documented_run_and_its_output(tmp_path: Path) -> None:
     broken = run_documented(tmp_path / "bye", "bye")
     assert broken.returncode == 20, broken.stdout + broken.stderr
     assert shape(broken.stdout) == shape(failed)
+
+
+def test_the_documented_runtime_is_the_one_suite_run_asks_by_default() -> None:
+    """The page's runtime (serve's default address) is `suite run`'s default, not `make run`'s 8080."""
+    from softprobe_gateway.cli.session import DEFAULT_RUNTIME
+
+    assert RUNTIME == DEFAULT_RUNTIME
+    assert f"| `--runtime-url URL` | `$SOFTPROBE_RUNTIME_URL`, else `{DEFAULT_RUNTIME}`" in DOC.read_text()
