@@ -27,7 +27,7 @@ def test_the_documented_capture_runs(tmp_path: Path) -> None:
         wait_port(app_port)
         with Backend(tmp_path / "runtime.db", cwd=tmp_path) as runtime, OtlpBackend() as collector, \
                 Gateway({"sp_backend_url": runtime.url, "admin_listen": admin, "export": FAST_EXPORT}, tmp_path) as gw:
-            ports = {"127.0.0.1:8080": runtime.url.removeprefix("http://"), "127.0.0.1:8081": gw.proxy.removeprefix(
+            ports = {"127.0.0.1:8090": runtime.url.removeprefix("http://"), "127.0.0.1:8081": gw.proxy.removeprefix(
                 "http://"), "127.0.0.1:9090": admin, "127.0.0.1:8000": f"{LOOPBACK}:{app_port}",
                 "127.0.0.1:4318": collector.url.removeprefix("http://")}
             for documented, real in ports.items():
