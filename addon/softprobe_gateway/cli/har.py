@@ -11,7 +11,7 @@ from typing import TextIO
 from softprobe_gateway.capture.encoding import Capture
 from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.common import Settings, already, find_session, read_json, write_json
-from softprobe_gateway.formats.har import HarError, har, har_traces
+from softprobe_gateway.formats.har import HarError, har, har_session, har_traces
 from softprobe_gateway.store.store import Store, describe
 
 
@@ -27,11 +27,14 @@ def register(commands: argparse._SubParsersAction, store_options: argparse.Argum
 
     load = actions.add_parser("import", parents=[store_options], help="load HAR files as sessions")
     load.add_argument("files", nargs="+", metavar="FILE", help="the HAR files to load")
-    load.add_argument("--session", help="the session id (default: har- and the file's digest)")
-    load.add_argument("--direction", choices=("inbound", "outbound"), default="inbound",
-                      help="inbound (requests to replay against a service, the default) "
-                           "or outbound (answers for lookups)")
-    load.add_argument("--service", help="the service name (default: each request's host)")
+    load.add_argument("--session", help="the session id (default: the one a file `har export` wrote "
+                                        "names, else har- and the file's digest)")
+    load.add_argument("--direction", choices=("inbound", "outbound"),
+                      help="inbound (requests to replay against a service) or outbound (answers "
+                           "for lookups) for every entry (default: as `har export` marked each, "
+                           "else inbound)")
+    load.add_argument("--service", help="the service name (default: as `har export` marked each "
+                                        "entry, else its request's host)")
     load.add_argument("--all", action="store_true", help="keep static resources and framework internals too")
     load.set_defaults(command=cmd_import)
 
@@ -54,7 +57,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         for path in args.files:
             try:
                 raw, document = read_json(path, HarError)
-                session = args.session or f"har-{hashlib.sha256(raw).hexdigest()[:12]}"
+                session = (args.session or har_session(document)
+                           or f"har-{hashlib.sha256(raw).hexdigest()[:12]}")
                 traces, kept, skipped = har_traces(document, capture, session, args.direction,
                                                    args.service, keep_all=args.all)
             except HarError as e:

@@ -21,6 +21,9 @@ from softprobe_gateway.otlp import add_scope_spans, base64_or_raw, fill_extract_
 from softprobe_gateway.store.model import Fields, Recording
 
 CREATOR = {"name": "softprobe", "version": __version__}
+# Each entry's custom field (HAR's start with `_`) with what HAR has no field for: the exchange's
+# direction, service, session, ids and exact times, read back on import so a round trip keeps them.
+MARKER = "_softprobe"
 
 
 def har(exchanges: list[Recording]) -> dict[str, Any]:
@@ -73,6 +76,11 @@ def _entry(ex: Recording) -> dict[str, Any]:
     if ex.answered_by:  # HAR's custom fields start with `_`
         entry["_answeredBy"] = ex.answered_by
         entry["comment"] += f"; answered by the gateway ({ex.answered_by}), not by the upstream"
+    entry[MARKER] = {"direction": ex.direction, "service": ex.service, "sessionId": ex.session_id,
+                     "traceId": ex.trace_id, "spanId": ex.span_id, "parentSpanId": ex.parent_span_id,
+                     "startNs": ex.start_ns, "endNs": ex.end_ns,
+                     "requestOriginalSize": ex.request_original_size,
+                     "responseOriginalSize": ex.response_original_size}
     return entry
 
 
@@ -118,11 +126,23 @@ class HarError(ValueError):
     """A file that is not a usable HAR; the message says where."""
 
 
-def har_traces(document: Any, recorder: Capture, session: str, direction: str, service: str | None,
-               keep_all: bool = False) -> tuple[TracesData, int, int]:
+def har_session(document: Any) -> str | None:
+    """The session a file this project exported came from: the one its every entry's marker
+    names; None for another tool's HAR (or a mix)."""
+    entries = document.get("log", {}).get("entries") if isinstance(document, dict) else None
+    sessions = {_marker(entry).get("sessionId") for entry in entries} if isinstance(entries, list) else set()
+    session = sessions.pop() if len(sessions) == 1 else None
+    return session if isinstance(session, str) and session else None
+
+
+def har_traces(document: Any, recorder: Capture, session: str, direction: str | None,
+               service: str | None, keep_all: bool = False) -> tuple[TracesData, int, int]:
     """A HAR's entries as extract spans of `session`, through `recorder` (the config's capture and
-    redaction rules, exactly as live traffic), in one trace each; ids derive from the session
-    and the entry's position, so importing a file twice stores it once.
+    redaction rules, exactly as live traffic). An entry this project exported keeps what its
+    marker says (direction, service, ids, exact times); any other is one trace of its own, with
+    ids derived from the session and the entry's position, so importing a file twice stores it
+    once. `direction` and `service`, when given, apply to every entry; else an unmarked entry
+    is inbound, of its request's host.
 
     Returns the spans, how many entries they hold, and how many were skipped: failed requests
     and, unless `keep_all`, static resources and framework internals (never recorded live).
@@ -145,33 +165,76 @@ def har_traces(document: Any, recorder: Capture, session: str, direction: str, s
     return data, len(entries) - skipped, skipped
 
 
-def _exchange(entry: dict, session: str, direction: str, service: str | None,
+def _exchange(entry: dict, session: str, direction: str | None, service: str | None,
               index: int) -> capture.Exchange | None:
     request, response = entry["request"], entry.get("response") or {}
     status = int(response.get("status") or 0)
     if not status:  # blocked or failed in the browser: no answer to replay
         return None
+    mark = _marker(entry)
     url = urlsplit(request["url"])
     host = url.netloc.rpartition("@")[2]
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-    ids = hashlib.sha256(f"{session}\0{index}".encode()).digest()
-    start = datetime.fromisoformat(entry["startedDateTime"])
-    start_ns = int(start.timestamp() * 1e9)
+    trace_id, span_id, parent_span_id = _ids(mark, session, index)
+    start_ns = int(mark.get("startNs") or datetime.fromisoformat(entry["startedDateTime"]).timestamp() * 1e9)
+    end_ns = int(mark.get("endNs") or start_ns + float(entry.get("time") or 0) * 1e6)
     post = request.get("postData") or {}
     content = response.get("content") or {}
     return capture.Exchange(
-        trace_id=ids[:16], span_id=ids[16:24], parent_span_id=b"", session_id=session,
-        service_name=service or url.hostname or "default-service", direction=direction, path=path,
-        host=host, start_ns=start_ns, end_ns=start_ns + int(float(entry.get("time") or 0) * 1e6),
-        request=Message(_fields(request.get("headers"), (), post.get("mimeType")), _body(post.get("text", ""), post.get("encoding")), (
+        trace_id=trace_id, span_id=span_id, parent_span_id=parent_span_id, session_id=session,
+        service_name=service or str(mark.get("service") or url.hostname or "default-service"),
+        direction=direction or _direction(mark.get("direction", "inbound")), path=path,
+        host=host, start_ns=start_ns, end_ns=end_ns,
+        request=Message(_fields(request.get("headers"), (), post.get("mimeType")),
+                        _body(post.get("text", ""), post.get("encoding")), (
             (":method", request["method"].upper()), (":path", path), (":authority", host),
-            (":scheme", url.scheme or "http"))),
+            (":scheme", url.scheme or "http")), size=mark.get("requestOriginalSize") or None),
         # A browser shows the body decoded: its content-encoding no longer applies.
         response=Message(_fields(response.get("headers"), ("content-encoding",), content.get("mimeType")),
                          _body(content.get("text", ""), content.get("encoding")), ((":status", str(status)),),
+                         size=mark.get("responseOriginalSize") or None,
                          trailers=_fields(response.get("_trailers"))),
-        status_code=status,
+        status_code=status, error=str(response.get("_error") or ""),
+        answered_by=_answered_by(entry.get("_answeredBy")),
     )
+
+
+def _marker(entry: Any) -> dict:
+    """This project's custom field on an entry it exported; {} on another tool's."""
+    mark = entry.get(MARKER) if isinstance(entry, dict) else None
+    return mark if isinstance(mark, dict) else {}
+
+
+def _ids(mark: dict, session: str, index: int) -> tuple[bytes, bytes, bytes]:
+    """(trace, span, parent span) ids: the marker's, or, imported as another session (the store
+    holds a span once), derived from them, so calls stay nested under the request that made
+    them; without a marker, derived from the session and the entry's position."""
+    if not mark.get("spanId"):
+        ids = hashlib.sha256(f"{session}\0{index}".encode()).digest()
+        return ids[:16], ids[16:24], b""
+    own = mark.get("sessionId") == session
+
+    def one(key: str, size: int) -> bytes:
+        value = bytes.fromhex(str(mark.get(key) or ""))
+        if len(value) != size and (value or key != "parentSpanId"):  # a root has no parent
+            raise ValueError(f"{MARKER}.{key}: expected {2 * size} hex digits")
+        return value if own or not value else hashlib.sha256(f"{session}\0".encode() + value).digest()[:size]
+    return one("traceId", 16), one("spanId", 8), one("parentSpanId", 8)
+
+
+def _direction(value: Any) -> str:
+    if value not in ("inbound", "outbound"):
+        raise ValueError(f"{MARKER}.direction: expected inbound or outbound, not {value!r}")
+    return value
+
+
+def _answered_by(value: Any) -> str:
+    """Who answered (`_answeredBy`): such an exchange is shown, never replayed, after import too."""
+    if value in (None, ""):
+        return ""
+    if value not in (capture.HIT, capture.MOCK, capture.REFUSAL, capture.ADDON):
+        raise ValueError(f"_answeredBy: unknown {value!r}")
+    return value
 
 
 def _fields(headers: list | None, leave_out: tuple[str, ...] = (),
