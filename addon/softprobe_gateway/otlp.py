@@ -19,7 +19,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status, TracesData
 
-AttrValue = str | int | bool | tuple[str, ...]  # a tuple is an array of strings
+# A tuple is an array of strings; bytes are text given as its UTF-8 (a body not decoded).
+AttrValue = str | bytes | int | bool | tuple[str, ...]
 Attributes = list[tuple[str, AttrValue]]
 HeaderPairs = Iterable[tuple[str, str]]
 

@@ -85,16 +85,21 @@ class HttpSink:
 
     def send(self, batch: TracesData) -> int:
         payload = batch.SerializeToString()
+        return self.send_pieces([payload], len(payload))
+
+    def send_pieces(self, pieces: list[bytes | bytearray | memoryview], size: int) -> int:
+        """Send a serialized request given as pieces (`worker.wire`: its large bodies never
+        copied into one buffer), written one after the other."""
         try:
-            status, retry_after = self._post(payload)
+            status, retry_after = self._post(pieces, size)
         except (OSError, http.client.HTTPException) as e:
             raise SendError(f"{cause(e)} posting to {self.url}", retry_after=0.0) from None
         if 200 <= status < 300:
-            return len(payload)
+            return size
         raise SendError(f"{self.url} answered {status}",
                         retry_after=_retry_after(retry_after) if status in RETRY_STATUSES else None)
 
-    def _post(self, payload: bytes) -> tuple[int, str]:
+    def _post(self, pieces: list[bytes | bytearray | memoryview], size: int) -> tuple[int, str]:
         """(status, retry-after) of one POST on an idle connection, or a new one; a kept-alive
         connection the server closed while idle is replaced once."""
         with self._lock:
@@ -103,7 +108,8 @@ class HttpSink:
         while True:
             connection = connection or self._new()
             try:
-                connection.request("POST", self.path, body=payload, headers=self.headers)
+                connection.request("POST", self.path, body=pieces,
+                                   headers={**self.headers, "content-length": str(size)})
                 response = connection.getresponse()
                 response.read()
             except (ConnectionError, http.client.RemoteDisconnected):

@@ -39,22 +39,25 @@ class Capture:
         self.drop = SENSITIVE_HEADERS | {h.lower() for h in config.drop_headers}
         self.mask = frozenset(h.lower() for h in config.mask_headers) - self.drop
 
-    def request_attributes(self, ex: Exchange) -> Attributes:
-        """The request half (also the body of a lookup, section 2)."""
+    def request_attributes(self, ex: Exchange, text_as_bytes: bool = False) -> Attributes:
+        """The request half (also the body of a lookup, section 2). With `text_as_bytes`, a
+        text body that is ASCII and has nothing to redact is its bytes, not decoded (its UTF-8
+        is the bytes themselves): the export worker splices it into the request (`worker.wire`)."""
         attrs: Attributes = [
             ("sp.service.name", ex.service_name),
             ("sp.traffic.direction", ex.direction),
             ("sp.session.id", ex.session_id),
         ]
-        headers, body = self.message_attributes("request", ex.request)
+        headers, body = self.message_attributes("request", ex.request, text_as_bytes)
         return attrs + headers + [("url.path", self.redactor.query(ex.path)), ("url.host", ex.host)] + body
 
-    def exchange_attributes(self, ex: Exchange) -> Attributes:
-        """All attributes of the extract span of a recorded exchange."""
-        attrs = self.request_attributes(ex)
+    def exchange_attributes(self, ex: Exchange, text_as_bytes: bool = False) -> Attributes:
+        """All attributes of the extract span of a recorded exchange (`text_as_bytes`: as in
+        `request_attributes`)."""
+        attrs = self.request_attributes(ex, text_as_bytes)
         attrs.insert(2, ("sp.span.type", "extract"))
         if ex.response is not None:
-            headers, body = self.message_attributes("response", ex.response)
+            headers, body = self.message_attributes("response", ex.response, text_as_bytes)
             attrs += headers + [("http.response.status_code", ex.status_code)] + body
         if ex.error:
             attrs.append(("error.message", ex.error))
@@ -81,13 +84,14 @@ class Capture:
             ("websocket.data", data), ("websocket.size", len(message.content)),
         ]))
 
-    def message_attributes(self, side: str, message: Message) -> tuple[Attributes, Attributes]:
+    def message_attributes(self, side: str, message: Message,
+                           text_as_bytes: bool = False) -> tuple[Attributes, Attributes]:
         """(header and trailer, body) attributes of the `request` or `response` side."""
         headers = decoded_fields(message.headers)
         attrs = self._field_attributes(f"http.{side}.header.", headers, message.pseudo)
         if message.trailers:
             attrs += self._field_attributes(f"http.{side}.trailer.", decoded_fields(message.trailers))
-        return attrs, self._body_attributes(f"http.{side}.body", message, headers)
+        return attrs, self._body_attributes(f"http.{side}.body", message, headers, text_as_bytes)
 
     def _field_attributes(self, prefix: str, fields: list[tuple[str, str]],
                           pseudo: tuple[tuple[str, str], ...] = ()) -> Attributes:
@@ -98,7 +102,8 @@ class Capture:
                 for name, value in fields if name not in self.drop]
         return attrs + field_attributes(prefix, kept)
 
-    def _body_attributes(self, key: str, message: Message, headers: list[tuple[str, str]]) -> Attributes:
+    def _body_attributes(self, key: str, message: Message, headers: list[tuple[str, str]],
+                         text_as_bytes: bool = False) -> Attributes:
         """The body, decoded and capped, as text or base64; marked when truncated."""
         raw = message.body
         if not raw:
@@ -106,9 +111,14 @@ class Capture:
         body, complete = decode_body(raw, field_value(headers, "content-encoding") or "", self.max_body)
         content_type = field_value(headers, "content-type")
         kept = body[: self.max_body]
-        value = encode_body(kept, content_type)
-        if is_text(content_type) and self.redactor.may_redact(kept):
-            value = self.redactor.body(value, content_type)
+        text = is_text(content_type)
+        value: str | bytes
+        if text and text_as_bytes and kept.isascii() and not self.redactor.may_redact(kept):
+            value = kept  # what encode_body's decoding would give, as UTF-8: the bytes themselves
+        else:
+            value = encode_body(kept, content_type)
+            if text and self.redactor.may_redact(kept):
+                value = self.redactor.body(value, content_type)
         attrs: Attributes = [(key, value)]
         wire_size = message.size if message.size is not None else len(raw)
         if not complete or len(body) > self.max_body or wire_size > len(raw):

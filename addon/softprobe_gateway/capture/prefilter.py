@@ -4,6 +4,8 @@ raw bytes before it is decoded, parsed or scanned, so most bodies skip all of th
 
 from __future__ import annotations
 
+from collections import Counter
+
 from softprobe_gateway.capture.secret_rules import Cards
 
 # The fold: ASCII letters lower-cased, digits to NUL, separators dropped, so field names
@@ -25,6 +27,7 @@ class Prefilter:
 
     def __init__(self, hints: list[str], *, patterns: bool, luhn_cards: bool, bearer_tokens: bool) -> None:
         self.clues: tuple[bytes, ...] | None = None
+        self.checks: tuple[bytes, ...] = ()  # each clue's distinct bytes, those most clues share first
         if patterns or not all(h.isascii() for h in hints):
             return
         clues = [b"\0" * Cards.min_length] if luhn_cards else []
@@ -32,6 +35,11 @@ class Prefilter:
         if bearer_tokens:
             clues.append(b"bearer")
         self.clues = tuple(clues)
+        # A large body lacks most letters when it lacks any (a blob, one field's value): checking
+        # the bytes most clues share first rules most clues out with the same few memchr scans
+        # (3 letters, not 6, for the default fields over a body of one repeated letter).
+        shared = Counter(byte for clue in clues for byte in set(clue))
+        self.checks = tuple(bytes(sorted(set(clue), key=lambda byte: (-shared[byte], byte))) for clue in clues)
 
     def may_match(self, raw: bytes) -> bool:
         """False when nothing in `raw` can be redacted. Searching a megabyte for a word costs
@@ -51,7 +59,7 @@ class Prefilter:
                               bytes((byte,)) in raw or bytes((byte,)).upper() in raw)
             return seen[byte]
 
-        candidates = [clue for clue in self.clues if all(occurs(b) for b in set(clue))]
+        candidates = [clue for clue, check in zip(self.clues, self.checks) if all(map(occurs, check))]
         if not candidates:
             return False
         folded = raw.translate(FOLD, FOLD_DROP)

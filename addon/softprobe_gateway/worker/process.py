@@ -42,6 +42,7 @@ from softprobe_gateway.export.messages import GATEWAY_SIGNALS, Batch, Drop, Read
 from softprobe_gateway.otlp import add_scope_spans, fill_extract_span
 from softprobe_gateway.store.model import MissedLookup
 from softprobe_gateway.store.store import StoreError
+from softprobe_gateway.worker.wire import Pieces, placeholders, serialize
 
 log = logging.getLogger(__name__)
 PIPELINE = 1  # batches encoded and waiting while one is sent
@@ -55,7 +56,7 @@ class Outgoing:
     """An encoded batch on its way to the sink, with the report that will say what became of it."""
 
     report: Report
-    data: TracesData | None = None
+    data: TracesData | Pieces | None = None  # Pieces: serialized, large bodies spliced in
     count: int = 0  # spans in `data`
     deadline: float | None = None
     misses: list[MissedLookup] = field(default_factory=list)
@@ -69,6 +70,8 @@ class Encoder:
         self.config, self.sink = config.export, sink
         self.capture = Capture(config.capture, config.redaction)
         self.public_key = config.public_key
+        # A sink that sends serialized pieces gets large text bodies spliced in (`wire`).
+        self.splice = hasattr(sink, "send_pieces")
         self.stop_deadline = math.inf  # wall clock, once `Stop` came
         self.stopping = threading.Event()  # set then: a pause between retries ends at once
         self.on_retry: Callable[[Retrying], None] = lambda retrying: None  # the gateway is told
@@ -76,19 +79,23 @@ class Encoder:
     def encode(self, batch: Batch) -> Outgoing:
         report = Report(batch.seq)
         data, scopes, count = TracesData(), {}, 0
+        splices: dict[tuple[int, int, int], dict[int, bytes]] = {}
         for exchange in batch.exchanges:
             try:
-                attributes = self.attributes(exchange, report)
+                attributes, values = placeholders(self.attributes(exchange, report))
             except Exception as e:  # one unencodable exchange must not take its batch with it
                 _drop(report, "encode_failed", 1, f"an exchange could not be encoded: {e!r}")
                 continue
-            scope = scopes.get(exchange.service_name)
-            if scope is None:
-                scope = scopes[exchange.service_name] = add_scope_spans(
-                    data, exchange.service_name, self.public_key)
+            if exchange.service_name not in scopes:
+                scopes[exchange.service_name] = (len(data.resource_spans), add_scope_spans(
+                    data, exchange.service_name, self.public_key))
+            resource, scope = scopes[exchange.service_name]
+            if values:
+                splices[(resource, 0, len(scope.spans))] = values
             fill_extract_span(scope.spans.add(), exchange, attributes)
             count += 1
-        return Outgoing(report, data, count, batch.deadline, batch.misses)
+        payload = serialize(data, splices) if splices else data
+        return Outgoing(report, payload, count, batch.deadline, batch.misses)
 
     def deliver(self, outgoing: Outgoing) -> Report:
         """Write the misses (a diagnostic, never at the cost of the batch) and send the spans."""
@@ -110,7 +117,7 @@ class Encoder:
             log.warning("softprobe: %s", e)
 
     def attributes(self, ex: Exchange, report: Report) -> Attributes:
-        attributes = self.capture.exchange_attributes(ex)
+        attributes = self.capture.exchange_attributes(ex, text_as_bytes=self.splice)
         for key, value in attributes:
             if value is True and key == "http.request.body.truncated":
                 report.truncated_requests += 1
@@ -118,7 +125,7 @@ class Encoder:
                 report.truncated_responses += 1
         return attributes
 
-    def send(self, data: TracesData, count: int, deadline: float | None, report: Report) -> None:
+    def send(self, data: TracesData | Pieces, count: int, deadline: float | None, report: Report) -> None:
         """Send, retrying what may succeed later until the batch is `max_retry_age_s` old or the
         stop's deadline (the batch's, or the one `Stop` brought) passes: while the backend is
         down, batches wait here and newer exchanges in the proxy's bounded queue."""
@@ -130,7 +137,8 @@ class Encoder:
                 _drop(report, "shutdown", count, "export did not finish before the stop's deadline")
                 return
             try:
-                report.sent_bytes = self.sink.send(data)
+                report.sent_bytes = (self.sink.send(data) if isinstance(data, TracesData)
+                                     else self.sink.send_pieces(data.parts, data.size))
                 report.exported = count
                 return
             except SendError as e:
