@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -14,6 +15,7 @@ from .memory import Outcome
 from .scenarios import BY_NAME
 
 KIB, MIB = 1024, 1024 * 1024
+DPI = 110
 RSS_LIMIT_MB = 250.0
 # The performance targets (issues 15 and 27), each against bare mitmdump (or the lean floor:
 # mitmdump with only the addons in use) in the same run.
@@ -164,6 +166,14 @@ def markdown(rows: list[dict], results: list[Check], outcomes: list[Outcome], me
 
 
 def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def figure(rows: list[dict]):  # -> matplotlib.figure.Figure (matplotlib is the bench extra's)
     """Requests per second per scenario, one panel per body size, log scale."""
     import matplotlib
     matplotlib.use("Agg")
@@ -176,7 +186,7 @@ def chart(rows: list[dict], path: Path) -> None:
         names = [BY_NAME[r["name"]].label for r in group]
         colors = ["tab:blue" if BY_NAME[r["name"]].exports else "tab:gray" for r in group]
         ax.barh(names, [r["rps"] for r in group], color=colors)
-        ax.set_xscale("log")
+        log_axis(ax, min(r["rps"] for r in group), max(r["rps"] for r in group))
         ax.invert_yaxis()
         ax.set_title(f"{size(body)} responses")
         ax.set_xlabel("requests/s (median, log scale)")
@@ -185,8 +195,38 @@ def chart(rows: list[dict], path: Path) -> None:
     for ax in axes[0][1:]:
         ax.set_yticklabels([])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def log_axis(ax, low: float, high: float) -> None:
+    """A log x axis from `low` to `high` with room for the value printed after each bar, and
+    labels that cannot collide: matplotlib labels minor ticks (2x10^2, 3x10^2...) on a range
+    under about a decade, where they overlap; here only ticks at 1, 2, 5 (or fewer, the wider
+    the range) per decade, written out as numbers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    left, right = low / 2, high * 3
+    decades = math.log10(right / left)
+    subs = (1.0, 2.0, 5.0) if decades <= 1.6 else (1.0, 3.0) if decades <= 3.2 else (1.0,)
+    ax.set_xscale("log")
+    ax.set_xlim(left, right)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=6))  # a wide range skips decades
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: rate(value)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def rate(value: float) -> str:
+    """A tick's requests/s, short: 0.5, 300, 3,000, 30k, 3M."""
+    if value >= 1e6:
+        return f"{value / 1e6:,.0f}M"
+    if value >= 1e4:
+        return f"{value / 1e3:,.0f}k"
+    return f"{value:,.0f}" if value >= 1 else f"{value:g}"
+
+
+def render(results: Path, path: Path) -> None:
+    """The chart again from a run's latest.json, without running the benchmark."""
+    chart(json.loads(results.read_text())["scenarios"], path)
 
 
 def write(out: Path, rows: list[dict], samples: list[dict], outcomes: list[Outcome],
@@ -208,3 +248,9 @@ def machine() -> dict:
     git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent).stdout.strip()
     return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "git": git}
+
+
+if __name__ == "__main__":  # python -m bench.report [RESULTS_DIR]: latest.png again from latest.json
+    import sys
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results"
+    render(out / "latest.json", out / "latest.png")
