@@ -29,13 +29,14 @@ def exchanges(db: Path, session: str) -> list[Recording]:
 def as_recorded(ex: Recording) -> tuple:
     return (ex.direction, ex.kind, ex.service, ex.session_id, ex.trace_id, ex.span_id, ex.parent_span_id,
             ex.start_ns, ex.end_ns, ex.answered_by, ex.method, ex.host, ex.path, ex.status,
-            ex.response_body, ex.response_original_size)
+            ex.error, ex.error_message, ex.response_body, ex.response_original_size)
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> Path:
     """One session through two real gateways on one store: inbound through a reverse proxy,
-    outbound (an upstream's answer, a mock, a body cut at 64 bytes) through a forward one."""
+    outbound (an upstream's answer, a mock, a body cut at 64 bytes, an upstream that is down)
+    through a forward one."""
     tmp = tmp_path_factory.mktemp("har-round-trip")
     db = tmp / "recorded.db"
     config = {"store": {"path": str(db)}, "export": FAST_EXPORT, "capture": {"max_body_bytes": 64},
@@ -48,27 +49,29 @@ def recorded(tmp_path_factory) -> Path:
             assert client.get(f"{upstream.url}/json", headers=session).status_code == 200
             assert client.get(f"{upstream.url}/big/100", headers=session).status_code == 200
             assert client.get(f"{upstream.url}/mocked", headers=session).text == "hello from a mock"
+            assert client.get(f"http://{LOOPBACK}:{free_port()}/down", headers=session).status_code == 502
     return db
 
 
 def test_a_round_trip_keeps_each_exchange_as_recorded(recorded: Path, tmp_path: Path, capsys) -> None:
     original = exchanges(recorded, SESSION)
-    assert sorted(ex.direction for ex in original) == ["inbound", "outbound", "outbound", "outbound"]
+    assert sorted(ex.direction for ex in original) == ["inbound", *["outbound"] * 4]
     assert {ex.answered_by for ex in original} == {"", "mock"}
+    assert [ex.error_message for ex in original if ex.error]  # the upstream that was down
     assert any(ex.response_original_size for ex in original)  # the body cut at 64 bytes
     har = tmp_path / "both.har"
     assert run(capsys, "har", "export", SESSION, "--db", recorded, "-o", har)[0] == 0
 
     fresh = tmp_path / "fresh.db"
     code, out, _ = run(capsys, "har", "import", har, "--db", fresh)
-    assert code == 0 and f"4 exchanges imported into {fresh} as session {SESSION}" in out, out
+    assert code == 0 and f"5 exchanges imported into {fresh} as session {SESSION}" in out, out
     assert [as_recorded(ex) for ex in exchanges(fresh, SESSION)] == [as_recorded(ex) for ex in original]
     code, out, _ = run(capsys, "har", "import", har, "--db", fresh)
     assert "0 exchanges imported" in out  # the recorded ids: a second import stores nothing twice
 
     # As another session, even into the store it came from: new ids, the same directions.
     code, out, _ = run(capsys, "har", "import", har, "--db", recorded, "--session", "copy")
-    assert code == 0 and "4 exchanges imported" in out, out
+    assert code == 0 and "5 exchanges imported" in out, out
     copy = exchanges(recorded, "copy")
     assert [ex.direction for ex in copy] == [ex.direction for ex in original]
     assert not {ex.span_id for ex in copy} & {ex.span_id for ex in original}

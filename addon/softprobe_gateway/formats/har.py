@@ -145,7 +145,8 @@ def har_traces(document: Any, recorder: Capture, session: str, direction: str | 
     is inbound, of its request's host.
 
     Returns the spans, how many entries they hold, and how many were skipped: failed requests
-    and, unless `keep_all`, static resources and framework internals (never recorded live).
+    (but for failures the gateway recorded, with their reason) and, unless `keep_all`, static
+    resources and framework internals (never recorded live).
     """
     entries = document.get("log", {}).get("entries") if isinstance(document, dict) else None
     if not isinstance(entries, list):
@@ -168,10 +169,9 @@ def har_traces(document: Any, recorder: Capture, session: str, direction: str | 
 def _exchange(entry: dict, session: str, direction: str | None, service: str | None,
               index: int) -> capture.Exchange | None:
     request, response = entry["request"], entry.get("response") or {}
-    status = int(response.get("status") or 0)
-    if not status:  # blocked or failed in the browser: no answer to replay
-        return None
-    mark = _marker(entry)
+    status, mark = int(response.get("status") or 0), _marker(entry)
+    if not status and not (mark and response.get("_error")):  # blocked or failed in the browser
+        return None  # (a failure the gateway recorded, with its reason, is kept as recorded)
     url = urlsplit(request["url"])
     host = url.netloc.rpartition("@")[2]
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
@@ -193,7 +193,7 @@ def _exchange(entry: dict, session: str, direction: str | None, service: str | N
         response=Message(_fields(response.get("headers"), ("content-encoding",), content.get("mimeType")),
                          _body(content.get("text", ""), content.get("encoding")), ((":status", str(status)),),
                          size=mark.get("responseOriginalSize") or None,
-                         trailers=_fields(response.get("_trailers"))),
+                         trailers=_fields(response.get("_trailers"))) if status else None,
         status_code=status, error=str(response.get("_error") or ""),
         answered_by=_answered_by(entry.get("_answeredBy")),
     )
@@ -256,7 +256,8 @@ def _body(text: str, encoding: str | None) -> bytes:
 def _never_recorded(ex: capture.Exchange) -> bool:
     """Section 5's static-resource and framework rules, as the live gateway applies them."""
     headers = {k.decode().lower(): v.decode() for k, v in ex.request.headers}
-    content_type = next((v.decode() for k, v in ex.response.headers if k.lower() == b"content-type"), None)
+    response = ex.response or Message((), None)  # none: a failure the gateway recorded
+    content_type = next((v.decode() for k, v in response.headers if k.lower() == b"content-type"), None)
     method = dict(ex.request.pseudo).get(":method", "")
-    return (is_static(method, ex.status_code, ex.path, content_type, len(ex.response.body or b""))
+    return (is_static(method, ex.status_code, ex.path, content_type, len(response.body or b""))
             or is_framework_internal(ex.path, headers.get))
