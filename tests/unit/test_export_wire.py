@@ -32,6 +32,7 @@ class _MessagesSink:
 
 BODIES = st.one_of(
     st.just(b""), st.binary(max_size=64),
+    st.builds(lambda n: b"[" + b"1," * n + b"2]", st.integers(SPLICE_BYTES // 2, SPLICE_BYTES)),  # spliced
     st.builds(lambda n, c: b'{"data":"' + c * n + b'"}', st.integers(SPLICE_BYTES - 16, 3 * SPLICE_BYTES),
               st.sampled_from([b"x", b"\xc3\xa9", b"\xff"])),
     st.builds(lambda n: b'{"password":"' + b"p" * n + b'","card":"4111 1111 1111 1111"}',
