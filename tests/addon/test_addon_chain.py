@@ -53,11 +53,15 @@ def test_every_default_addon_has_the_flow_hooks_its_rule_was_written_for() -> No
 
 
 # What the dispatch stands in for, as mitmproxy 11.0 writes it: a change here needs a new look at
-# `AddonChain.handle_lifecycle` and `_trigger` (then update the digest).
+# `AddonChain.handle_lifecycle`, `_trigger` and `hook_args`, and at when the table is dropped
+# (then update the digest).
 REPLACED = [addonmanager.AddonManager.handle_lifecycle, addonmanager.AddonManager.trigger_event,
             addonmanager.AddonManager.invoke_addon, addonmanager.AddonManager._iter_hooks,
-            addonmanager.traverse, addonmanager.safecall]
-REPLACED_DIGEST = "39d92a1584707fe0"
+            addonmanager.traverse, addonmanager.safecall, hooks.Hook.args,
+            # the handlers' table is dropped when these change the tree: scripts change it only so
+            addonmanager.AddonManager.register, addonmanager.AddonManager.remove,
+            script.Script.loadscript, script.ScriptLoader.configure]
+REPLACED_DIGEST = "6ff7efaf2702c7e0"
 
 
 def test_the_dispatch_it_stands_in_for_is_unchanged() -> None:
@@ -166,7 +170,8 @@ async def dispatch() -> None:
         assert "if-none-match" in idle.request.headers  # AntiCache left out
         assert spy.seen == ["request", "update"] and after.seen == ["update"]  # AddonHalt stops the event
         assert parent.addons[0].seen == ["request", "update"]
-        parent.addons.append(Spy("late"))
+        parent.addons.append(late := Spy("late"))
+        manager.register(late)  # as an addon that manages addons does (a script loaded or reloaded)
         await manager.handle_lifecycle(http_layer.HttpRequestHook(flow()))
         assert parent.addons[1].seen == ["request", "update"]
 
@@ -187,4 +192,4 @@ async def dispatch() -> None:
         assert after.seen.count("request") == 1 and after.seen[-2:] == ["request", "update"]
 
         chain.done()
-        assert "handle_lifecycle" not in vars(manager)  # mitmproxy's own again
+        assert not {"handle_lifecycle", "register", "remove"} & set(vars(manager))  # mitmproxy's own again

@@ -202,3 +202,32 @@ def test_an_option_set_while_running_brings_its_addon_back(tmp_path, upstream, b
         stop_server(process, log)
     output = log_path.read_text()
     assert "back in the flow dispatch: ModifyHeaders" in output and "Traceback" not in output
+
+
+def test_a_script_beside_ours_takes_effect_when_it_is_edited_while_running(tmp_path, upstream, backend):
+    """mitmproxy reloads an edited script (a new module, registered anew): the dispatch, which
+    keeps each script's handlers in its table, sends the next flow to the new ones."""
+    theirs = tmp_path / "theirs.py"
+    theirs.write_text(SCRIPT.format(value="first"))
+    port, log_path = free_port(), tmp_path / "mitmdump.log"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"sp_backend_url: '{backend.url}'\nexport: {{flush_interval_ms: 20}}\n")
+    process, log = start_server(
+        [str(BIN / "mitmdump"), "-s", str(ADDON), "-s", str(theirs), "--listen-host", LOOPBACK,
+         "--listen-port", str(port), "--set", f"softprobe_config={config}", "--set", "flow_detail=0",
+         "--set", f"confdir={tmp_path / 'mitmproxy'}"], port, log_path, tmp_path)
+    try:
+        with httpx.Client(proxy=f"http://{LOOPBACK}:{port}", trust_env=False) as client:
+            assert "('x-theirs', 'first')" in client.get(f"{upstream.url}/head/1").text
+            theirs.write_text(SCRIPT.format(value="second"))  # mitmproxy polls the file each second
+            wait_for(lambda: "('x-theirs', 'second')" in client.get(f"{upstream.url}/head/2").text, 15)
+        recorded(backend, "/head/2")
+    finally:
+        stop_server(process, log)
+    assert "Traceback" not in log_path.read_text()
+
+
+SCRIPT = """
+def requestheaders(flow):
+    flow.request.headers["x-theirs"] = "{value}"
+"""

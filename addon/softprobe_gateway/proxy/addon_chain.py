@@ -8,7 +8,8 @@ replay) with one that calls, for each hook, only the addons that have a handler 
 under the options as they are. Everything else stays mitmproxy's: the chain, `load`, `configure`,
 `running`, `done`, commands. A left-out addon is still configured, so an option set while running
 (mitmweb's options editor, `:set`) brings it back before the next flow: `configure` drops the
-table and the next event builds it anew.
+table and the next event builds it anew, as does any addon registered or removed (a script
+loaded, reloaded or unloaded: `AddonManager.register` and `remove`, shadowed on that manager too).
 
 It calls the handlers itself, as `trigger_event` and `invoke_addon` do, without their generators
 and context manager per addon (about 2 us of each event), and lets mitmproxy's `safecall` log an
@@ -19,6 +20,7 @@ tests/addon/test_addon_chain.py fails when mitmproxy changes any of them.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import types
@@ -131,8 +133,8 @@ def idle(addon: Any, options: Any) -> str | None:
 
 def handlers(chain: Sequence[Any], hook: str, options: Any) -> tuple[Any, ...]:
     """The addons of `chain`, in order, that one `hook` event goes to: those with a handler for
-    it that are not idle, and every addon with sub-addons (the scripts, ours included: reloaded
-    at will, they are looked up at each event as mitmproxy does)."""
+    it that are not idle, and every addon with sub-addons (the scripts, ours included: their
+    handlers are looked up when the table is built, after any script is loaded or reloaded)."""
     return tuple(a for a in chain if hasattr(a, "addons")
                  or (callable(getattr(a, hook, None)) and idle(a, options) is None))
 
@@ -160,8 +162,10 @@ class AddonChain:
 
     def __init__(self) -> None:
         self.manager: addonmanager.AddonManager | None = None
-        self._table: dict[str, tuple[Any, ...]] = {}  # hook name -> handlers, built on first use
-        self._chain: tuple[int, int] = (0, 0)  # the chain's identity and length the table is for
+        # hook name -> for each addon of the chain it goes to, its handlers and its sub-addons'
+        # (depth first, as mitmproxy walks them); built on first use, dropped on any change
+        self._table: dict[str, tuple[tuple[Callable, ...], ...]] = {}
+        self._shadows: dict[str, Callable] = {}  # the manager's methods this chain stands in for
         self._left_out: list[str] | None = None  # as last logged
         self._errors = _Errors()
 
@@ -169,8 +173,11 @@ class AddonChain:
         logging.getLogger().addHandler(self._errors)
 
     def running(self) -> None:
-        self.manager = ctx.master.addons
-        self.manager.handle_lifecycle = self.handle_lifecycle  # shadows the class's method
+        self.manager = manager = ctx.master.addons
+        self._shadows = {"handle_lifecycle": self.handle_lifecycle,
+                         "register": self._dropping_table(manager.register),
+                         "remove": self._dropping_table(manager.remove)}
+        vars(manager).update(self._shadows)  # each shadows the class's method, on this manager only
         self._left_out = left_out(self.manager.chain, ctx.options)
         logging.getLogger().removeHandler(self._errors)
         if not self._errors.seen:
@@ -192,33 +199,42 @@ class AddonChain:
 
     def done(self) -> None:
         logging.getLogger().removeHandler(self._errors)  # start-up failed before `running`
-        if self.manager is not None and vars(self.manager).get("handle_lifecycle") == self.handle_lifecycle:
-            del self.manager.handle_lifecycle
+        if self.manager is not None:
+            for name, method in self._shadows.items():
+                if vars(self.manager).get(name) == method:
+                    delattr(self.manager, name)
         self.manager = None
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
         """`AddonManager.handle_lifecycle`: the event, then `update` when it is a flow's."""
-        await self._trigger(event)
-        message = event.args()[0]
-        if isinstance(message, flow.Flow):
-            await self._trigger(hooks.UpdateHook([message]))
+        args = hook_args(event)
+        await self._trigger(event.name, args)
+        if isinstance(args[0], flow.Flow):
+            await self._trigger("update", ([args[0]],))
 
-    async def _trigger(self, event: hooks.Hook) -> None:
-        """`AddonManager.trigger_event` over the event's handlers: an error is logged by
-        mitmproxy's own `safecall` and the event goes on to the next addon; `AddonHalt` stops it."""
-        manager = self.manager
-        chain = manager.chain
-        if self._chain != (id(chain), len(chain)):  # an addon added or removed
-            self._table, self._chain = {}, (id(chain), len(chain))
-        todo = self._table.get(event.name)
-        if todo is None:
-            todo = self._table[event.name] = tuple(
-                (a, None if hasattr(a, "addons") else getattr(a, event.name))
-                for a in handlers(chain, event.name, manager.master.options))
-        args = event.args()
-        for addon, handler in todo:
+    def _dropping_table(self, method: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """`AddonManager.register` or `remove`: an addon added or removed anywhere in the tree (a
+        script loaded, reloaded or unloaded) has the table, which holds the scripts' handlers,
+        built anew for the next event."""
+        def changed(addon: Any) -> Any:
             try:
-                for func in (handler,) if handler is not None else hooks_of(addon, event.name, []):
+                return method(addon)
+            finally:
+                self._table = {}
+        return changed
+
+    async def _trigger(self, name: str, args: Sequence[Any]) -> None:
+        """`AddonManager.trigger_event` over the event's handlers: an error is logged by
+        mitmproxy's own `safecall` and the event goes on to the next addon of the chain;
+        `AddonHalt` stops it."""
+        todo = self._table.get(name)
+        if todo is None:
+            manager = self.manager
+            todo = self._table[name] = tuple(
+                funcs for a in handlers(manager.chain, name, manager.master.options) if (funcs := _handlers_of(a, name)))
+        for funcs in todo:
+            try:
+                for func in funcs:
                     result = func(*args)
                     if result is not None and inspect.isawaitable(result):
                         await result
@@ -227,6 +243,29 @@ class AddonChain:
             except Exception:
                 with addonmanager.safecall():
                     raise
+
+
+def _handlers_of(addon: Any, name: str) -> tuple[Callable, ...]:
+    """`hooks_of`; a handler that is not callable is logged, by mitmproxy's `safecall`, when the
+    table is built (mitmproxy logs it at each event), and its addon's handlers are left out."""
+    try:
+        return tuple(hooks_of(addon, name, []))
+    except exceptions.AddonManagerError:
+        with addonmanager.safecall():
+            raise
+    return ()
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def hook_args(event: hooks.Hook) -> list[Any]:
+    """`Hook.args()`, with each hook class's field names read once (`dataclasses.fields` on every
+    event cost about 2 us)."""
+    names = _FIELDS.get(type(event))
+    if names is None:
+        names = _FIELDS[type(event)] = tuple(f.name for f in dataclasses.fields(event))
+    return [getattr(event, n) for n in names]
 
 
 def hooks_of(addon: Any, name: str, out: list[Callable]) -> list[Callable]:

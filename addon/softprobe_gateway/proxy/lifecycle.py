@@ -168,10 +168,6 @@ class Lifecycle:
         """Started, not stopping, and an export worker runs (not while a dead one is being restarted)."""
         return self.runtime is not None and self.runtime.exporter.running and not self.draining
 
-    def responseheaders(self, flow) -> None:
-        if self.draining:
-            drain.close_after(flow)
-
     def export_state(self) -> str:
         """The export path, for `/readyz`: the worker, and where exports go (for an HTTP backend,
         whether it could be reached when the config was loaded)."""

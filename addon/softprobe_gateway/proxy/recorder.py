@@ -2,7 +2,8 @@
 
 requestheaders:  route -> sample -> propagate context -> decide -> start the exchange
 request:         the request's body into the exchange
-responseheaders: stream big or endless responses through a bounded tee
+responseheaders: ask the client to close when a stop drains; stream big or endless responses
+                 through a bounded tee
 response/error:  finish the exchange -> queue it for export (never waits on the backend)
 websocket_*:     optional message events, bounded per connection; export at the end
 
@@ -22,7 +23,7 @@ from softprobe_gateway.decisions.rules import STATIC, is_static
 from softprobe_gateway.decisions.sampling import OVER_BUDGET, SAMPLED_OUT
 from softprobe_gateway.decisions.tracecontext import new_context, parse_tracestate, propagated_headers, with_sampled
 from softprobe_gateway.decisions.tracecontext import session as session_of
-from softprobe_gateway.proxy import flow_notes
+from softprobe_gateway.proxy import drain, flow_notes
 from softprobe_gateway.proxy.flows import Flows, FlowState
 from softprobe_gateway.proxy.lifecycle import Lifecycle
 from softprobe_gateway.proxy.routing import authority_host, replace_fields, request_authority
@@ -91,6 +92,8 @@ class Recorder:
             exchange.answered_by = ADDON
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if self.lifecycle.draining:  # every flow, recorded or not: its client is asked to close
+            drain.close_after(flow)
         state = self.flows.get(flow)
         if state is None or flow.response.stream:
             return
