@@ -203,6 +203,13 @@ def test_several_workers_need_the_postgresql_store(tmp_path: Path) -> None:
     assert "postgresql://" in done.stderr
 
 
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:80800", "127.0.0.1", ":8090", "127.0.0.1:http"])
+def test_a_bad_listen_address_is_one_line(tmp_path: Path, listen: str) -> None:
+    done = subprocess.run([str(BIN / "softprobe"), "serve", "--listen", listen, "--db", str(tmp_path / "sp.db")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and done.stderr == f"softprobe: --listen: expected HOST:PORT, got {listen!r}\n"
+
 def test_two_workers_on_postgresql_share_sessions_and_ready_asks_the_database(tmp_path: Path, postgres) -> None:
     url = postgres.database()
     server = Backend(tmp_path / "unused.db", store=url, args=("--workers", "2"))

@@ -52,7 +52,7 @@ def register(commands: argparse._SubParsersAction, store_options: argparse.Argum
 
 def cmd_serve(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"--listen: expected HOST:PORT, got {args.listen!r}")
     key = _key(args.key_file)
     host = host.strip("[]")
