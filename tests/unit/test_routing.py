@@ -138,6 +138,7 @@ def test_a_request_for_the_gateway_itself_is_refused(host: str, port: int) -> No
     req = mesh_request(host, port, **{"x-envoy-peer-metadata-id": "x"})
     error = route(r, req)
     assert error and f"{host}:{port}" in error and "this gateway itself" in error
+    assert "curl -x" in error  # a laptop user who called the proxy port directly learns how to use it
     assert "x-envoy-peer-metadata-id" in req.headers  # refused requests are not prepared further
 
 

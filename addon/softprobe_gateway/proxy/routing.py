@@ -163,8 +163,9 @@ class Router:
         targets = [(request.host, request.port)] + ([tls.connect] if tls and tls.connect else [])
         for host, port in targets:
             if self._is_self(host, port):
-                return (f"refusing to forward to {host}:{port}: that is this gateway itself "
-                        f"(check the VirtualService/ServiceEntry that sent {request.pretty_host} here)")
+                return (f"refusing to forward to {host}:{port}: that is this gateway itself (as a proxy it takes "
+                        "the full URL: curl -x http://GATEWAY URL; in a mesh, check the "
+                        f"VirtualService/ServiceEntry that sent {request.pretty_host} here)")
         for name in [n for n in head if n.startswith(self.strip_prefixes)]:
             del request.headers[name]
         version = request.http_version.partition("/")[2] or request.http_version
