@@ -4,7 +4,9 @@ config errors, and the addon's hooks through mitmproxy's own test helpers."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
+import typing
 import zlib
 
 import brotli
@@ -15,6 +17,7 @@ from softprobe_gateway.capture.encoding import Capture, decode_body, encode_body
 from softprobe_gateway.capture.exchange import Exchange, Message
 from softprobe_gateway.config import schema as cfg
 from softprobe_gateway.config.loader import load_config
+from softprobe_gateway.config.validate import parse_size
 from softprobe_gateway.decisions.rules import STATIC, RecordingRules, is_static
 from softprobe_gateway.decisions.tracecontext import (
     SpanContext,
@@ -331,6 +334,14 @@ def test_public_key_from_env_overrides_file(tmp_path):
     ("sp_backend_url: 'https://o.softprobe.ai:SECRET'\n", "malformed port in URL 'https://o.softprobe.ai:...'"),
     ("sp_backend_url: [SECRET]\n", "'sp_backend_url': expected a string, got list"),
     ("sp_backend_url: SECRET\n", "expected an http(s)://, sqlite: or file: URL, got a value of 6 characters"),
+    # The first hour (issue 28): a size as the option spells it, the closest key, a plain URL error.
+    ("capture: {max_body_bytes: 64kb}\n", "'capture.max_body_bytes': expected a size such as 64k or 1m, got '64kb'"),
+    ("export: {queue_max_bytes: 1k, batch_max_bytes: 1b}\n", "'export.batch_max_bytes': must be at least 1024, got 1"),
+    ("lookups: {on_miss: reject}\n", "'lookups': unknown key, did you mean 'lookup'? (known here: admin_listen,"),
+    ("capture: {max_body: 1}\n", "'capture.max_body': unknown key, did you mean 'max_body_bytes'?"),
+    ("sp_backend_url: 'http://'\n",
+     "key 'sp_backend_url': 'http://' has no host (expected http(s)://HOST[:PORT][/PREFIX])"),
+    ("sp_backend_url: 'https:///SECRET?token=SECRET'\n", "key 'sp_backend_url': 'https://...?...' has no host"),
 ])
 def test_config_errors_name_the_key_in_one_line_and_never_a_secret(tmp_path, text, message):
     p = tmp_path / "c.yaml"
@@ -339,6 +350,28 @@ def test_config_errors_name_the_key_in_one_line_and_never_a_secret(tmp_path, tex
         load_config(p, {})
     assert str(e.value).startswith(f"{p}: ") and message in str(e.value)
     assert "\n" not in str(e.value) and "SECRET" not in str(e.value), str(e.value)
+
+
+def test_every_byte_size_key_takes_the_size_syntax_of_the_option(tmp_path):
+    """`64k` / `1m` as `softprobe_max_body` takes them, in every *_bytes key, nested or not."""
+    hints = {}
+    def walk(cls, prefix=""):
+        for name, tp in typing.get_type_hints(cls).items():
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{name}.")
+            elif "bytes" in name:
+                hints[f"{prefix}{name}"] = tp
+    walk(cfg.Config)
+    assert {"capture.max_body_bytes", "capture.stream_threshold_bytes", "export.batch_max_bytes",
+            "export.queue_max_bytes", "sampling.max_bytes_per_s"} <= set(hints)
+    for key in hints:
+        section, name = key.split(".")
+        p = tmp_path / "c.yaml"
+        p.write_text(f"{section}: {{{name}: 64k}}\n")
+        assert getattr(getattr(load_config(p, {}), section), name) == 64 * 1024, key
+        p.write_text(f"{section}: {{{name}: 2m}}\n")
+        assert getattr(getattr(load_config(p, {}), section), name) == 2 * 1024 * 1024, key
+    assert parse_size("1048576") == 1024 * 1024 and parse_size(" 1g ") == 1024 ** 3
 
 
 def test_backend_kinds():

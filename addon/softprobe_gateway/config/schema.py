@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from softprobe_gateway.otlp import DEFAULT_SERVICE
@@ -29,6 +29,11 @@ def _key(name: str) -> dict[str, str]:
 
 def _regex(metadata: str = "regex") -> dict[str, str]:
     return {"check": metadata}
+
+
+def _size(minimum: int) -> dict[str, Any]:
+    """A byte size: an integer or a string as mitmproxy spells sizes (`64k`, `1m`)."""
+    return {"min": minimum, "size": True}
 
 
 # -- recording rules (section 5 of the protocol) ---------------------------------------------
@@ -78,10 +83,10 @@ class CollectionRules:
 class CaptureConfig:
     """What is kept of each exchange."""
 
-    max_body_bytes: int = field(default=1024 * 1024, metadata={"min": 0})
+    max_body_bytes: int = field(default=1024 * 1024, metadata=_size(0))
     # Bodies longer than this, or of unknown length, stream through (never held whole in memory);
     # the span keeps their first max_body_bytes.
-    stream_threshold_bytes: int = field(default=1024 * 1024, metadata={"min": 0})
+    stream_threshold_bytes: int = field(default=1024 * 1024, metadata=_size(0))
     drop_headers: tuple[str, ...] = ()
     mask_headers: tuple[str, ...] = ()
     # WebSocket messages recorded as span events, per connection (0: none); later ones are counted.
@@ -118,10 +123,10 @@ class ExportConfig:
 
     batch_max_spans: int = field(default=512, metadata={"min": 1})
     # Both byte bounds measured under the Deployment's limits (docs/performance.md, "Memory").
-    batch_max_bytes: int = field(default=2 * 1024 * 1024, metadata={"min": 1024})
+    batch_max_bytes: int = field(default=2 * 1024 * 1024, metadata=_size(1024))
     flush_interval_ms: int = field(default=200, metadata={"min": 1})
     queue_max_spans: int = field(default=10_000, metadata={"min": 1})
-    queue_max_bytes: int = field(default=32 * 1024 * 1024, metadata={"min": 1024})
+    queue_max_bytes: int = field(default=32 * 1024 * 1024, metadata=_size(1024))
     timeout_s: float = field(default=5.0, metadata={"min": 0.001})
     # A batch the backend fails (429, 502, 503, 504, no connection) is retried, with backoff, until
     # it is this old; newer exchanges wait in the queue meanwhile, or are dropped when it is full.
@@ -183,7 +188,7 @@ class SamplingConfig:
     parent_based: bool = True
     rules: tuple[SamplingRule, ...] = ()
     max_exchanges_per_s: float = field(default=0.0, metadata={"min": 0})  # 0: no budget
-    max_bytes_per_s: int = field(default=0, metadata={"min": 0})  # bodies included; 0: no budget
+    max_bytes_per_s: int = field(default=0, metadata=_size(0))  # bodies included; 0: no budget
 
 
 @dataclass(frozen=True)

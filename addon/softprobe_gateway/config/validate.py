@@ -8,6 +8,7 @@ userinfo, query or path (a token hides there). These messages reach the log and 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import re
 import reprlib
@@ -19,6 +20,24 @@ from urllib.parse import urlsplit
 from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, REMOVED_KEYS, ConfigError
 
 HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+SIZE = re.compile(r"(\d+)([bkmgt]?)")
+SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: str) -> int:
+    """A size as mitmproxy spells them (`512k`, `1m`, `1048576`), for a YAML byte-size key and
+    its mitmproxy option alike (config never imports mitmproxy, so its `human.parse_size` is not
+    used): a ValueError saying what is expected."""
+    match = SIZE.fullmatch(value.strip())
+    if not match:
+        raise ValueError(f"expected a size such as 64k or 1m, got {value!r}"[:120])
+    return int(match[1]) * SIZE_UNITS[match[2]]
+
+
+def closest(word: str, known: typing.Iterable[str]) -> str | None:
+    """The known name a misspelled one most likely meant, if any is close."""
+    matches = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
 
 
 def build(cls: type, data: Any, prefix: str) -> Any:
@@ -34,8 +53,14 @@ def build(cls: type, data: Any, prefix: str) -> Any:
         if f is None and name in REMOVED_KEYS:
             raise ConfigError(f"key '{name}': {REMOVED_KEYS[name]}")
         if f is None:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"key '{name}': unknown key (known here: {known})")
+            meant = closest(key, fields) if isinstance(key, str) else None
+            hint = f", did you mean '{meant}'?" if meant else ""
+            raise ConfigError(f"key '{name}': unknown key{hint} (known here: {', '.join(sorted(fields))})")
+        if f.metadata.get("size") and isinstance(raw, str):
+            try:
+                raw = parse_size(raw)
+            except ValueError as e:
+                raise ConfigError(f"key '{name}': {e}") from None
         try:
             value = _coerce(hints[f.name], raw, name)
         except ConfigError:
@@ -141,7 +166,7 @@ def _check_backend_url(value: str, name: str) -> None:
         except ValueError:
             raise ConfigError(f"key '{name}': malformed port in URL {shown}") from None
         if not parts.hostname:
-            raise ConfigError(f"key '{name}': URL {shown} has no host")
+            raise ConfigError(f"key '{name}': {shown} has no host (expected http(s)://HOST[:PORT][/PREFIX])")
         if parts.query or parts.fragment:
             raise ConfigError(f"key '{name}': URL {shown} must not have a query or fragment")
     elif parts.scheme in ("file", "sqlite"):
@@ -161,6 +186,9 @@ def shown_url(value: str) -> str:
     rest = "?..." if parts.query or parts.fragment else ""
     if parts.scheme in ("file", "sqlite") and "@" not in parts.netloc:
         return repr(value.split("?", 1)[0].split("#", 1)[0] + rest)
+    if not parts.netloc and parts.scheme in ("http", "https"):  # `http://`, `http:///x`, `http:x`
+        lead = parts.scheme + ("://" if value[len(parts.scheme) + 1:].startswith("//") else ":")
+        return repr(lead + ("..." if parts.path.strip("/") else "") + rest)
     if not parts.netloc:
         return f"{parts.scheme}:... (not a URL)" if parts.scheme else f"a value of {len(value)} characters"
     host = parts.hostname or ""

@@ -8,16 +8,15 @@ mitmweb; it comes from $SOFTPROBE_PUBLIC_KEY (or the file) only.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from mitmproxy import exceptions
-from mitmproxy.utils import human
 
 from softprobe_gateway.config.loader import check_override
 from softprobe_gateway.config.schema import PUBLIC_KEY_ENV, ConfigError
+from softprobe_gateway.config.validate import closest, parse_size
 
 ON_OFF = ("on", "off")
 
@@ -26,17 +25,6 @@ def _on_off(value: str) -> bool:
     if value not in ON_OFF:
         raise ValueError(f"expected on or off, got {value!r}")
     return value == "on"
-
-
-def _size(value: str) -> int:
-    """A size as mitmproxy spells them (`512k`, `1m`, `1048576`)."""
-    try:
-        size = human.parse_size(value)
-    except ValueError:
-        size = None
-    if size is None:
-        raise ValueError(f"expected a size such as 64k or 1m, got {value!r}")
-    return size
 
 
 def _fraction(value: str) -> float:
@@ -81,7 +69,7 @@ OPTIONS = (
            "HOST:PORT of /healthz, /readyz and /metrics; empty: off."),
     Option("softprobe_max_body", "capture.max_body_bytes",
            "Per-body capture cap (e.g. 64k, 1m); longer bodies are cut and marked truncated.",
-           _size),
+           parse_size),
     Option("softprobe_sampling_rate", "sampling.rate",
            "The fraction of sessions recorded, 0 to 1 (1: all); decided per session, the same in "
            "every gateway. A request with a session header of its own is always recorded.",
@@ -118,8 +106,8 @@ def refuse_unknown(deferred: Iterable[str], known: Collection[str]) -> None:
     mitmproxy keeps an unknown `--set` aside in silence (for an addon that might declare it
     later), so `softprobe_lookup=on` would start with lookups off."""
     for name in sorted(n for n in deferred if n.startswith("softprobe")):
-        closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"did you mean {closest[0]}?" if closest else f"the options are {', '.join(sorted(known))}"
+        meant = closest(name, known)
+        hint = f"did you mean {meant}?" if meant else f"the options are {', '.join(sorted(known))}"
         raise exceptions.OptionsError(f"{name}: no such option ({hint})")
 
 
