@@ -224,7 +224,8 @@ def test_readiness_and_health(tmp_path, backend):
 
 @pytest.mark.parametrize("text, key", [
     ("bogus: 1\n", "'bogus': unknown key"),
-    ("capture: {max_body_bytes: lots}\n", "'capture.max_body_bytes': expected an integer"),
+    ("capture: {max_body_bytes: lots}\n", "'capture.max_body_bytes': expected a size such as 64k or 1m, got 'lots'"),
+    ("lookups: {on_miss: reject}\n", "'lookups': unknown key, did you mean 'lookup'?"),
     ("exemptionRules: [{pathPatterns: ['(']}]\n", "'exemptionRules[0].pathPatterns[0]': invalid regular expression"),
     ("sp_backend_url: 'http://host:port'\n", "'sp_backend_url': malformed port"),
     ("sp_backend_url: 'ftp://x'\n", "'sp_backend_url': expected an http(s)://"),
