@@ -11,7 +11,7 @@ import sys
 from typing import Any, TextIO
 
 from softprobe_gateway.cli import envelope, suite_authoring
-from softprobe_gateway.cli.session import DEFAULT_RUNTIME
+from softprobe_gateway.cli.session import runtime_options
 from softprobe_gateway.suite import junit, model, report, runner
 from softprobe_gateway.suite.results import CaseResult, SuiteResult
 
@@ -29,10 +29,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `softprobe suite ...` to the CLI."""
     suite = commands.add_parser("suite", help="run Softprobe suite files (*.suite.yaml) against a runtime and an app")
     actions = suite.add_subparsers(required=True, metavar="ACTION")
-    run = actions.add_parser("run", help="run every case of a suite; exit 20 when one fails")
+    run = actions.add_parser("run", parents=[runtime_options()],
+                             help="run every case of a suite; exit 20 when one fails")
     run.add_argument("suite", metavar="SUITE.yaml")
-    run.add_argument("--runtime-url", default=os.environ.get("SOFTPROBE_RUNTIME_URL", DEFAULT_RUNTIME),
-                     help="the runtime (default: $SOFTPROBE_RUNTIME_URL, else %(default)s)")
     run.add_argument("--app-url", default=os.environ.get("APP_URL", ""),
                      help=f"the app, best through the ingress gateway (default: $APP_URL, else {DEFAULT_APP}; "
                           "a suite's request.url wins)")
