@@ -50,6 +50,8 @@ GATEWAY_ENV := MALLOC_ARENA_MAX=2
 ## Start the gateway as an explicit proxy on 127.0.0.1:$(PORT): curl -x http://127.0.0.1:$(PORT) http://...
 ## SET='softprobe_lookups=on softprobe_strict=on' adds mitmproxy options (`--set` each).
 run: $(STAMP)
+	@$(BIN)/python -c 'import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+		s.bind(("127.0.0.1", $(PORT)))' 2>/dev/null || { echo "make run: port $(PORT) on 127.0.0.1 is taken: stop what holds it, or choose another with make run PORT=8081" >&2; exit 1; }
 	env $(GATEWAY_ENV) $(BIN)/mitmdump -s addon/softprobe_addon.py --listen-host 127.0.0.1 --listen-port $(PORT) \
 		--set softprobe_config=$(CONFIG) $(foreach option,$(SET),--set $(option))
 

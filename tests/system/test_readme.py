@@ -350,3 +350,17 @@ def test_every_config_snippet_in_the_readme_is_a_valid_config(tmp_path: Path) ->
         load_config(str(path))
     sampling = load_config(str(tmp_path / "readme-0.yaml")).sampling  # the production sampling example
     assert (sampling.rate, sampling.max_bytes_per_s) == (0.01, 5_000_000)
+
+
+def test_make_run_on_a_taken_port_says_port_before_starting(checkout) -> None:
+    repo, env = checkout
+    with socket.socket() as holder:  # what holds the port: another proxy, an earlier `make run`
+        holder.bind((LOOPBACK, 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        run = subprocess.run(["make", "run", f"PORT={port}"], cwd=repo, env=env, capture_output=True, text=True,
+                             timeout=SESSION_LIMIT)
+    assert run.returncode != 0, run.stdout
+    assert f"make run: port {port} on 127.0.0.1 is taken: stop what holds it, or choose another with " \
+           "make run PORT=8081" in run.stderr.splitlines(), run.stderr
+    assert "mitmdump" not in run.stdout + run.stderr and "regular@" not in run.stderr  # never started
