@@ -9,10 +9,11 @@ from collections import Counter
 from softprobe_gateway.capture.secret_rules import Cards
 
 # The fold: ASCII letters lower-cased, digits to NUL, separators dropped, so field names
-# compare as `secret_rules.Fields` compares them and a card's digits form a run of NULs.
+# compare as `secret_rules.Fields` compares them and a card's digits form a run of NULs (`+` is
+# a form's encoded space: `4111+1111+1111+1111` is a card once the form is decoded).
 FOLD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
                        b"abcdefghijklmnopqrstuvwxyz" + b"\0" * 10)
-FOLD_DROP = b"_- "
+FOLD_DROP = b"_- +"
 FOLD_AT_ONCE = 4096  # bodies up to this size are folded and searched without the checks per byte
 # What spells a name or digits that the raw bytes do not show: JSON `\u` escapes, form
 # percent-encoding, and the two non-ASCII characters whose lower case is ASCII (U+0130 and the
