@@ -80,8 +80,19 @@ def test_router_caller_uses_the_header_only() -> None:
 
 
 def route(r: Router, request: http.Request) -> str | None:
-    """`Router.route` as the recorder calls it: with the head read once (`decisions.head`)."""
-    return r.route(request, header_map(request.headers.fields))
+    """`Router.route` as the recorder calls it: with the head read once (`decisions.head`), then
+    the fields forwarded written once (nothing set in place here)."""
+    if refusal := r.route(request, header_map(request.headers.fields)):
+        return refusal
+    request.headers.fields = r.forwarded(request.headers.fields, {}, request.http_version)
+    return None
+
+
+def test_fields_set_replace_those_of_their_name_after_the_via_hop() -> None:
+    req = mesh_request(**{"TraceState": "a=1", "x-envoy-attempt-count": "1", "via": "1.1 envoy", "accept": "*/*"})
+    fields = router().forwarded(req.headers.fields, {"tracestate": "b=2", "x-sp-num": "1"}, "HTTP/2.0")
+    assert fields == ((b"host", b"api.example.test"), (b"via", b"1.1 envoy"), (b"accept", b"*/*"),
+                      (b"via", b"2.0 softprobe-test"), (b"tracestate", b"b=2"), (b"x-sp-num", b"1"))
 
 
 def test_mesh_headers_are_stripped_and_a_via_hop_added() -> None:

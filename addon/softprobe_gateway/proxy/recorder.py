@@ -26,7 +26,7 @@ from softprobe_gateway.decisions.tracecontext import session as session_of
 from softprobe_gateway.proxy import drain, flow_notes
 from softprobe_gateway.proxy.flows import Flows, FlowState
 from softprobe_gateway.proxy.lifecycle import Lifecycle
-from softprobe_gateway.proxy.routing import authority_host, replace_fields, request_authority
+from softprobe_gateway.proxy.routing import authority_host, request_authority
 
 
 class Recorder:
@@ -48,15 +48,16 @@ class Recorder:
             flow_notes.note(flow, f"refused: {refusal}")
             return
         state = self.flows.start(flow, rt, authority_host(authority))
+        path = request.path  # decoded at each read
         tracestate = parse_tracestate(head.get("tracestate"))
         span = new_context(tracestate, head.get("traceparent"))
         session, explicit = session_of(head.get, tracestate)
-        sampled = rt.sampler.sampled(state.host, request.path, session, explicit, span.parent_sampled)
+        sampled = rt.sampler.sampled(state.host, path, session, explicit, span.parent_sampled)
         span = with_sampled(span, sampled)  # passed on: the next gateway decides the same
-        replace_fields(request.headers, propagated_headers(span, session, tracestate, "traceparent" in head,
-                                                           head.get("x-sp-num")))
+        request.headers.fields = rt.router.forwarded(request.headers.fields, propagated_headers(
+            span, session, tracestate, "traceparent" in head, head.get("x-sp-num")), request.http_version)
         streamed = should_stream(head, rt.config.capture.stream_threshold_bytes, response=False)
-        skip = rt.rules.skip_request(state.host, request.path, head.get)
+        skip = rt.rules.skip_request(state.host, path, head.get)
         if skip is None and not sampled:
             skip = SAMPLED_OUT
         elif skip is None and not rt.sampler.admit():
@@ -70,9 +71,9 @@ class Recorder:
             session_id=session,
             service_name=rt.service_name(head.get("x-sp-service-name"), rt.router.caller(head)),
             direction=rt.direction(isinstance(flow.client_conn.proxy_mode, ReverseMode)),
-            path=request.path, host=authority, start_ns=int(request.timestamp_start * 1e9),
+            path=path, host=authority, start_ns=int(request.timestamp_start * 1e9),
             request=Message(rt.router.client_fields(arrived), None, (
-                (":method", request.method), (":path", request.path),
+                (":method", request.method), (":path", path),
                 (":authority", authority), (":scheme", request.scheme))),
         )
         if streamed:

@@ -62,14 +62,6 @@ def request_authority(request: http.Request, mode: ProxyMode, head: Mapping[str,
     return url.hostport(request.scheme, request.host, request.port)
 
 
-def replace_fields(headers: http.Headers, values: Mapping[str, str]) -> None:
-    """Set each of `values` (lower-case names), replacing the fields of that name, in one write:
-    each `headers[name] = value` would rebuild every field of the request."""
-    names = {name.encode() for name in values}
-    headers.fields = tuple(f for f in headers.fields if f[0].lower() not in names) + tuple(
-        (name.encode(), value.encode("utf-8", "surrogateescape")) for name, value in values.items())
-
-
 # mitmproxy's own authority syntax (`net.http.url`), without its host validation: a host is
 # matched against rules, never resolved here.
 _AUTHORITY = re.compile(r"(?P<host>[^:]+|\[.+\])(?::\d+)?")
@@ -152,8 +144,9 @@ class Router:
         return tuple(f for f in fields if not f[0].lower().startswith(self._strip_prefixes))
 
     def route(self, request: http.Request, head: Mapping[str, str]) -> str | None:
-        """Prepare `request` for its upstream; return why it must be refused (a loop), else None.
-        `head`: its fields as they arrived, read once (`decisions.head`)."""
+        """Prepare `request` for its upstream (TLS origination; its fields: `forwarded`); return
+        why it must be refused (a loop), else None. `head`: its fields as they arrived, read once
+        (`decisions.head`)."""
         if self.gateway_id in head.get("via", ""):
             return f"refusing a request that already went through this gateway ({self.gateway_id})"
         tls = self._tls_route(request) if request.scheme == "http" else None
@@ -166,11 +159,19 @@ class Router:
                 return (f"refusing to forward to {host}:{port}: that is this gateway itself (as a proxy it takes "
                         "the full URL: curl -x http://GATEWAY URL; in a mesh, check the "
                         f"VirtualService/ServiceEntry that sent {request.pretty_host} here)")
-        for name in [n for n in head if n.startswith(self.strip_prefixes)]:
-            del request.headers[name]
-        version = request.http_version.partition("/")[2] or request.http_version
-        request.headers.add("via", f"{version} {self.gateway_id}")
         return None
+
+    def forwarded(self, fields: Sequence[tuple[bytes, bytes]], replacing: Mapping[str, str],
+                  http_version: str) -> tuple[tuple[bytes, bytes], ...]:
+        """The fields a routed request goes upstream with, for one write of `headers.fields` (each
+        `headers[name] = value` rebuilds them all): without the mesh's own (`strip_header_prefixes`),
+        this gateway's `Via` hop added, each of `replacing` (lower-case names) set in place of the
+        fields of its name."""
+        names = {name.encode() for name in replacing}
+        version = http_version.partition("/")[2] or http_version
+        return (tuple(f for f in fields if not ((name := f[0].lower()) in names or name.startswith(self._strip_prefixes)))
+                + ((b"via", f"{version} {self.gateway_id}".encode()),)
+                + tuple((name.encode(), value.encode("utf-8", "surrogateescape")) for name, value in replacing.items()))
 
     def connect_address(self, address: Address) -> Address | None:
         """Where to open the TCP connection for a TLS upstream at `address`, None for as-is."""
@@ -180,7 +181,10 @@ class Router:
         return None
 
     def _tls_route(self, request: http.Request) -> _TlsRoute | None:
-        return next((t for t in self.tls if t.host.search(request.host)), None)
+        if not self.tls:
+            return None
+        host = request.host
+        return next((t for t in self.tls if t.host.search(host)), None)
 
     def _is_self(self, host: str, port: int) -> bool:
         host = _norm(host)
