@@ -4,7 +4,9 @@ then a real worker process writing what it was handed to a file sink."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import pickle
 
 from softprobe_gateway.capture.exchange import Exchange, Message
 from softprobe_gateway.config.schema import Config, ExportConfig
@@ -21,6 +23,18 @@ def exchange(n: int, request: bytes | None, response: bytes | None = None) -> Ex
                     request=Message((), request), end_ns=n + 1, status_code=200,
                     response=None if response is None else Message(
                         ((b"content-type", b"application/octet-stream"),), response))
+
+
+def test_an_exchange_crosses_the_pipe_whole() -> None:
+    """Pickled as a constructor call (`exchange.pickled_as_constructed`): every field, none left
+    at its default, comes back in its place."""
+    sent = dataclasses.replace(
+        exchange(7, b"req", b"resp"), parent_span_id=b"p" * 8, error="reset", answered_by="hit",
+        events=[(1, "websocket.message", [("websocket.size", 3)])], events_dropped=2,
+        response=Message(((b"a", b"b"),), b"resp", ((":status", "200"),), 99, ((b"grpc-status", b"0"),)))
+    assert pickle.loads(pickle.dumps(sent, pickle.HIGHEST_PROTOCOL)) == sent
+    assert {f.name for f in dataclasses.fields(sent) if getattr(sent, f.name) == (
+        f.default if f.default_factory is dataclasses.MISSING else f.default_factory())} == set()
 
 
 def test_large_bodies_travel_in_the_ring_and_come_back_whole_small_ones_stay_inline():
