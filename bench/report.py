@@ -205,7 +205,7 @@ def log_axis(ax, low: float, high: float) -> None:
     the range) per decade, written out as numbers."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    left, right = low / 2, high * 3
+    left, right = max(low, 1e-3) / 2, max(high, 1e-3) * 3  # a scenario that failed: 0 rps
     decades = math.log10(right / left)
     subs = (1.0, 2.0, 5.0) if decades <= 1.6 else (1.0, 3.0) if decades <= 3.2 else (1.0,)
     ax.set_xscale("log")

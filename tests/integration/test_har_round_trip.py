@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from softprobe_gateway.config.schema import StoreConfig
+from softprobe_gateway.formats.har import har_session
 from softprobe_gateway.store.model import Recording
 from softprobe_gateway.store.store import Store
 
@@ -117,3 +118,12 @@ def test_mitmproxys_own_har_imports_as_inbound(tmp_path: Path, capsys) -> None:
     assert session.startswith("har-")
     assert [(ex.direction, ex.service, ex.method, ex.path) for ex in exchanges(db, session)] == [
         ("inbound", LOOPBACK, "GET", "/json"), ("inbound", LOOPBACK, "POST", "/json")]
+
+
+@pytest.mark.parametrize("document", [
+    {"log": []}, {"log": {"entries": {}}}, [], {"log": {"entries": [{"_softprobe": {"sessionId": ["s"]}}]}},
+    {"log": {"entries": [{"_softprobe": {"sessionId": "a"}}, {"_softprobe": {"sessionId": "b"}}]}},
+])
+def test_a_file_whose_markers_name_no_one_session_has_none(document):
+    """Hostile or mixed markers: no session to import into by default, and never a traceback."""
+    assert har_session(document) is None

@@ -334,6 +334,7 @@ def test_public_key_from_env_overrides_file(tmp_path):
     ("sp_backend_url: 'https://o.softprobe.ai:SECRET'\n", "malformed port in URL 'https://o.softprobe.ai:...'"),
     ("sp_backend_url: [SECRET]\n", "'sp_backend_url': expected a string, got list"),
     ("sp_backend_url: SECRET\n", "expected an http(s)://, sqlite: or file: URL, got a value of 6 characters"),
+    ("sp_backend_url: 'tok123:x@host'\n", "got a value of 13 characters"),  # `tok123` parses as a scheme
     # The first hour (issue 28): a size as the option spells it, the closest key, a plain URL error.
     ("capture: {max_body_bytes: 64kb}\n", "'capture.max_body_bytes': expected a size such as 64k or 1m, got '64kb'"),
     ("export: {queue_max_bytes: 1k, batch_max_bytes: 1b}\n", "'export.batch_max_bytes': must be at least 1024, got 1"),

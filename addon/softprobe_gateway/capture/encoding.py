@@ -113,11 +113,12 @@ class Capture:
         kept = body[: self.max_body]
         text = is_text(content_type)
         value: str | bytes
-        if text and text_as_bytes and kept.isascii() and not self.redactor.may_redact(kept):
+        redact = text and self.redactor.may_redact(kept)  # a scan of the body: once
+        if text and text_as_bytes and not redact and kept.isascii():
             value = kept  # what encode_body's decoding would give, as UTF-8: the bytes themselves
         else:
             value = encode_body(kept, content_type)
-            if text and self.redactor.may_redact(kept):
+            if redact:
                 value = self.redactor.body(value, content_type)
         attrs: Attributes = [(key, value)]
         wire_size = message.size if message.size is not None else len(raw)

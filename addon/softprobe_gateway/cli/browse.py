@@ -56,7 +56,7 @@ def cmd_sessions(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         return 0
     with browse(settings.store) as store:
         page = store.sessions(size=args.limit, service=args.service, runs=False)
-        hidden = store.count_runs()
+        hidden = store.count_runs(service=args.service)
     envelope.report(out, sessions=[asdict(s) for s in page.sessions], runsHidden=hidden)
     runs_note = (f"{hidden} replay {'run is' if hidden == 1 else 'runs are'} not listed here: "
                  "softprobe runs [SESSION]")
@@ -107,6 +107,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         kind, id = resolve(store, args.session_id, ("session", "exchange"))
         if kind == "exchange":
             found = store.exchange(id)
+            if found is None:  # pruned since `find` named it
+                raise NotFound(f"no exchange {args.session_id!r} in {store.name}")
             text = exchange(found)
             envelope.report(out, kind=kind, exchange=asdict(found))
         else:

@@ -189,8 +189,9 @@ def shown_url(value: str) -> str:
     if not parts.netloc and parts.scheme in ("http", "https"):  # `http://`, `http:///x`, `http:x`
         lead = parts.scheme + ("://" if value[len(parts.scheme) + 1:].startswith("//") else ":")
         return repr(lead + ("..." if parts.path.strip("/") else "") + rest)
-    if not parts.netloc:
-        return f"{parts.scheme}:... (not a URL)" if parts.scheme else f"a value of {len(value)} characters"
+    if not parts.netloc:  # `user:token@host` parses as a scheme: its user part is no scheme to show
+        return (f"{parts.scheme}:... (not a URL)" if parts.scheme and "@" not in value
+                else f"a value of {len(value)} characters")
     host = parts.hostname or ""
     try:
         port = f":{parts.port}" if parts.port else ""

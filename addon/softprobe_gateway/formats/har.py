@@ -129,10 +129,12 @@ class HarError(ValueError):
 def har_session(document: Any) -> str | None:
     """The session a file this project exported came from: the one its every entry's marker
     names; None for another tool's HAR (or a mix)."""
-    entries = document.get("log", {}).get("entries") if isinstance(document, dict) else None
-    sessions = {_marker(entry).get("sessionId") for entry in entries} if isinstance(entries, list) else set()
+    log = document.get("log") if isinstance(document, dict) else None
+    entries = log.get("entries") if isinstance(log, dict) else None
+    sessions = {s if isinstance(s := _marker(entry).get("sessionId"), str) else None
+                for entry in entries} if isinstance(entries, list) else set()
     session = sessions.pop() if len(sessions) == 1 else None
-    return session if isinstance(session, str) and session else None
+    return session or None
 
 
 def har_traces(document: Any, recorder: Capture, session: str, direction: str | None,

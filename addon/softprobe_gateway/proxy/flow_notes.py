@@ -16,12 +16,22 @@ def note(flow: http.HTTPFlow, text: str) -> None:
     flow.comment = f"{flow.comment}\n{line}" if flow.comment else line
 
 
+def answered(by: str) -> str:
+    """An answer that did not come from the upstream (`Exchange.answered_by`)."""
+    return ("answered by another addon, not a recording" if by == ADDON
+            else f"answered by the gateway ({by}), not a recording")
+
+
 def recorded(exchange: Exchange) -> str:
     """The ids `softprobe show` takes, and whether the answer came from the gateway itself."""
-    by = exchange.answered_by
-    what = ("recorded" if not by else "answered by another addon, not a recording" if by == ADDON
-            else f"answered by the gateway ({by}), not a recording")
+    what = answered(exchange.answered_by) if exchange.answered_by else "recorded"
     return f"{what} · session {exchange.session_id} · exchange {exchange.span_id.hex()}"
+
+
+def lost(exchange: Exchange) -> str:
+    """An exchange the export queue could not take (counted in softprobe_export_dropped_spans_total)."""
+    what = "not recorded (lost: the export queue was full or closed)"
+    return f"{what} · {answered(exchange.answered_by)}" if exchange.answered_by else what
 
 
 def skipped(reason: str) -> str:

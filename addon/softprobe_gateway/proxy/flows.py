@@ -39,7 +39,7 @@ class FlowState:
         if self.exchange is not None:
             self.exchange.answered_by = answered_by
         else:  # a recorded one says so when it is recorded
-            flow_notes.note(flow, f"answered by the gateway ({answered_by})")
+            flow_notes.note(flow, flow_notes.answered(answered_by))
 
 
 class Flows:

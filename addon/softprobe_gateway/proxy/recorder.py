@@ -168,4 +168,4 @@ class Recorder:
             self.metrics.recorded.inc()
             flow_notes.note(flow, flow_notes.recorded(state.exchange))
         else:
-            flow_notes.note(flow, "not recorded (lost: the export queue was full or closed)")
+            flow_notes.note(flow, flow_notes.lost(state.exchange))

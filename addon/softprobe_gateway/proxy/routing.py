@@ -127,8 +127,7 @@ class Router:
                  hostname: str = socket.gethostname(), gateway_id: str = GATEWAY_ID) -> None:
         listen = list(listen)
         self.tls = [_compile_tls(u) for u in config.tls_upstreams]
-        self.strip_prefixes = tuple(p.lower() for p in config.strip_header_prefixes)
-        self._strip_prefixes = tuple(p.encode("latin-1") for p in self.strip_prefixes)
+        self._strip_prefixes = tuple(p.lower().encode("latin-1") for p in config.strip_header_prefixes)
         self.self_hosts = frozenset(_norm(h) for h in config.self_hosts)
         self.local_hosts = LOCAL_HOSTS | {_norm(hostname)} | {_norm(h) for h, _ in listen if h}
         self.listen_ports = frozenset(p for _, p in listen)

@@ -66,8 +66,13 @@ def session(db: Db, session_id: str, limit: int) -> tuple[SessionSummary | None,
     return (SessionSummary(*row) if row else None), [db.exchange(r) for r in rows]
 
 
-def count_runs(db: Db) -> int:
-    return db.execute("SELECT COUNT(*) FROM sessions WHERE id LIKE ?", (RUN,)).fetchone()[0]
+def count_runs(db: Db, service: str) -> int:
+    """As `sessions` filters by service: the session's own, or any of its exchanges'."""
+    if not service:
+        return db.execute("SELECT COUNT(*) FROM sessions WHERE id LIKE ?", (RUN,)).fetchone()[0]
+    return db.execute("SELECT COUNT(*) FROM sessions s WHERE id LIKE ? AND (service = ? OR EXISTS ("
+                      "SELECT 1 FROM exchanges e WHERE e.session_id = s.id AND e.service = ?))",
+                      (RUN, service, service)).fetchone()[0]
 
 
 def runs(db: Db, recorded: str, size: int) -> list[RunSummary]:

@@ -230,10 +230,10 @@ class Store:
         with self.engine.reading() as db:
             return browse.runs(db, recorded, size)
 
-    def count_runs(self) -> int:
-        """How many replay runs' sessions the store holds."""
+    def count_runs(self, service: str = "") -> int:
+        """How many replay runs' sessions the store holds (of `service` only, unless it is "")."""
         with self.engine.reading() as db:
-            return browse.count_runs(db)
+            return browse.count_runs(db, service)
 
     def session(self, session_id: str, limit: int = 10_000) -> tuple[SessionSummary | None, list[Recording]]:
         """One session and its exchanges in recorded order (at most `limit`)."""
