@@ -126,7 +126,7 @@ class ExportConfig:
     batch_max_bytes: int = field(default=2 * 1024 * 1024, metadata=_size(1024))
     flush_interval_ms: int = field(default=200, metadata={"min": 1})
     queue_max_spans: int = field(default=10_000, metadata={"min": 1})
-    queue_max_bytes: int = field(default=32 * 1024 * 1024, metadata=_size(1024))
+    queue_max_bytes: int = field(default=64 * 1024 * 1024, metadata=_size(1024))
     timeout_s: float = field(default=5.0, metadata={"min": 0.001})
     # A batch the backend fails (429, 502, 503, 504, no connection) is retried, with backoff, until
     # it is this old; newer exchanges wait in the queue meanwhile, or are dropped when it is full.
