@@ -227,7 +227,7 @@ def test_readiness_and_health(tmp_path, backend):
     ("capture: {max_body_bytes: lots}\n", "'capture.max_body_bytes': expected a size such as 64k or 1m, got 'lots'"),
     ("lookups: {on_miss: reject}\n", "'lookups': unknown key, did you mean 'lookup'?"),
     ("exemptionRules: [{pathPatterns: ['(']}]\n", "'exemptionRules[0].pathPatterns[0]': invalid regular expression"),
-    ("sp_backend_url: 'http://host:port'\n", "'sp_backend_url': malformed port"),
+    ("sp_backend_url: 'http://host:port'\n", "'sp_backend_url': 'http://host:...' has a port that is not a number"),
     ("sp_backend_url: 'ftp://x'\n", "'sp_backend_url': expected an http(s)://"),
     ("collectionRules: {http: {client: [{host: '[a'}]}}\n", "'collectionRules.http.client[0].host': invalid"),
 ])

@@ -55,11 +55,13 @@ RUNTIME_COMMANDS = (("session start", "--mode", "replay"), ("session stats", "--
                     ("replay", "--session", "s"), ("doctor",), ("inspect session", "s"))
 MALFORMED = {"127.0.0.1:8090": "no http:// or https:// (did you mean 'http://127.0.0.1:8090'?)",
              "http://127.0.0.1:99999": "a port that is not a number in 1-65535",
-             "http://127.0.0.1:0": "a port outside 1-65535",
+             "http://127.0.0.1:0": "'http://127.0.0.1:0' has a port that is not a number in 1-65535",
              "ftp://127.0.0.1:8090": "not an http or https URL",
              "http://:8090": "no host",
              "http://127.0.0.1:8090/v1?token=SECRET-query": "a query or fragment",
-             "http://user:SECRET-password@127.0.0.1:8090": "credentials do not belong in it"}
+             "http://user:SECRET-password@127.0.0.1:8090":
+                 "credentials, which do not belong in it (use $SOFTPROBE_API_TOKEN)",
+             "http://[SECRET-host": "is not a URL (a malformed host)"}
 
 
 def refused(command: tuple[str, ...], url: str, by_variable: bool, cwd: Path) -> str:

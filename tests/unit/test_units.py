@@ -325,13 +325,17 @@ def test_public_key_from_env_overrides_file(tmp_path):
     ("capture: {max_body_bytes: -1}\n", "'capture.max_body_bytes': must be at least 0"),
     ("export: {max_retries: 4}\n", "'export.max_retries': no longer used: a failed batch is retried until"),
     ("a: [\n", "invalid YAML (line"),
-    ("sp_backend_url: 'https://user:secret@o.softprobe.ai'\n", "'sp_backend_url': credentials do not belong"),
+    ("sp_backend_url: 'https://user:secret@o.softprobe.ai'\n", "'sp_backend_url': 'https://o.softprobe.ai' "
+     "has credentials, which do not belong in it (use public_key or $SOFTPROBE_PUBLIC_KEY)"),
     # A secret-bearing value is never shown: errors reach the log and a rejected reload's /metrics.
     ("public_key: [SECRET]\n", "'public_key': expected a string, got list (its value is not shown"),
     ("redaction: {salt: {SECRET: 1}}\n", "'redaction.salt': expected a string, got dict"),
     ("sp_backend_url: 'https://o.softprobe.ai/SECRET/v1?token=SECRET'\n",
-     "URL 'https://o.softprobe.ai/...?...' must not have a query"),
-    ("sp_backend_url: 'https://o.softprobe.ai:SECRET'\n", "malformed port in URL 'https://o.softprobe.ai:...'"),
+     "'https://o.softprobe.ai/...?...' has a query or fragment"),
+    ("sp_backend_url: 'https://o.softprobe.ai:SECRET'\n",
+     "'https://o.softprobe.ai:...' has a port that is not a number in 1-65535"),
+    ("sp_backend_url: 'http://o.softprobe.ai:0'\n", "'http://o.softprobe.ai:0' has a port that is not a number in 1-65535"),
+    ("sp_backend_url: 'http://[SECRET'\n", "a value of 14 characters is not a URL (a malformed host)"),
     ("sp_backend_url: [SECRET]\n", "'sp_backend_url': expected a string, got list"),
     ("sp_backend_url: SECRET\n", "expected an http(s)://, sqlite: or file: URL, got a value of 6 characters"),
     ("sp_backend_url: 'tok123:x@host'\n", "got a value of 13 characters"),  # `tok123` parses as a scheme
@@ -341,7 +345,7 @@ def test_public_key_from_env_overrides_file(tmp_path):
     ("lookups: {on_miss: reject}\n", "'lookups': unknown key, did you mean 'lookup'? (known here: admin_listen,"),
     ("capture: {max_body: 1}\n", "'capture.max_body': unknown key, did you mean 'max_body_bytes'?"),
     ("sp_backend_url: 'http://'\n",
-     "key 'sp_backend_url': 'http://' has no host (expected http(s)://HOST[:PORT][/PREFIX])"),
+     "key 'sp_backend_url': 'http://' has no host; expected http(s)://HOST[:PORT][/PREFIX]"),
     ("sp_backend_url: 'https:///SECRET?token=SECRET'\n", "key 'sp_backend_url': 'https://...?...' has no host"),
 ])
 def test_config_errors_name_the_key_in_one_line_and_never_a_secret(tmp_path, text, message):

@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpx
 import yaml
@@ -31,13 +31,14 @@ from softprobe_gateway.cli.envelope import (
     CliError,
 )
 from softprobe_gateway.config.schema import ConfigError
-from softprobe_gateway.config.validate import shown_url
+from softprobe_gateway.config.validate import http_url_problem, shown_url
 from softprobe_gateway.server.control_api import SCHEMA_VERSION, SPEC_VERSION
 
 RUNTIME_LISTEN = "127.0.0.1:8090"  # `softprobe serve --listen`'s default: one default everywhere
 DEFAULT_RUNTIME = f"http://{RUNTIME_LISTEN}"
 SESSION_ENV = "SOFTPROBE_SESSION_ID"
 RUNTIME_ENV = "SOFTPROBE_RUNTIME_URL"
+TOKEN_HINT = "$SOFTPROBE_API_TOKEN"  # where a runtime URL's credentials go instead
 _EXITS = {"unknown_session": EXIT_NO_SESSION, "session_not_found": EXIT_NO_SESSION, "invalid_request": EXIT_INVALID}
 
 
@@ -45,40 +46,18 @@ class _FromEnv(str):
     """$SOFTPROBE_RUNTIME_URL as `--runtime-url`'s default, so a bad one is named as the variable."""
 
 
-def _url_problem(value: str) -> str:
-    """What keeps `value` from being a runtime's URL, or "" when nothing does."""
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return "not a URL (a malformed host)"
-    try:
-        port = parts.port
-    except ValueError:
-        return "a port that is not a number in 1-65535"
-    return ("not an http or https URL" if parts.scheme.lower() not in ("http", "https")
-            else "credentials do not belong in it (use $SOFTPROBE_API_TOKEN)" if "@" in parts.netloc
-            else "no host" if not parts.hostname
-            else "a port outside 1-65535" if port == 0
-            else "a query or fragment" if parts.query or parts.fragment or value.endswith(("?", "#"))
-            else "")
-
-
 def runtime_url(value: str) -> str:
     """`--runtime-url`'s type: a malformed URL is a bad argument (exit 2, one line naming where it
     came from), not a runtime that is down (3). Shown without userinfo, path or query (a token)."""
     source = f"${RUNTIME_ENV} (its default): " if isinstance(value, _FromEnv) else ""
     value = value.strip()
-    problem = _url_problem(value)
+    problem = http_url_problem(value, credentials_in=TOKEN_HINT)
     if not problem:
         return value
-    if "://" not in value and not _url_problem(f"http://{value}"):
-        shown, problem = "", f"no http:// or https:// (did you mean {shown_url(f'http://{value}')}?)"
-    else:
-        try:
-            shown = f"{shown_url(value)}: "
-        except ValueError:
-            shown = f"a value of {len(value)} characters: "
-    raise argparse.ArgumentTypeError(f"{source}{shown}{problem}; expected http(s)://HOST[:PORT]")
+    shown = shown_url(value)
+    if "://" not in value and not http_url_problem(f"http://{value}", credentials_in=TOKEN_HINT):
+        shown, problem = "it", f"has no http:// or https:// (did you mean {shown_url(f'http://{value}')}?)"
+    raise argparse.ArgumentTypeError(f"{source}{shown} {problem}; expected http(s)://HOST[:PORT]")
 
 
 def runtime_options() -> argparse.ArgumentParser:

@@ -154,27 +154,43 @@ def _is_host(entry: str) -> bool:
         return bool(HOST_NAME.fullmatch(entry)) and ".." not in entry
 
 
+NOT_HTTP = "is not an http or https URL"
+
+
 def _check_backend_url(value: str, name: str) -> None:
-    parts = urlsplit(value)
+    problem = http_url_problem(value, credentials_in=f"public_key or ${PUBLIC_KEY_ENV}")
     shown = shown_url(value)
-    if "@" in parts.netloc:  # credentials would be logged and committed: use public_key
-        raise ConfigError(f"key '{name}': credentials do not belong in the URL "
-                          f"(use public_key or ${PUBLIC_KEY_ENV})")
-    if parts.scheme in ("http", "https"):
-        try:
-            parts.port  # noqa: B018 - raises on a malformed port
-        except ValueError:
-            raise ConfigError(f"key '{name}': malformed port in URL {shown}") from None
-        if not parts.hostname:
-            raise ConfigError(f"key '{name}': {shown} has no host (expected http(s)://HOST[:PORT][/PREFIX])")
-        if parts.query or parts.fragment:
-            raise ConfigError(f"key '{name}': URL {shown} must not have a query or fragment")
-    elif parts.scheme in ("file", "sqlite"):
+    if problem == NOT_HTTP:
+        parts = urlsplit(value)  # it parses: http_url_problem got as far as its scheme
+        if parts.scheme not in ("file", "sqlite"):
+            raise ConfigError(f"key '{name}': expected an http(s)://, sqlite: or file: URL, got {shown}")
         if not (parts.netloc + parts.path):
             raise ConfigError(f"key '{name}': URL {shown} names no file")
-    else:
-        raise ConfigError(
-            f"key '{name}': expected an http(s)://, sqlite: or file: URL, got {shown}")
+    elif problem:
+        raise ConfigError(f"key '{name}': {shown} {problem}; expected http(s)://HOST[:PORT][/PREFIX]")
+
+
+def http_url_problem(value: str, credentials_in: str) -> str:
+    """What keeps `value` from being the http(s)://HOST[:PORT][/PATH] URL of a server, or "" when
+    nothing does: one set of questions for the backend URL and the CLI's runtime URL. The answer
+    never quotes the value (its userinfo or query may hold a secret: show it with shown_url);
+    `credentials_in` is where the caller takes credentials from instead."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # an unbalanced `[` in the host
+        return "is not a URL (a malformed host)"
+    if "@" in parts.netloc:  # they would be logged, shown in /metrics, committed with the config
+        return f"has credentials, which do not belong in it (use {credentials_in})"
+    if parts.scheme not in ("http", "https"):
+        return NOT_HTTP
+    try:
+        bad_port = parts.port == 0
+    except ValueError:  # not a number, or above 65535
+        bad_port = True
+    return ("has a port that is not a number in 1-65535" if bad_port
+            else "has no host" if not parts.hostname
+            else "has a query or fragment" if parts.query or parts.fragment or value.endswith(("?", "#"))
+            else "")
 
 
 def shown_url(value: str) -> str:
@@ -182,7 +198,10 @@ def shown_url(value: str) -> str:
     URL, its path as `/...`, and `?...` for a query or fragment; userinfo never (a password or a
     token in any of them would reach the log and /metrics). A local path (`sqlite:`, `file:`) is
     shown; what is no URL at all (a key pasted in the wrong place?) only by its length."""
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # an unbalanced `[` in the host
+        return f"a value of {len(value)} characters"
     rest = "?..." if parts.query or parts.fragment else ""
     if parts.scheme in ("file", "sqlite") and "@" not in parts.netloc:
         return repr(value.split("?", 1)[0].split("#", 1)[0] + rest)
@@ -194,7 +213,7 @@ def shown_url(value: str) -> str:
                 else f"a value of {len(value)} characters")
     host = parts.hostname or ""
     try:
-        port = f":{parts.port}" if parts.port else ""
+        port = "" if parts.port is None else f":{parts.port}"
     except ValueError:
         port = ":..."
     path = "/..." if parts.path.strip("/") else parts.path
