@@ -11,14 +11,10 @@ import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from softprobe_gateway.answered_by import ADDON, HIT, MOCK, REFUSAL  # the proxy names them from here
 from softprobe_gateway.otlp import Attributes
 
 HeaderFields = Sequence[tuple[bytes, bytes]]
-
-# Who answered an exchange the gateway answered itself (`Exchange.answered_by`, span attribute
-# `sp.answered_by`): such an exchange is exported and visible, but never replayed as a recording.
-# ADDON: another addon of the same mitmproxy (server playback, map local, a script).
-HIT, MOCK, REFUSAL, ADDON = "hit", "mock", "refusal", "addon"
 
 
 def pickled_as_constructed(cls: type) -> type:

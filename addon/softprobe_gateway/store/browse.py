@@ -12,6 +12,7 @@ import base64
 import json
 from collections.abc import Iterable
 
+from softprobe_gateway.answered_by import HIT, MOCK, REFUSAL
 from softprobe_gateway.decisions.tracecontext import RUN_SEPARATOR
 from softprobe_gateway.store import schema
 from softprobe_gateway.store.db import Db
@@ -81,7 +82,7 @@ def runs(db: Db, recorded: str, size: int) -> list[RunSummary]:
     if recorded:  # its runs' ids start `recorded~`; the run part holds no `~`
         where, args = " AND s.id >= ? AND s.id < ?", [recorded + RUN_SEPARATOR, recorded + RUN_SEPARATOR + "\U0010ffff"]
     rows = db.execute(f"{_RUN}{where} ORDER BY s.last_ns DESC, s.id DESC LIMIT ?",
-                      ("hit", "mock", "refusal", RUN, *args, max(1, min(size, MAX_PAGE)))).fetchall()
+                      (HIT, MOCK, REFUSAL, RUN, *args, max(1, min(size, MAX_PAGE)))).fetchall()
     found = [RunSummary(r[0], r[0].rpartition(RUN_SEPARATOR)[0], *r[1:]) for r in rows]
     return [run for run in found if not recorded or run.recorded == recorded]
 

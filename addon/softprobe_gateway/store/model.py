@@ -50,7 +50,8 @@ class Recording:
     request_body: str
     response_body: str
     id: int = 0  # the store's row id, 0 before it is stored
-    # "hit", "mock" or "refusal" when the gateway answered, not the upstream: shown, never replayed
+    # who answered when the gateway did, not the upstream (softprobe_gateway.answered_by's HIT,
+    # MOCK, REFUSAL, ADDON): shown, never replayed
     answered_by: str = ""
     error_message: str = ""  # why a failed exchange failed (the span's `error.message`)
     # A body cut at capture.max_body_bytes: its size on the wire (0: kept whole).
