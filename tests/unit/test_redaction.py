@@ -368,3 +368,22 @@ def test_a_megabyte_body_is_redacted_in_linear_time() -> None:
     r.body("4 " * 500_000, "text/plain")
     r.body("&".join(f"k{i}=v{i}" for i in range(100_000)), FORM)
     assert len(text) > 1_000_000 and clean < 1.0 and time.perf_counter() - started < 5.0
+
+
+def test_header_fields_left_clean_are_remembered_and_secrets_never_are() -> None:
+    """The worker remembers fields the redaction leaves as they are (the same host or content
+    type on every exchange): only those, bounded, and a secret is redacted every time."""
+    from softprobe_gateway.capture.encoding import CLEAN_FIELDS_MAX, Capture
+    from softprobe_gateway.capture.exchange import Message
+    from softprobe_gateway.config.schema import CaptureConfig
+
+    capture = Capture(CaptureConfig(), RedactionConfig())
+    fields = ((b"Host", b"api.example"), (b"X-Note", b"card 4111 1111 1111 1111"))
+    for _ in range(2):
+        headers, _ = capture.message_attributes("request", Message(fields, None))
+        assert dict(headers) == {"http.request.header.host": "api.example",
+                                 "http.request.header.x-note": f"card {MASK}"}
+    assert capture._clean == {("host", "api.example")}
+    for i in range(CLEAN_FIELDS_MAX + 10):  # unique values (ids, dates) never grow it past its bound
+        capture.message_attributes("request", Message(((b"X-Request-Id", f"r{i}".encode()),), None))
+    assert len(capture._clean) <= CLEAN_FIELDS_MAX

@@ -22,6 +22,10 @@ from softprobe_gateway.otlp import Attributes, field_attributes, is_text
 if TYPE_CHECKING:  # the export worker process imports this module: keep mitmproxy out of it
     from mitmproxy.websocket import WebSocketMessage
 
+# Header values the redaction left as they were, remembered by (name, value) so the same field
+# on the next exchange (a host, a content type, a method) skips the pattern scans: a set of
+# values exported verbatim anyway, never a secret; emptied when full (unique values churn it).
+CLEAN_FIELDS_MAX = 4096
 # Dropped whatever the config says (case-insensitive); the config adds to this list.
 SENSITIVE_HEADERS = frozenset({
     "authorization", "cookie", "set-cookie", "x-public-key", "x-auth-token", "bearer",
@@ -38,6 +42,7 @@ class Capture:
         self.websocket_messages = config.websocket_messages
         self.drop = SENSITIVE_HEADERS | {h.lower() for h in config.drop_headers}
         self.mask = frozenset(h.lower() for h in config.mask_headers) - self.drop
+        self._clean: set[tuple[str, str]] = set()  # CLEAN_FIELDS_MAX
 
     def request_attributes(self, ex: Exchange, text_as_bytes: bool = False) -> Attributes:
         """The request half (also the body of a lookup, section 2). With `text_as_bytes`, a
@@ -96,11 +101,23 @@ class Capture:
     def _field_attributes(self, prefix: str, fields: list[tuple[str, str]],
                           pseudo: tuple[tuple[str, str], ...] = ()) -> Attributes:
         """Pseudo-headers first, then the fields (each repeated one also apart), secrets removed."""
-        redact = self.redactor.header
+        redact = self._header
         attrs: Attributes = [(prefix + k, redact(k, v)) for k, v in pseudo]
         kept = [(name, self.redactor.secret(value) if name in self.mask else redact(name, value))
                 for name, value in fields if name not in self.drop]
         return attrs + field_attributes(prefix, kept)
+
+    def _header(self, name: str, value: str) -> str:
+        """`Redactor.header`, remembering the fields it leaves as they are (CLEAN_FIELDS_MAX):
+        scanning every header of every exchange was a third of the export worker's encoding."""
+        if (name, value) in self._clean:
+            return value
+        recorded = self.redactor.header(name, value)
+        if recorded == value:
+            if len(self._clean) >= CLEAN_FIELDS_MAX:
+                self._clean.clear()
+            self._clean.add((name, value))
+        return recorded
 
     def _body_attributes(self, key: str, message: Message, headers: list[tuple[str, str]],
                          text_as_bytes: bool = False) -> Attributes:
