@@ -71,6 +71,7 @@ def test_put_back_keeps_order_and_abandon_names_a_dead_workers_exchanges():
     assert queue.abandon(0) == [(e.trace_id, e.span_id) for e in first.exchanges]  # in the worker when it died
     assert paths(queue.take(0, NEVER)) == ["/2", "/3"]
     assert queue.bytes == sum(exchange(n).size for n in (2, 3, 4))
+    assert queue.clear() == 1 and queue.bytes == sum(exchange(n).size for n in (2, 3))  # in flight stays
 
 
 def test_a_worker_has_at_most_max_in_flight_batches_and_stop_wakes_the_feeder():

@@ -47,6 +47,7 @@ class ExportQueue:
         self._exchanges: deque[Exchange] = deque()
         self._misses: deque[MissedLookup] = deque(maxlen=MAX_PENDING_MISSES)
         self._queued_size = 0  # queued only; in flight: the batches' sizes
+        self._pinned = 0  # queued and in flight (`bytes`), kept rather than summed at each submit
         self._in_flight: dict[int, _InFlight] = {}
         self._seq = itertools.count(1)
         self._cond = threading.Condition()
@@ -59,8 +60,7 @@ class ExportQueue:
     @property
     def bytes(self) -> int:
         """Bytes pinned by exchanges queued and in flight (a worker holds at most MAX_IN_FLIGHT)."""
-        with self._cond:  # re-entrant; the metrics gauge reads it from another thread
-            return self._queued_size + sum(batch.size for batch in self._in_flight.values())
+        return self._pinned
 
     @property
     def closing(self) -> bool:
@@ -76,11 +76,12 @@ class ExportQueue:
         size = exchange.size
         with self._cond:
             if (self.closing or len(self._exchanges) >= self.config.queue_max_spans
-                    or self.bytes + size > self.config.queue_max_bytes):
+                    or self._pinned + size > self.config.queue_max_bytes):
                 return False
             was_full = self._full()
             self._exchanges.append(exchange)
             self._queued_size += size
+            self._pinned += size
             # Wake the feeder when there is news for it, not on every exchange: while it waits
             # for room in flight, each wake-up took the GIL from the event loop for nothing
             # (7% of the event loop's samples with 1 MiB bodies).
@@ -148,7 +149,8 @@ class ExportQueue:
     def acknowledge(self, seq: int) -> None:
         """The worker reported on the batch: its bytes leave the budget."""
         with self._cond:
-            self._in_flight.pop(seq, None)
+            if (batch := self._in_flight.pop(seq, None)) is not None:
+                self._pinned -= batch.size
             self._cond.notify_all()
 
     def abandon(self, worker: int) -> list[SpanKey]:
@@ -156,7 +158,9 @@ class ExportQueue:
         delivered some of them before it could report)."""
         with self._cond:
             held = [seq for seq, batch in self._in_flight.items() if batch.worker == worker]
-            spans = [key for seq in held for key in self._in_flight.pop(seq).spans]
+            batches = [self._in_flight.pop(seq) for seq in held]
+            self._pinned -= sum(batch.size for batch in batches)
+            spans = [key for batch in batches for key in batch.spans]
             self._cond.notify_all()
             return spans
 
@@ -172,6 +176,7 @@ class ExportQueue:
             left = len(self._exchanges)
             self._exchanges.clear()
             self._misses.clear()
+            self._pinned -= self._queued_size
             self._queued_size = 0
             return left
 
