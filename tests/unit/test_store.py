@@ -236,7 +236,7 @@ def test_lookup_latency_is_a_few_milliseconds(open_store) -> None:
     assert per_lookup_ms < 5, per_lookup_ms
 
 
-def test_replay_runs_are_listed_apart_from_recordings_and_never_make_a_prefix_ambiguous(open_store) -> None:
+def test_replay_runs_are_listed_apart_from_recordings_and_never_make_a_prefix_ambiguous(open_store, caplog) -> None:
     store = open_store()
     store.ingest(traces(extract_span(session="quickstart", path="/a"), extract_span(session="quick~stale", path="/a"),
                         extract_span(session="other", path="/a")))
@@ -245,6 +245,10 @@ def test_replay_runs_are_listed_apart_from_recordings_and_never_make_a_prefix_am
                         answered(extract_span(session="quickstart~9e8d7c6b", path="/b", status=404), "refusal"),
                         answered(extract_span(session="other~0a0b0c0d", path="/a"), "mock")))
     assert store.lookup(inject(path="/zzz", session="other~0a0b0c0d")) is None  # a miss of that run
+    # Said once, at its ingest: a run of a recording not held (a service's own id with a `~`?).
+    said = [r.getMessage() for r in caplog.records if "kept as a replay run" in r.getMessage()]
+    assert [line.split(" (a `~`")[0] for line in said] == [
+        "softprobe: session 'quick~stale' is kept as a replay run of 'quick'"], said
     store.close()  # the miss is written with the next write, or at the close
     store = open_store()
     assert [s.id for s in store.sessions(runs=False).sessions] == ["other", "quickstart"]

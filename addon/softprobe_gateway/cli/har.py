@@ -11,6 +11,7 @@ from typing import TextIO
 from softprobe_gateway.capture.encoding import Capture
 from softprobe_gateway.cli import envelope
 from softprobe_gateway.cli.common import Settings, already, find_session, read_json, write_json
+from softprobe_gateway.decisions.tracecontext import RUN_SEPARATOR
 from softprobe_gateway.formats.har import HarError, har, har_session, har_traces
 from softprobe_gateway.store.store import Store, describe
 
@@ -27,7 +28,7 @@ def register(commands: argparse._SubParsersAction, store_options: argparse.Argum
 
     load = actions.add_parser("import", parents=[store_options], help="load HAR files as sessions")
     load.add_argument("files", nargs="+", metavar="FILE", help="the HAR files to load")
-    load.add_argument("--session", help="the session id (default: the one a file `har export` wrote "
+    load.add_argument("--session", type=recording_session, help="the session id (default: the one a file `har export` wrote "
                                         "names, else har- and the file's digest)")
     load.add_argument("--direction", choices=("inbound", "outbound"),
                       help="inbound (requests to replay against a service) or outbound (answers "
@@ -37,6 +38,15 @@ def register(commands: argparse._SubParsersAction, store_options: argparse.Argum
                                         "entry, else its request's host)")
     load.add_argument("--all", action="store_true", help="keep static resources and framework internals too")
     load.set_defaults(command=cmd_import)
+
+
+def recording_session(value: str) -> str:
+    """`--session`'s type: a `~` names a replay run (`<recorded>~<run>`), which `softprobe sessions`
+    leaves out and `softprobe runs` lists, so an imported recording's id holds none."""
+    if RUN_SEPARATOR in value:
+        raise argparse.ArgumentTypeError(f"{value[:256]!r}: a `~` in a session id names a replay run "
+                                         "(<recorded>~<run>); a recording's id must not contain one")
+    return value
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

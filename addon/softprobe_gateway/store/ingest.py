@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from softprobe_gateway.decisions.tracecontext import own_sessions
 from softprobe_gateway.store import schema
 from softprobe_gateway.store.db import Db
 from softprobe_gateway.store.forms import Forms
@@ -34,6 +35,15 @@ def session_counts(stored: Iterable[Recording]) -> list[tuple[str, str, int, int
     return [(session_id, added[0].service, min(ex.start_ns for ex in added),
              max(ex.end_ns or ex.start_ns for ex in added), len(added), sum(ex.error for ex in added))
             for session_id, added in sorted(by_session.items())]
+
+
+def runs_of_nothing_held(db: Db, sessions: Iterable[str]) -> list[tuple[str, str]]:
+    """(session, recorded) for each of `sessions` whose id names a replay run
+    (`<recorded>~<run>`) of a session this store does not hold. Browsing lists such a session among
+    runs, not recordings: most likely a service's own session id with a `~` in it, to be said."""
+    runs = [(session, own[1]) for session in sorted(set(sessions)) if len(own := own_sessions(session)) == 2]
+    return [(session, recorded) for session, recorded in runs
+            if db.execute("SELECT 1 FROM sessions WHERE id = ?", (recorded,)).fetchone() is None]
 
 
 def refresh_fingerprints(db: Db, forms: Forms) -> None:

@@ -98,6 +98,7 @@ class Store:
         self._on_miss = on_miss
         self._forms = Forms(matching.Ignore.parse(config.ignore_fields))
         self._pending = misses.Pending()
+        self._sessions_seen: set[str] = set()  # sessions already stored into, for runs_of_nothing_held
         self._close_lock = threading.Lock()
         self._closed = False
         self.engine: Engine
@@ -157,10 +158,24 @@ class Store:
     def add(self, exchanges: Iterable[Recording]) -> int:
         rows = ingest.rows(exchanges, self._forms, time.time_ns(), self.engine.layout)  # before the writer
         with self.engine.writing() as db:
-            added = len(self.engine.insert(db, rows))
+            stored = self.engine.insert(db, rows)
             self._pending.flush(db)
+            unheld = ingest.runs_of_nothing_held(db, {ex.session_id for ex in stored} - self._sessions_seen)
         self.engine.retain()
-        return added
+        self._say_runs_of_nothing_held(stored, unheld)
+        return len(stored)
+
+    def _say_runs_of_nothing_held(self, stored: list[Recording], unheld: list[tuple[str, str]]) -> None:
+        """Once per session: a `~` in a session id names a replay run, so a service's own id with
+        one is listed by `runs`, not `sessions`; said when its recording is not here to explain it."""
+        if len(self._sessions_seen) > 10_000:  # bounded: a session said again after that is harmless
+            self._sessions_seen.clear()
+        self._sessions_seen.update(ex.session_id for ex in stored)
+        for session, recorded in unheld:
+            log.warning(f"softprobe: session {session[:256]!r} is kept as a replay run of {recorded[:256]!r} (a `~` in a "
+                        f"session id names one, <recorded>~<run>), a session this store does not hold: "
+                        "`softprobe runs` lists it, `softprobe sessions` leaves it out. A service's own "
+                        "session ids must not contain `~`")
 
     # -- lookups ------------------------------------------------------------------------
 
